@@ -1,0 +1,293 @@
+//! The CLI's side of the Unix socket: `run`, `logs`, `cancel`, `ps`.
+//!
+//! Exit codes of `runtap run`: the job's own exit code; 128+N if a signal N
+//! killed it; 130 if it was cancelled before it started; 125 if runtap
+//! itself failed (daemon unreachable, launch refused, connection lost).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::event::{Event, EventType, RunStatus};
+use crate::protocol::{LaunchRequest, Request, Response};
+use crate::run::RunInfo;
+
+/// Exit code when runtap itself fails (as `env` and container runtimes do).
+pub const EXIT_RUNTAP_ERROR: i32 = 125;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot connect to the runtap daemon at {path}: {source} (is `runtap daemon` running? set --socket or RUNTAP_SOCKET)"
+    )]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("daemon connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon closed the connection")]
+    Closed,
+    #[error("unexpected answer from the daemon: {0}")]
+    Protocol(String),
+    #[error("{message}")]
+    Refused { code: String, message: String },
+}
+
+/// One line from the daemon.
+pub enum Line {
+    Event(Box<Event>),
+    Control(Response),
+}
+
+pub struct Client {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream =
+            UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+        let (r, w) = stream.into_split();
+        Ok(Client { reader: BufReader::with_capacity(256 * 1024, r), writer: w, buf: Vec::new() })
+    }
+
+    pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        Ok(())
+    }
+
+    /// The next line; events are recognised by their leading `runId` field.
+    pub async fn next(&mut self) -> Result<Line, ClientError> {
+        self.buf.clear();
+        if self.reader.read_until(b'\n', &mut self.buf).await? == 0 {
+            return Err(ClientError::Closed);
+        }
+        let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+        let bad = |e: serde_json::Error| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(line)));
+        if line.starts_with(br#"{"runId""#) {
+            Ok(Line::Event(Box::new(serde_json::from_slice(line).map_err(bad)?)))
+        } else {
+            Ok(Line::Control(serde_json::from_slice(line).map_err(bad)?))
+        }
+    }
+
+    /// Sends a request and returns its control answer; `error` answers become `Refused`.
+    pub async fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        self.send(req).await?;
+        loop {
+            match self.next().await? {
+                Line::Event(_) => continue,
+                Line::Control(Response::Error { code, message, .. }) => {
+                    return Err(ClientError::Refused { code, message });
+                }
+                Line::Control(r) => return Ok(r),
+            }
+        }
+    }
+}
+
+/// Options of `runtap run`.
+pub struct RunOptions {
+    pub id: Option<String>,
+    pub pty: bool,
+    pub detach: bool,
+    pub command: Vec<String>,
+}
+
+/// `runtap run`: launch, stream output, exit as the job did.
+pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
+    let mut client = Client::connect(socket).await?;
+    let size = crate::sys::terminal_size();
+    let (cols, rows) = (size.map(|s| s.0), size.map(|s| s.1));
+    let launch = LaunchRequest {
+        run_id: opts.id,
+        command: opts.command,
+        env: std::env::vars().collect(),
+        clear_env: true,
+        cwd: std::env::current_dir().ok().map(|p| p.to_string_lossy().into_owned()),
+        pty: opts.pty,
+        cols,
+        rows,
+    };
+    let run_id = match client.call(&Request::Launch(launch)).await? {
+        Response::Launched { run_id } => run_id,
+        other => return Err(ClientError::Protocol(format!("{other:?}"))),
+    };
+    if opts.detach {
+        println!("{run_id}");
+        return Ok(0);
+    }
+    client.send(&Request::Subscribe { run_id: run_id.clone(), since: 0, follow: true }).await?;
+    let mut interrupts = 0;
+    let mut final_event: Option<Event> = None;
+    loop {
+        let line = tokio::select! {
+            line = client.next() => line?,
+            _ = tokio::signal::ctrl_c() => {
+                interrupts += 1;
+                if interrupts > 1 {
+                    eprintln!("runtap: interrupted again; leaving run {run_id} to the daemon");
+                    return Ok(130);
+                }
+                eprintln!("runtap: cancelling run {run_id} (Ctrl-C again to stop waiting)");
+                let reason = Some("interrupted: SIGINT to runtap run".to_owned());
+                client.send(&Request::Cancel { run_id: run_id.clone(), reason }).await?;
+                continue;
+            }
+        };
+        match line {
+            Line::Event(ev) => {
+                if ev.status().is_some_and(RunStatus::is_final) {
+                    final_event = Some(*ev);
+                } else {
+                    write_output(&ev)?;
+                }
+            }
+            Line::Control(Response::End { .. }) => break,
+            Line::Control(Response::Error { code, message, .. }) if code != "finished" => {
+                eprintln!("runtap: {message}");
+            }
+            Line::Control(_) => {}
+        }
+    }
+    let Some(ev) = final_event else {
+        return Err(ClientError::Protocol("stream ended without a final status".into()));
+    };
+    if ev.status() == Some(RunStatus::Lost) {
+        eprintln!("runtap: run {run_id} was lost: {}", ev.reason.as_deref().unwrap_or("daemon stopped"));
+        return Ok(EXIT_RUNTAP_ERROR);
+    }
+    Ok(exit_code(&ev))
+}
+
+/// The process exit code that mirrors how the run ended.
+pub fn exit_code(ev: &Event) -> i32 {
+    match (ev.exit_code, ev.signal, ev.status()) {
+        (Some(code), _, _) => code.clamp(0, 255),
+        (None, Some(sig), _) => 128 + sig,
+        (None, None, Some(RunStatus::Succeeded)) => 0,
+        (None, None, Some(RunStatus::Cancelled)) => 130,
+        _ => 1,
+    }
+}
+
+fn write_output(ev: &Event) -> Result<(), ClientError> {
+    let bytes = ev.output_bytes().map_err(|e| ClientError::Protocol(format!("bad base64 in event {}: {e}", ev.seq)))?;
+    match ev.kind {
+        EventType::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)?;
+            out.flush()?;
+        }
+        EventType::Stderr => {
+            let mut err = std::io::stderr().lock();
+            err.write_all(&bytes)?;
+            err.flush()?;
+        }
+        EventType::Status => {}
+    }
+    Ok(())
+}
+
+/// `runtap logs`: print a run's output from its journal.
+pub async fn logs(socket: &Path, id: &str, since: u64, follow: bool) -> Result<i32, ClientError> {
+    let mut client = Client::connect(socket).await?;
+    client.call(&Request::Status { run_id: id.to_owned() }).await?;
+    client.send(&Request::Subscribe { run_id: id.to_owned(), since, follow }).await?;
+    loop {
+        match client.next().await? {
+            Line::Event(ev) => write_output(&ev)?,
+            Line::Control(Response::End { .. }) => return Ok(0),
+            Line::Control(Response::Error { message, .. }) => eprintln!("runtap: {message}"),
+            Line::Control(_) => {}
+        }
+    }
+}
+
+/// `runtap cancel`.
+pub async fn cancel(socket: &Path, id: &str, reason: Option<String>) -> Result<i32, ClientError> {
+    let mut client = Client::connect(socket).await?;
+    client.send(&Request::Cancel { run_id: id.to_owned(), reason }).await?;
+    loop {
+        match client.next().await? {
+            Line::Control(Response::Cancelling { run }) => {
+                println!("cancelling {} (was {})", run.run_id, run.status.as_str());
+                return Ok(0);
+            }
+            Line::Control(Response::Error { code, message, .. }) => {
+                eprintln!("runtap: {message}");
+                return Ok(if code == "finished" { 0 } else { 1 });
+            }
+            _ => continue,
+        }
+    }
+}
+
+/// `runtap ps`.
+pub async fn ps(socket: &Path, json: bool) -> Result<i32, ClientError> {
+    let mut client = Client::connect(socket).await?;
+    let runs = match client.call(&Request::List).await? {
+        Response::Runs { runs } => runs,
+        other => return Err(ClientError::Protocol(format!("{other:?}"))),
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        let text = serde_json::to_string_pretty(&runs).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        writeln!(out, "{text}")?;
+    } else {
+        write!(out, "{}", ps_table(&runs, chrono::Utc::now()))?;
+    }
+    Ok(0)
+}
+
+/// The human table of `runtap ps`.
+pub fn ps_table(runs: &[RunInfo], now: chrono::DateTime<chrono::Utc>) -> String {
+    let mut rows = vec![["ID", "STATUS", "EXIT", "STARTED", "DURATION", "COMMAND"].map(String::from).to_vec()];
+    for r in runs {
+        let exit = match (r.exit_code, r.signal) {
+            (Some(c), _) => c.to_string(),
+            (None, Some(s)) => crate::event::signal_name(s).unwrap_or_else(|| format!("signal {s}")),
+            _ => "-".into(),
+        };
+        let parse = |t: &Option<String>| {
+            t.as_deref()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc))
+        };
+        let started = parse(&r.started_at);
+        let ended = parse(&r.ended_at);
+        let started_s = started.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string());
+        let duration = match started {
+            Some(s) => {
+                let d = (ended.unwrap_or(now) - s).to_std().unwrap_or_default();
+                humantime::format_duration(std::time::Duration::from_millis(d.as_millis() as u64)).to_string()
+            }
+            None => "-".into(),
+        };
+        let mut command = r.command.join(" ");
+        if command.chars().count() > 60 {
+            command = command.chars().take(57).collect::<String>() + "...";
+        }
+        rows.push(vec![r.run_id.to_string(), r.status.as_str().into(), exit, started_s, duration, command]);
+    }
+    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c == 5 {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,134 @@
+//! Wiring and ordered shutdown of the per-host daemon.
+//!
+//! `run` takes already-bound listeners and a shutdown token, so tests start
+//! the real daemon in-process on temp paths with no test-only switches.
+//!
+//! Shutdown order matters: stop accepting, cancel the runs and wait for
+//! their final statuses (bounded), and only then close client connections,
+//! so that `runtap run` clients see how their run ended.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::{Hub, QueueLimits};
+use crate::journal::{Journal, JournalError};
+use crate::run::{RunLimits, RunTable, Timing};
+use crate::server::unix::{self, LaunchDefaults, SocketGuard};
+
+/// Extra time, past the grace period and drain timeout, that shutdown
+/// waits for runs to write their final status.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(5);
+/// How long connections get to flush after the runs are done.
+const CONNECTION_DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("create state dir {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("bind unix socket {path}: {source}")]
+    BindUnix { path: PathBuf, source: std::io::Error },
+    #[error("recover journal: {0}")]
+    Journal(#[from] JournalError),
+}
+
+/// Sockets bound before `run`, so binding errors surface before anything starts.
+pub struct Listeners {
+    pub unix: UnixListener,
+    /// Removes the socket file when the daemon is done with it.
+    pub unix_guard: SocketGuard,
+}
+
+impl Listeners {
+    pub fn bind(config: &Config) -> Result<Self, DaemonError> {
+        let path = &config.daemon.socket;
+        let (unix, unix_guard) = unix::bind(path, config.daemon.socket_mode)
+            .map_err(|source| DaemonError::BindUnix { path: path.clone(), source })?;
+        Ok(Listeners { unix, unix_guard })
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then shuts down in order.
+pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let state_dir = &config.daemon.state_dir;
+    std::fs::create_dir_all(state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
+    let journal = Journal::open(state_dir)?;
+    let hub = Hub::new(QueueLimits {
+        max_bytes: config.stream.subscriber_queue_bytes,
+        max_batches: config.stream.subscriber_queue_batches,
+    });
+    let timing = Timing {
+        grace_period: config.runs.grace_period,
+        drain_timeout: config.runs.drain_timeout,
+        line_hold: config.runs.line_hold,
+        fsync_interval: config.journal.fsync_interval,
+        pty_size: (config.runs.pty_cols, config.runs.pty_rows),
+    };
+    let run_tasks = TaskTracker::new();
+    let limits = RunLimits { max_concurrent: config.runs.max_concurrent, timing };
+    let table = RunTable::new(journal, hub, limits, run_tasks.clone());
+    let recovered = table.recover()?;
+    tracing::info!(
+        state_dir = %state_dir.display(),
+        socket = %config.daemon.socket.display(),
+        runs = recovered,
+        "runtap daemon ready"
+    );
+
+    let stop_accepting = CancellationToken::new();
+    let stop_connections = CancellationToken::new();
+    let conn_tasks = TaskTracker::new();
+    let defaults = LaunchDefaults { pty_cols: config.runs.pty_cols, pty_rows: config.runs.pty_rows };
+    let unix_server = tokio::spawn(unix::serve(
+        listeners.unix,
+        table.clone(),
+        defaults,
+        stop_accepting.clone(),
+        stop_connections.clone(),
+        conn_tasks.clone(),
+    ));
+    let retention = tokio::spawn(retention_loop(table.clone(), config.clone(), stop_accepting.clone()));
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    stop_accepting.cancel();
+    run_tasks.close();
+    let cancelled = table.cancel_all("daemon shutdown");
+    let bound = config.runs.grace_period + config.runs.drain_timeout + SHUTDOWN_SLACK;
+    if tokio::time::timeout(bound, run_tasks.wait()).await.is_err() {
+        tracing::warn!(active = table.active_count(), "runs did not finish within the shutdown bound");
+    }
+    tracing::info!(cancelled, "runs stopped");
+    stop_connections.cancel();
+    conn_tasks.close();
+    if tokio::time::timeout(CONNECTION_DRAIN, conn_tasks.wait()).await.is_err() {
+        tracing::warn!("connections did not close in time");
+    }
+    let _ = unix_server.await;
+    let _ = retention.await;
+    drop(listeners.unix_guard);
+    tracing::info!("runtap daemon stopped");
+    Ok(())
+}
+
+/// Applies retention at start and then every `retention_check_interval`.
+async fn retention_loop(table: RunTable, config: Config, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(config.journal.retention_check_interval);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let t = table.clone();
+        let (age, bytes) = (config.journal.retention_max_age, config.journal.retention_max_bytes);
+        match tokio::task::spawn_blocking(move || t.sweep_retention(age, bytes)).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "retention sweep"),
+            Err(error) => tracing::error!(%error, "retention sweep failed"),
+        }
+    }
+}

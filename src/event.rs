@@ -1,0 +1,222 @@
+//! The event envelope every consumer sees, and the run status vocabulary.
+//!
+//! An event is serialized exactly once, by the journal writer, into the
+//! bytes that become both the journal line and the wire frame. Consumers
+//! that need the fields (the CLI, tests) deserialize [`Event`].
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Where a run stands. `Queued` and `Running` are the only non-final states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// The daemon died while the run was active; found at the next start.
+    Lost,
+}
+
+impl RunStatus {
+    pub fn is_final(self) -> bool {
+        !matches!(self, RunStatus::Queued | RunStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Lost => "lost",
+        }
+    }
+
+    pub const ALL: [RunStatus; 6] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+        RunStatus::Lost,
+    ];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Stdout,
+    Stderr,
+    Status,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Base64,
+}
+
+/// What a producer hands to the journal; the journal adds `seq` and time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    Output { stream: EventType, data: OutputData },
+    Status(StatusChange),
+}
+
+/// Output bytes, already split into a text or a base64 representation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutputData {
+    pub text: String,
+    pub encoding: Option<Encoding>,
+}
+
+impl OutputData {
+    /// Text when the bytes are valid UTF-8, base64 otherwise: lossless either way.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        match String::from_utf8(bytes) {
+            Ok(text) => OutputData { text, encoding: None },
+            Err(e) => OutputData {
+                text: base64::engine::general_purpose::STANDARD.encode(e.as_bytes()),
+                encoding: Some(Encoding::Base64),
+            },
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusChange {
+    pub status: Option<RunStatus>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub reason: Option<String>,
+    pub pid: Option<u32>,
+}
+
+/// The wire and journal form of one event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub run_id: String,
+    pub seq: u64,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub data: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<Encoding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// `SIGKILL` etc., next to the number, for people reading dashboards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub timestamp: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl Event {
+    /// The raw bytes of an output event (decoding base64 if needed).
+    pub fn output_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+        match self.encoding {
+            Some(Encoding::Base64) => base64::engine::general_purpose::STANDARD.decode(&self.data),
+            None => Ok(self.data.clone().into_bytes()),
+        }
+    }
+
+    pub fn status(&self) -> Option<RunStatus> {
+        if self.kind != EventType::Status {
+            return None;
+        }
+        serde_json::from_value(serde_json::Value::String(self.data.clone())).ok()
+    }
+}
+
+/// One serialized event: the bytes are the JSON object without a newline.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub seq: u64,
+    pub json: Bytes,
+}
+
+/// Frames journaled together and fanned out together. Sharing one batch
+/// across subscribers is what makes fan-out cost one pointer per subscriber.
+#[derive(Debug)]
+pub struct Batch {
+    pub frames: Vec<Frame>,
+    /// Set on the batch that carries the run's final status.
+    pub last: bool,
+}
+
+impl Batch {
+    pub fn byte_len(&self) -> usize {
+        self.frames.iter().map(|f| f.json.len()).sum()
+    }
+}
+
+/// RFC 3339 UTC with microseconds, as the spec's examples show.
+pub fn now_timestamp() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Conventional name of a signal number, for humans.
+pub fn signal_name(signal: i32) -> Option<String> {
+    nix::sys::signal::Signal::try_from(signal).ok().map(|s| s.as_str().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_goes_base64_and_round_trips() {
+        let bytes = vec![b'a', 0xff, 0xfe, b'\n'];
+        let data = OutputData::from_bytes(bytes.clone());
+        assert_eq!(data.encoding, Some(Encoding::Base64));
+        let ev = Event {
+            run_id: "r".into(),
+            seq: 1,
+            kind: EventType::Stdout,
+            data: data.text,
+            encoding: data.encoding,
+            exit_code: None,
+            signal: None,
+            signal_name: None,
+            reason: None,
+            pid: None,
+            timestamp: now_timestamp(),
+            host: None,
+        };
+        let json = serde_json::to_string(&ev).unwrap();
+        assert!(json.contains(r#""encoding":"base64""#), "{json}");
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.output_bytes().unwrap(), bytes);
+    }
+
+    #[test]
+    fn timestamp_has_microseconds_and_z() {
+        let ts = now_timestamp();
+        assert!(ts.ends_with('Z'), "{ts}");
+        let frac = ts.split('.').nth(1).unwrap();
+        assert_eq!(frac.len(), 7, "{ts}");
+    }
+
+    #[test]
+    fn status_names_match_spec() {
+        let names: Vec<_> = RunStatus::ALL.iter().map(|s| s.as_str()).collect();
+        assert_eq!(names, ["queued", "running", "succeeded", "failed", "cancelled", "lost"]);
+        for s in RunStatus::ALL {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+        }
+    }
+}

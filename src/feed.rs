@@ -1,0 +1,304 @@
+//! The hand-off from journal history to live events, for one subscription.
+//!
+//! This is the only place that joins the two sources, so it is the only
+//! place that has to be right about gaps and duplicates. The rule:
+//!
+//! 1. Subscribe to the hub first. The hub returns a snapshot (`last_seq = L`)
+//!    taken under its publish lock, and from then on queues every batch with
+//!    `seq > L`.
+//! 2. Read `since+1 ..= L` from the journal. The supervisor writes a batch to
+//!    the file before publishing it, so all of those are there.
+//! 3. Then deliver the queued live batches, dropping anything already sent.
+//!
+//! `next` (the first seq not yet delivered) is the only cursor; every frame
+//! handed out passes through one filter on it. If the live queue overflows,
+//! a [`LagPolicy::Replay`] feed simply starts over at step 1 from `next`
+//! (local tools lose nothing); a [`LagPolicy::Close`] feed reports the lag,
+//! as the spec asks for network subscribers.
+
+use std::sync::Arc;
+
+use crate::event::{Batch, Frame};
+use crate::hub::{Hub, Phase, Recv, Subscription};
+use crate::journal::{HistoryReader, Journal, JournalError};
+use crate::run_id::RunId;
+
+/// What to do when the subscriber falls behind the live stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LagPolicy {
+    /// Report `Lagged` and stop (network subscribers; they reconnect with `since`).
+    Close,
+    /// Catch up from the journal and carry on (local CLI; never loses output).
+    Replay,
+}
+
+/// Frames ready to send: shared batches, of which only `seq >= from` are new.
+#[derive(Debug)]
+pub struct Delivery {
+    batches: Vec<Arc<Batch>>,
+    from: u64,
+}
+
+impl Delivery {
+    pub fn frames(&self) -> impl Iterator<Item = &Frame> {
+        let from = self.from;
+        self.batches.iter().flat_map(|b| b.frames.iter()).filter(move |f| f.seq >= from)
+    }
+}
+
+#[derive(Debug)]
+pub enum FeedItem {
+    Frames(Delivery),
+    /// Events `from..=to` were published but are not in the (degraded) journal.
+    Gap {
+        from: u64,
+        to: u64,
+    },
+    /// The subscriber fell behind; `last_seq` is the last seq delivered.
+    Lagged {
+        last_seq: u64,
+    },
+    /// The run is over and everything has been delivered.
+    End,
+}
+
+enum State {
+    Start,
+    History { reader: HistoryReader, until: u64, live: Option<Subscription> },
+    Live(Subscription),
+    Done,
+}
+
+pub struct Feed {
+    journal: Journal,
+    hub: Hub,
+    run: RunId,
+    /// First seq not yet delivered.
+    next: u64,
+    /// Keep going after history (false: stop at the snapshot, like `logs` without `-f`).
+    follow: bool,
+    lag: LagPolicy,
+    state: State,
+}
+
+impl Feed {
+    pub fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool, lag: LagPolicy) -> Self {
+        Feed { journal, hub, run, next: since.saturating_add(1), follow, lag, state: State::Start }
+    }
+
+    pub fn run_id(&self) -> &RunId {
+        &self.run
+    }
+
+    /// The last seq delivered so far.
+    pub fn last_seq(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// The next thing to send. Cancel-safe only between calls: callers
+    /// should not drop a pending `next()` and then call it again.
+    pub async fn next(&mut self) -> Result<FeedItem, JournalError> {
+        loop {
+            match std::mem::replace(&mut self.state, State::Done) {
+                State::Done => return Ok(FeedItem::End),
+                State::Start => self.start().await?,
+                State::History { mut reader, until, live } => {
+                    let frames = reader.next_frames().await?;
+                    if let Some(item) = self.deliver(vec![Arc::new(Batch { frames, last: false })]) {
+                        self.state = State::History { reader, until, live };
+                        return Ok(item);
+                    }
+                    self.state = match live {
+                        Some(sub) => State::Live(sub),
+                        None => State::Done,
+                    };
+                    if self.next <= until {
+                        let gap = FeedItem::Gap { from: self.next, to: until };
+                        self.next = until + 1;
+                        return Ok(gap);
+                    }
+                }
+                State::Live(mut sub) => match sub.recv().await {
+                    Recv::Batches(batches) => {
+                        self.state = State::Live(sub);
+                        if let Some(item) = self.deliver(batches) {
+                            return Ok(item);
+                        }
+                    }
+                    Recv::Closed => return Ok(FeedItem::End),
+                    Recv::Lagged => match self.lag {
+                        LagPolicy::Replay => {
+                            drop(sub);
+                            self.state = State::Start;
+                        }
+                        LagPolicy::Close => return Ok(FeedItem::Lagged { last_seq: self.last_seq() }),
+                    },
+                },
+            }
+        }
+    }
+
+    async fn start(&mut self) -> Result<(), JournalError> {
+        let (snap, sub) = self.hub.subscribe(&self.run);
+        let live = if self.follow { sub } else { None };
+        if snap.phase == Phase::Pending && !self.follow {
+            self.state = State::Done;
+            return Ok(());
+        }
+        self.state = if snap.last_seq >= self.next {
+            let reader = self.journal.history(&self.run, self.next, snap.last_seq).await?;
+            State::History { reader, until: snap.last_seq, live }
+        } else {
+            match live {
+                Some(sub) => State::Live(sub),
+                None => State::Done,
+            }
+        };
+        Ok(())
+    }
+
+    /// Advances the cursor over the new frames; None if there are none.
+    fn deliver(&mut self, batches: Vec<Arc<Batch>>) -> Option<FeedItem> {
+        let delivery = Delivery { batches, from: self.next };
+        let last = delivery.frames().last().map(|f| f.seq)?;
+        self.next = last + 1;
+        Some(FeedItem::Frames(delivery))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{EventType, OutputData, Payload};
+    use crate::hub::QueueLimits;
+    use crate::journal::{RunMeta, RunWriter};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        journal: Journal,
+        hub: Hub,
+        id: RunId,
+    }
+
+    fn fixture(limits: QueueLimits) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        Fixture { _dir: dir, journal, hub: Hub::new(limits), id: RunId::parse("feed").unwrap() }
+    }
+
+    fn append(w: &mut RunWriter, n: usize) {
+        for i in 0..n {
+            w.append(Payload::Output {
+                stream: EventType::Stdout,
+                data: OutputData::from_bytes(format!("{i}\n").into_bytes()),
+            });
+        }
+    }
+
+    async fn collect(feed: &mut Feed) -> (Vec<u64>, FeedItem) {
+        let mut seqs = Vec::new();
+        loop {
+            match feed.next().await.unwrap() {
+                FeedItem::Frames(d) => seqs.extend(d.frames().map(|f| f.seq)),
+                other => return (seqs, other),
+            }
+        }
+    }
+
+    /// A writer races a set of subscribers that join at every point of the
+    /// run; each must see exactly 1..=N.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_gap_no_duplicate_whatever_the_timing() {
+        let f = fixture(QueueLimits::default());
+        let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
+        let mut w = f.journal.create_run(&f.id, &meta).unwrap();
+        let publ = f.hub.open(&f.id, 0);
+        const BATCHES: usize = 400;
+        let mut handles = Vec::new();
+        let writer = tokio::spawn(async move {
+            for i in 0..BATCHES {
+                append(&mut w, 1 + i % 3);
+                publ.publish(w.finish_batch(i == BATCHES - 1));
+                if i % 7 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            w.last_seq()
+        });
+        for k in 0..40u64 {
+            let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), k % 5, true, LagPolicy::Close);
+            handles.push(tokio::spawn(async move { (k % 5, collect(&mut feed).await) }));
+            tokio::task::yield_now().await;
+        }
+        let total = writer.await.unwrap();
+        for h in handles {
+            let (since, (seqs, end)) = h.await.unwrap();
+            assert!(matches!(end, FeedItem::End), "{end:?}");
+            assert_eq!(seqs, (since + 1..=total).collect::<Vec<_>>());
+        }
+        // And one that arrives after the end.
+        let mut late = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true, LagPolicy::Close);
+        let (seqs, _) = collect(&mut late).await;
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn subscribe_before_run_exists_waits_for_it() {
+        let f = fixture(QueueLimits::default());
+        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true, LagPolicy::Close);
+        let reader = tokio::spawn(async move { collect(&mut feed).await });
+        tokio::task::yield_now().await;
+        let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
+        let mut w = f.journal.create_run(&f.id, &meta).unwrap();
+        let publ = f.hub.open(&f.id, 0);
+        append(&mut w, 5);
+        publ.publish(w.finish_batch(true));
+        let (seqs, end) = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await.unwrap().unwrap();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        assert!(matches!(end, FeedItem::End));
+    }
+
+    #[tokio::test]
+    async fn lag_closes_or_replays_by_policy() {
+        for policy in [LagPolicy::Close, LagPolicy::Replay] {
+            let f = fixture(QueueLimits { max_bytes: usize::MAX, max_batches: 2 });
+            let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
+            let mut w = f.journal.create_run(&f.id, &meta).unwrap();
+            let publ = f.hub.open(&f.id, 0);
+            let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true, policy);
+            append(&mut w, 1);
+            publ.publish(w.finish_batch(false));
+            let FeedItem::Frames(d) = feed.next().await.unwrap() else { panic!() };
+            assert_eq!(d.frames().map(|f| f.seq).collect::<Vec<_>>(), vec![1]);
+            for i in 0..5 {
+                append(&mut w, 1);
+                publ.publish(w.finish_batch(i == 4));
+            }
+            let (seqs, end) = collect(&mut feed).await;
+            match policy {
+                LagPolicy::Close => {
+                    assert_eq!(seqs, vec![2, 3]);
+                    assert!(matches!(end, FeedItem::Lagged { last_seq: 3 }), "{end:?}");
+                }
+                LagPolicy::Replay => {
+                    assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+                    assert!(matches!(end, FeedItem::End));
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_follow_stops_at_snapshot() {
+        let f = fixture(QueueLimits::default());
+        let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
+        let mut w = f.journal.create_run(&f.id, &meta).unwrap();
+        let publ = f.hub.open(&f.id, 0);
+        append(&mut w, 3);
+        publ.publish(w.finish_batch(false));
+        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 1, false, LagPolicy::Close);
+        let (seqs, end) = collect(&mut feed).await;
+        assert_eq!(seqs, vec![2, 3]);
+        assert!(matches!(end, FeedItem::End));
+    }
+}

@@ -1,0 +1,359 @@
+//! Live fan-out of journaled batches to subscribers.
+//!
+//! The hub knows, for every run it has heard of, the last `seq` published and
+//! whether the run is still open; that snapshot, taken under the same lock
+//! that publishing holds, is what lets a feed (see `feed.rs`) switch from
+//! journal history to live events with no gap and no duplicate.
+//!
+//! Each subscription has its own bounded queue (in batches and in bytes).
+//! Publishing never waits: a subscriber whose queue is full is marked lagged
+//! and dropped from the topic, so a slow reader can never hold up the run,
+//! the journal or anyone else.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::event::Batch;
+use crate::run_id::RunId;
+
+/// Bounds of one subscription's queue of not-yet-sent batches.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    pub max_bytes: usize,
+    pub max_batches: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits { max_bytes: 8 * 1024 * 1024, max_batches: 4096 }
+    }
+}
+
+/// Where a run's stream stands, as of a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Someone subscribed before the run exists.
+    Pending,
+    Open,
+    /// The final status has been published; nothing more will come.
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub last_seq: u64,
+    pub phase: Phase,
+}
+
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub lagged: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub batches_published: AtomicU64,
+    pub events_published: AtomicU64,
+}
+
+/// Cheap to clone; all clones share the same topics.
+#[derive(Clone, Default)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+#[derive(Default)]
+struct HubInner {
+    topics: Mutex<HashMap<RunId, Arc<Topic>>>,
+    limits: QueueLimits,
+    stats: Arc<HubStats>,
+}
+
+struct Topic {
+    state: Mutex<TopicState>,
+}
+
+struct TopicState {
+    last_seq: u64,
+    phase: Phase,
+    subs: Vec<Arc<SubQueue>>,
+}
+
+struct SubQueue {
+    state: Mutex<QueueState>,
+    /// Wakes the one consumer; a permit is stored if it is not waiting yet.
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    batches: VecDeque<Arc<Batch>>,
+    bytes: usize,
+    lagged: bool,
+    closed: bool,
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain
+/// counters and queues; the data is still usable, so carry on.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    pub fn new(limits: QueueLimits) -> Self {
+        Hub { inner: Arc::new(HubInner { topics: Mutex::default(), limits, stats: Arc::default() }) }
+    }
+
+    pub fn stats(&self) -> &Arc<HubStats> {
+        &self.inner.stats
+    }
+
+    fn topic(&self, run: &RunId) -> Arc<Topic> {
+        lock(&self.inner.topics)
+            .entry(run.clone())
+            .or_insert_with(|| {
+                Arc::new(Topic {
+                    state: Mutex::new(TopicState { last_seq: 0, phase: Phase::Pending, subs: Vec::new() }),
+                })
+            })
+            .clone()
+    }
+
+    /// Takes a snapshot of the run and, unless it is closed, starts queueing
+    /// every batch published after that snapshot.
+    pub fn subscribe(&self, run: &RunId) -> (Snapshot, Option<Subscription>) {
+        let topic = self.topic(run);
+        let mut st = lock(&topic.state);
+        let snap = Snapshot { last_seq: st.last_seq, phase: st.phase };
+        if st.phase == Phase::Closed {
+            return (snap, None);
+        }
+        let queue = Arc::new(SubQueue { state: Mutex::default(), notify: Notify::new() });
+        st.subs.push(queue.clone());
+        drop(st);
+        self.inner.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
+        let sub = Subscription { queue, topic, hub: self.clone(), run: run.clone() };
+        (snap, Some(sub))
+    }
+
+    /// Opens a run's topic for publishing, adopting early subscribers.
+    pub fn open(&self, run: &RunId, last_seq: u64) -> Publisher {
+        let topic = self.topic(run);
+        {
+            let mut st = lock(&topic.state);
+            st.phase = Phase::Open;
+            st.last_seq = last_seq;
+        }
+        Publisher { topic, limits: self.inner.limits, stats: self.inner.stats.clone() }
+    }
+
+    /// Records a run that is already over (found in the journal at start).
+    pub fn insert_closed(&self, run: &RunId, last_seq: u64) {
+        let topic = self.topic(run);
+        let mut st = lock(&topic.state);
+        st.phase = Phase::Closed;
+        st.last_seq = last_seq;
+        close_all(&mut st);
+    }
+
+    /// Forgets a finished run (retention).
+    pub fn remove(&self, run: &RunId) {
+        if let Some(topic) = lock(&self.inner.topics).remove(run) {
+            close_all(&mut lock(&topic.state));
+        }
+    }
+
+    pub fn snapshot(&self, run: &RunId) -> Option<Snapshot> {
+        let topic = lock(&self.inner.topics).get(run).cloned()?;
+        let st = lock(&topic.state);
+        Some(Snapshot { last_seq: st.last_seq, phase: st.phase })
+    }
+
+    /// Number of live subscriptions across all runs.
+    pub fn subscriber_count(&self) -> usize {
+        let topics: Vec<_> = lock(&self.inner.topics).values().cloned().collect();
+        topics.iter().map(|t| lock(&t.state).subs.len()).sum()
+    }
+
+    fn unsubscribe(&self, run: &RunId, topic: &Arc<Topic>, queue: &Arc<SubQueue>) {
+        let now_empty_pending = {
+            let mut st = lock(&topic.state);
+            st.subs.retain(|q| !Arc::ptr_eq(q, queue));
+            st.subs.is_empty() && st.phase == Phase::Pending
+        };
+        if now_empty_pending {
+            let mut topics = lock(&self.inner.topics);
+            // Re-check under the map lock: a subscriber or the run may have arrived.
+            if let Some(t) = topics.get(run)
+                && Arc::ptr_eq(t, topic)
+            {
+                let st = lock(&t.state);
+                if st.subs.is_empty() && st.phase == Phase::Pending {
+                    drop(st);
+                    topics.remove(run);
+                }
+            }
+        }
+    }
+}
+
+fn close_all(st: &mut TopicState) {
+    for q in st.subs.drain(..) {
+        lock(&q.state).closed = true;
+        q.notify.notify_one();
+    }
+}
+
+/// The one writer of a run's topic, held by its supervisor.
+pub struct Publisher {
+    topic: Arc<Topic>,
+    limits: QueueLimits,
+    stats: Arc<HubStats>,
+}
+
+impl Publisher {
+    /// Hands the batch to every subscriber without waiting on any of them.
+    pub fn publish(&self, batch: Batch) {
+        let Some(last_seq) = batch.frames.last().map(|f| f.seq) else {
+            return;
+        };
+        let closing = batch.last;
+        let bytes = batch.byte_len();
+        let events = batch.frames.len() as u64;
+        let batch = Arc::new(batch);
+        let mut st = lock(&self.topic.state);
+        st.last_seq = last_seq;
+        let limits = self.limits;
+        let stats = &self.stats;
+        st.subs.retain(|q| {
+            let mut qs = lock(&q.state);
+            let keep = if qs.batches.len() >= limits.max_batches || qs.bytes + bytes > limits.max_bytes {
+                qs.lagged = true;
+                stats.lagged.fetch_add(1, Ordering::Relaxed);
+                false
+            } else {
+                qs.batches.push_back(batch.clone());
+                qs.bytes += bytes;
+                true
+            };
+            drop(qs);
+            q.notify.notify_one();
+            keep
+        });
+        if closing {
+            st.phase = Phase::Closed;
+            close_all(&mut st);
+        }
+        drop(st);
+        self.stats.batches_published.fetch_add(1, Ordering::Relaxed);
+        self.stats.events_published.fetch_add(events, Ordering::Relaxed);
+    }
+}
+
+/// What a subscription yields.
+#[derive(Debug)]
+pub enum Recv {
+    Batches(Vec<Arc<Batch>>),
+    /// The queue overflowed; later events were not queued.
+    Lagged,
+    /// The run is over and everything queued has been taken.
+    Closed,
+}
+
+/// A subscriber's end of its queue. Dropping it unsubscribes.
+pub struct Subscription {
+    queue: Arc<SubQueue>,
+    topic: Arc<Topic>,
+    hub: Hub,
+    run: RunId,
+}
+
+impl Subscription {
+    /// Waits for queued batches and takes all of them at once, so a writer
+    /// can send them with a single flush.
+    pub async fn recv(&mut self) -> Recv {
+        loop {
+            {
+                let mut qs = lock(&self.queue.state);
+                if !qs.batches.is_empty() {
+                    qs.bytes = 0;
+                    return Recv::Batches(qs.batches.drain(..).collect());
+                }
+                if qs.lagged {
+                    return Recv::Lagged;
+                }
+                if qs.closed {
+                    return Recv::Closed;
+                }
+            }
+            self.queue.notify.notified().await;
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.unsubscribe(&self.run, &self.topic, &self.queue);
+        self.hub.inner.stats.subscriptions.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Frame;
+    use bytes::Bytes;
+
+    fn batch(seqs: std::ops::RangeInclusive<u64>, last: bool) -> Batch {
+        Batch { frames: seqs.map(|seq| Frame { seq, json: Bytes::from(vec![b'x'; 10]) }).collect(), last }
+    }
+
+    #[tokio::test]
+    async fn early_subscriber_gets_everything_then_closed() {
+        let hub = Hub::default();
+        let id = RunId::parse("a").unwrap();
+        let (snap, sub) = hub.subscribe(&id);
+        assert_eq!(snap, Snapshot { last_seq: 0, phase: Phase::Pending });
+        let mut sub = sub.unwrap();
+        let publ = hub.open(&id, 0);
+        publ.publish(batch(1..=3, false));
+        publ.publish(batch(4..=4, true));
+        let Recv::Batches(b) = sub.recv().await else { panic!("expected batches") };
+        let seqs: Vec<u64> = b.iter().flat_map(|b| b.frames.iter().map(|f| f.seq)).collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        assert!(matches!(sub.recv().await, Recv::Closed));
+        let (snap, none) = hub.subscribe(&id);
+        assert_eq!(snap, Snapshot { last_seq: 4, phase: Phase::Closed });
+        assert!(none.is_none());
+    }
+
+    #[tokio::test]
+    async fn full_queue_lags_only_that_subscriber() {
+        let hub = Hub::new(QueueLimits { max_bytes: 25, max_batches: 100 });
+        let id = RunId::parse("b").unwrap();
+        let publ = hub.open(&id, 0);
+        let (_, slow) = hub.subscribe(&id);
+        let mut slow = slow.unwrap();
+        let (_, fast) = hub.subscribe(&id);
+        let mut fast = fast.unwrap();
+        publ.publish(batch(1..=2, false));
+        let Recv::Batches(_) = fast.recv().await else { panic!() };
+        publ.publish(batch(3..=4, false)); // slow now holds 40 bytes > 25
+        let Recv::Batches(b) = fast.recv().await else { panic!() };
+        assert_eq!(b[0].frames[0].seq, 3);
+        let Recv::Batches(b) = slow.recv().await else { panic!() };
+        assert_eq!(b.len(), 1, "slow keeps what fit");
+        assert!(matches!(slow.recv().await, Recv::Lagged));
+        assert_eq!(hub.stats().lagged.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn pending_topic_is_forgotten_when_its_last_subscriber_leaves() {
+        let hub = Hub::default();
+        let id = RunId::parse("c").unwrap();
+        let (_, sub) = hub.subscribe(&id);
+        assert!(hub.snapshot(&id).is_some());
+        drop(sub);
+        assert!(hub.snapshot(&id).is_none());
+    }
+}

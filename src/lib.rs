@@ -1,0 +1,30 @@
+//! runtap: supervise job processes, journal their output, stream it.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! child ──> run::supervisor ──> journal (seq, durable) ──> hub (fan-out) ──> feed ──> server::{unix, ws}
+//! ```
+//!
+//! - [`config`]: config file, environment and flags, validated.
+//! - [`daemon`]: wiring and ordered shutdown.
+//! - [`run`]: spawning, output chunking, cancel, the run table.
+//! - [`event`]: the event envelope and run status.
+//! - [`journal`]: per-run append-only files; assigns `seq`; recovery.
+//! - [`hub`]: live fan-out with a bounded queue per subscriber.
+//! - [`feed`]: the history-then-live hand-off for one subscription.
+//! - [`server`]: the Unix socket protocol (and, later, HTTP/WebSocket).
+//! - [`client`]: the CLI's side of the Unix socket.
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod event;
+pub mod feed;
+pub mod hub;
+pub mod journal;
+pub mod protocol;
+pub mod run;
+pub mod run_id;
+pub mod server;
+pub mod sys;

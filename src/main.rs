@@ -1,0 +1,194 @@
+//! The `runtap` binary: parse arguments, set up logging, hand off to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use runtap::client::{self, EXIT_RUNTAP_ERROR, RunOptions};
+use runtap::config::{self, Config, Overrides};
+use runtap::daemon::{self, Listeners};
+
+#[derive(Parser)]
+#[command(name = "runtap", version, about = "Supervise job processes, journal their output, stream it.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args)]
+struct SocketArg {
+    /// The daemon's Unix socket [default: the daemon's embedded default]
+    #[arg(long, env = "RUNTAP_SOCKET", global = true)]
+    socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    /// Same fallback as the daemon: RUNTAP_STATE_DIR, then the embedded default.
+    fn path(&self) -> PathBuf {
+        self.socket.clone().unwrap_or_else(|| {
+            let state = std::env::var_os("RUNTAP_STATE_DIR")
+                .filter(|s| !s.is_empty())
+                .map_or_else(config::default_state_dir, PathBuf::from);
+            config::default_socket(&state)
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the per-host daemon in the foreground.
+    Daemon {
+        /// Config file (TOML); embedded defaults without one.
+        #[arg(long, env = "RUNTAP_CONFIG")]
+        config: Option<PathBuf>,
+        /// HTTP/WebSocket listen address.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Unix socket path.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Where journals and the token live.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Launch a command through the daemon and stream its output.
+    Run {
+        /// Run ID (default: a time-sortable one made by the daemon).
+        #[arg(long)]
+        id: Option<String>,
+        /// Give the job a pseudo-terminal.
+        #[arg(long)]
+        pty: bool,
+        /// Print the run ID and exit without waiting.
+        #[arg(long)]
+        detach: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Print a run's output from its journal.
+    Logs {
+        /// Follow until the run ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events after this seq.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        id: String,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// Cancel a run (SIGTERM to its process group, SIGKILL after the grace period).
+    Cancel {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+    /// List runs and their status.
+    Ps {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: SocketArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Daemon { config, listen, socket, state_dir } => {
+            let overrides = Overrides { config, state_dir, socket, listen };
+            match run_daemon(&overrides) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("runtap: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        other => ExitCode::from(run_client(other).clamp(0, 255) as u8),
+    }
+}
+
+fn run_daemon(overrides: &Overrides) -> anyhow::Result<()> {
+    let config = Config::load(overrides)?;
+    init_logging(&config.daemon.log_level);
+    if let Err(error) = runtap::sys::cloexec_inherited_fds() {
+        tracing::warn!(%error, "could not mark inherited fds close-on-exec; jobs may inherit them");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
+    runtime.block_on(async {
+        let listeners = Listeners::bind(&config)?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(watch_signals(shutdown.clone()));
+        daemon::run(config, listeners, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    for n in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if n > 0 {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        }
+        shutdown.cancel();
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run_client(command: Command) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("runtap: start runtime: {e}");
+            return EXIT_RUNTAP_ERROR;
+        }
+    };
+    let is_run = matches!(command, Command::Run { .. });
+    let result = runtime.block_on(async {
+        match command {
+            Command::Run { id, pty, detach, socket, command } => {
+                client::run(&socket.path(), RunOptions { id, pty, detach, command }).await
+            }
+            Command::Logs { follow, since, id, socket } => client::logs(&socket.path(), &id, since, follow).await,
+            Command::Cancel { id, reason, socket } => client::cancel(&socket.path(), &id, reason).await,
+            Command::Ps { json, socket } => client::ps(&socket.path(), json).await,
+            Command::Daemon { .. } => Ok(0),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("runtap: {e}");
+            // `run` mirrors the job's exit code, so its own failures use 125.
+            match e {
+                client::ClientError::Refused { .. } if !is_run => 1,
+                _ => EXIT_RUNTAP_ERROR,
+            }
+        }
+    }
+}

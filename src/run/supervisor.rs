@@ -1,0 +1,280 @@
+//! One run's owning task: starts the job, turns its output into journaled
+//! events, handles cancel, and writes the final status.
+//!
+//! Everything about a run happens on this one task, in order, so `seq`
+//! order is the order things happened: output, then exit, then final status.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::child::{self, Outcome, Spec, Started, Streams};
+use super::output::{self, Output};
+use super::table::RunTable;
+use crate::event::{EventType, Payload, RunStatus, StatusChange};
+use crate::hub::Publisher;
+use crate::journal::RunWriter;
+use crate::run_id::RunId;
+
+/// Output messages taken per journal batch: one write and one fan-out each.
+const BATCH_MESSAGES: usize = 256;
+/// Queue between stream readers and this task. Small: it only has to cover
+/// one journal write; beyond it the job waits on its pipe.
+const OUTPUT_QUEUE: usize = 64;
+
+/// Timing knobs, from `[runs]` and `[journal]` in the config.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub grace_period: Duration,
+    pub drain_timeout: Duration,
+    pub line_hold: Duration,
+    pub fsync_interval: Duration,
+    pub pty_size: (u16, u16),
+}
+
+/// Requests from the run's handle (the table) to this task.
+#[derive(Debug)]
+pub enum Control {
+    Cancel { reason: String },
+}
+
+struct Cancel {
+    reason: String,
+    /// When SIGKILL is due if the job is still there.
+    kill_at: Instant,
+    killed: bool,
+}
+
+pub(super) struct Supervisor {
+    run_id: RunId,
+    spec: Spec,
+    writer: RunWriter,
+    publisher: Publisher,
+    table: RunTable,
+    control: mpsc::UnboundedReceiver<Control>,
+    timing: Timing,
+    cancel: Option<Cancel>,
+    /// Journal fsync running on a blocking thread, so the run never waits on the disk.
+    sync_job: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Supervisor {
+    pub(super) fn new(
+        run_id: RunId,
+        spec: Spec,
+        writer: RunWriter,
+        publisher: Publisher,
+        table: RunTable,
+        control: mpsc::UnboundedReceiver<Control>,
+        timing: Timing,
+    ) -> Self {
+        Supervisor { run_id, spec, writer, publisher, table, control, timing, cancel: None, sync_job: None }
+    }
+
+    pub(super) async fn run(mut self) {
+        self.record_status(StatusChange { status: Some(RunStatus::Queued), ..Default::default() }, false);
+        if let Ok(Control::Cancel { reason }) = self.control.try_recv() {
+            let change =
+                StatusChange { status: Some(RunStatus::Cancelled), reason: Some(reason), ..Default::default() };
+            return self.finish(change).await;
+        }
+        let started = match child::spawn(&self.run_id, &self.spec) {
+            Ok(started) => started,
+            Err(error) => {
+                tracing::warn!(run_id = %self.run_id, %error, "job could not be started");
+                // Shell conventions: 127 command not found, 126 not executable.
+                let code = match error.kind() {
+                    std::io::ErrorKind::NotFound => 127,
+                    _ => 126,
+                };
+                let program = self.spec.argv.first().cloned().unwrap_or_default();
+                let change = StatusChange {
+                    status: Some(RunStatus::Failed),
+                    exit_code: Some(code),
+                    reason: Some(format!("cannot start {program:?}: {error}")),
+                    ..Default::default()
+                };
+                return self.finish(change).await;
+            }
+        };
+        let change = self.supervise(started).await;
+        self.finish(change).await;
+    }
+
+    async fn supervise(&mut self, started: Started) -> StatusChange {
+        let Started { mut child, pgid, streams } = started;
+        let pid = pgid.as_raw() as u32;
+        tracing::info!(run_id = %self.run_id, pid, pty = self.spec.pty.is_some(), "run started");
+        self.record_status(
+            StatusChange { status: Some(RunStatus::Running), pid: Some(pid), ..Default::default() },
+            false,
+        );
+        let (tx, mut rx) = mpsc::channel(OUTPUT_QUEUE);
+        let stop_readers = CancellationToken::new();
+        let mut open_streams: usize = 0;
+        let mut spawn_pump = |reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>, stream| {
+            open_streams += 1;
+            tokio::spawn(output::pump(reader, stream, tx.clone(), self.timing.line_hold, stop_readers.clone()));
+        };
+        match streams {
+            Streams::Pipes { stdout, stderr } => {
+                spawn_pump(Box::new(stdout), EventType::Stdout);
+                spawn_pump(Box::new(stderr), EventType::Stderr);
+            }
+            Streams::Pty(reader) => spawn_pump(Box::new(reader), EventType::Stdout),
+        }
+        drop(tx);
+
+        let mut outcome: Option<Outcome> = None;
+        let mut drain_deadline: Option<Instant> = None;
+        let mut fsync = tokio::time::interval(self.timing.fsync_interval);
+        fsync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut msgs = Vec::with_capacity(BATCH_MESSAGES);
+        while outcome.is_none() || open_streams > 0 {
+            let kill_at = self.cancel.as_ref().filter(|c| !c.killed).map(|c| c.kill_at);
+            tokio::select! {
+                n = rx.recv_many(&mut msgs, BATCH_MESSAGES), if open_streams > 0 => {
+                    if n == 0 {
+                        open_streams = 0; // every reader is gone
+                    } else {
+                        let ended = self.record_output(&mut msgs);
+                        open_streams = open_streams.saturating_sub(ended);
+                    }
+                }
+                status = child.wait(), if outcome.is_none() => {
+                    outcome = Some(match status {
+                        Ok(status) => status.into(),
+                        Err(error) => {
+                            tracing::error!(run_id = %self.run_id, %error, "waiting for the job failed");
+                            Outcome::Exited(-1)
+                        }
+                    });
+                    drain_deadline = Some(Instant::now() + self.timing.drain_timeout);
+                }
+                Some(ctl) = self.control.recv() => self.on_control(ctl, pgid),
+                _ = sleep_until(kill_at) => self.kill(pgid),
+                _ = sleep_until(drain_deadline) => {
+                    tracing::info!(run_id = %self.run_id, "output still open after the job exited; closing it");
+                    stop_readers.cancel();
+                    drain_deadline = None;
+                }
+                _ = fsync.tick() => self.start_sync(),
+            }
+        }
+        let outcome = outcome.unwrap_or(Outcome::Exited(-1));
+        if self.cancel.as_ref().is_some_and(|c| !c.killed) {
+            // The job is gone; anything still in its group ignored SIGTERM.
+            let _ = child::signal_group(pgid, Signal::SIGKILL);
+        }
+        self.final_status(outcome)
+    }
+
+    /// Journals and publishes one batch of output; returns how many streams ended.
+    fn record_output(&mut self, msgs: &mut Vec<Output>) -> usize {
+        let mut ended = 0;
+        for msg in msgs.drain(..) {
+            match msg {
+                Output::Data { stream, data } => {
+                    self.writer.append(Payload::Output { stream, data });
+                }
+                Output::Eof { .. } => ended += 1,
+            }
+        }
+        self.publish(false);
+        ended
+    }
+
+    fn on_control(&mut self, ctl: Control, pgid: nix::unistd::Pid) {
+        let Control::Cancel { reason } = ctl;
+        if self.cancel.is_some() {
+            return; // Cancelling twice is harmless.
+        }
+        tracing::info!(run_id = %self.run_id, %reason, grace = ?self.timing.grace_period, "cancelling run");
+        if let Err(error) = child::signal_group(pgid, Signal::SIGTERM) {
+            tracing::warn!(run_id = %self.run_id, %error, "SIGTERM to the run's process group failed");
+        }
+        self.cancel = Some(Cancel { reason, kill_at: Instant::now() + self.timing.grace_period, killed: false });
+    }
+
+    fn kill(&mut self, pgid: nix::unistd::Pid) {
+        tracing::info!(run_id = %self.run_id, "grace period over; sending SIGKILL to the process group");
+        if let Err(error) = child::signal_group(pgid, Signal::SIGKILL) {
+            tracing::warn!(run_id = %self.run_id, %error, "SIGKILL to the run's process group failed");
+        }
+        if let Some(c) = &mut self.cancel {
+            c.killed = true;
+        }
+    }
+
+    fn final_status(&self, outcome: Outcome) -> StatusChange {
+        let (exit_code, signal) = match outcome {
+            Outcome::Exited(code) => (Some(code), None),
+            Outcome::Signaled(sig) => (None, Some(sig)),
+        };
+        let (status, reason) = match (&self.cancel, outcome) {
+            (Some(c), _) if c.killed => (
+                RunStatus::Cancelled,
+                format!("{}; SIGKILL after the {:?} grace period", c.reason, self.timing.grace_period),
+            ),
+            (Some(c), _) => (RunStatus::Cancelled, c.reason.clone()),
+            (None, Outcome::Exited(0)) => (RunStatus::Succeeded, "exited with code 0".to_owned()),
+            (None, Outcome::Exited(code)) => (RunStatus::Failed, format!("exited with code {code}")),
+            (None, Outcome::Signaled(sig)) => (
+                RunStatus::Failed,
+                format!("killed by signal {sig} ({})", crate::event::signal_name(sig).unwrap_or_default()),
+            ),
+        };
+        StatusChange { status: Some(status), exit_code, signal, reason: Some(reason), pid: None }
+    }
+
+    fn record_status(&mut self, change: StatusChange, last: bool) {
+        self.table.on_status(&self.run_id, &change);
+        self.writer.append(Payload::Status(change));
+        self.publish(last);
+    }
+
+    fn publish(&mut self, last: bool) {
+        let batch = self.writer.finish_batch(last);
+        if self.writer.is_degraded() {
+            self.table.mark_degraded(&self.run_id);
+        }
+        self.publisher.publish(batch);
+    }
+
+    fn start_sync(&mut self) {
+        if self.sync_job.as_ref().is_some_and(|j| !j.is_finished()) {
+            return;
+        }
+        if let Some(file) = self.writer.take_sync_job() {
+            self.sync_job = Some(tokio::task::spawn_blocking(move || file.sync_data()));
+        }
+    }
+
+    async fn finish(mut self, change: StatusChange) {
+        let status = change.status;
+        self.record_status(change, true);
+        if let Some(job) = self.sync_job.take() {
+            let _ = job.await;
+        }
+        self.start_sync();
+        if let Some(job) = self.sync_job.take() {
+            match job.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::error!(run_id = %self.run_id, %error, "journal fsync failed"),
+                Err(error) => tracing::error!(run_id = %self.run_id, %error, "journal fsync task failed"),
+            }
+        }
+        tracing::info!(run_id = %self.run_id, status = ?status, last_seq = self.writer.last_seq(), "run finished");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,356 @@
+//! The table of runs: launch, cancel, look up, list, retention.
+//!
+//! Each active run is owned by its supervisor task; the table holds what
+//! `ps` shows and the run's control channel. It is a plain map behind a
+//! mutex held only for short, non-async updates: no I/O happens under it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::child::Spec;
+use super::supervisor::{Control, Supervisor, Timing};
+use crate::event::{RunStatus, StatusChange, now_timestamp};
+use crate::hub::Hub;
+use crate::journal::{Journal, JournalError, RunMeta};
+use crate::run_id::RunId;
+
+/// A run as `ps`, `GET /runs` and the socket's `status` show it.
+#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunInfo {
+    pub run_id: RunId,
+    pub status: RunStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    pub command: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    pub pty: bool,
+    pub created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    /// Last seq published (the number of events so far).
+    pub last_seq: u64,
+    /// `ok`, or `degraded` once a journal write failed.
+    pub journal: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("empty command")]
+    EmptyCommand,
+    #[error("run {0} is already active")]
+    Active(RunId),
+    #[error(
+        "run ID {0} is taken by a finished run whose journal is still kept; run IDs are unique while their journal is retained"
+    )]
+    Exists(RunId),
+    #[error("too many active runs (limit {0}); try again when one finishes")]
+    TooMany(usize),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("create journal: {0}")]
+    Journal(#[from] JournalError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no run {0}")]
+    NotFound(RunId),
+    /// Already over; carries its final state (HTTP answers 409 with it).
+    #[error("run {} already {}", .0.run_id, .0.status.as_str())]
+    Finished(Box<RunInfo>),
+}
+
+/// Limits and timing for runs, from `[runs]` and `[journal]`.
+#[derive(Clone, Copy, Debug)]
+pub struct RunLimits {
+    pub max_concurrent: usize,
+    pub timing: Timing,
+}
+
+struct Entry {
+    info: RunInfo,
+    /// Present while the run's supervisor is alive.
+    control: Option<mpsc::UnboundedSender<Control>>,
+}
+
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct RunTable {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runs: Mutex<HashMap<RunId, Entry>>,
+    journal: Journal,
+    hub: Hub,
+    limits: RunLimits,
+    /// Supervisor tasks, so shutdown can wait for them.
+    tracker: TaskTracker,
+}
+
+impl RunTable {
+    pub fn new(journal: Journal, hub: Hub, limits: RunLimits, tracker: TaskTracker) -> Self {
+        RunTable { inner: Arc::new(Inner { runs: Mutex::default(), journal, hub, limits, tracker }) }
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.inner.journal
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.inner.hub
+    }
+
+    fn runs(&self) -> MutexGuard<'_, HashMap<RunId, Entry>> {
+        // Entries are plain data; a panic elsewhere cannot leave them half-built.
+        self.inner.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads every run kept in the journal (closing interrupted ones as lost).
+    pub fn recover(&self) -> Result<usize, JournalError> {
+        let recovered = self.inner.journal.recover()?;
+        let n = recovered.len();
+        let mut runs = self.runs();
+        for r in recovered {
+            self.inner.hub.insert_closed(&r.run_id, r.last_seq);
+            let info = RunInfo {
+                run_id: r.run_id.clone(),
+                status: r.status,
+                exit_code: r.last_status.exit_code,
+                signal: r.last_status.signal,
+                reason: r.last_status.reason,
+                pid: None,
+                command: r.meta.command,
+                cwd: r.meta.cwd,
+                pty: r.meta.pty,
+                created_at: r.meta.created_at,
+                started_at: r.started_at,
+                ended_at: r.ended_at,
+                last_seq: r.last_seq,
+                journal: "ok".into(),
+            };
+            runs.insert(r.run_id, Entry { info, control: None });
+        }
+        Ok(n)
+    }
+
+    /// Registers and starts a run. Checks, in order: command, shutdown,
+    /// duplicate ID, concurrency cap; then creates the journal.
+    pub fn launch(&self, id: Option<RunId>, spec: Spec) -> Result<RunId, LaunchError> {
+        if spec.argv.is_empty() || spec.argv[0].is_empty() {
+            return Err(LaunchError::EmptyCommand);
+        }
+        if self.inner.tracker.is_closed() {
+            return Err(LaunchError::ShuttingDown);
+        }
+        let id = id.unwrap_or_else(RunId::generate);
+        let meta = RunMeta {
+            run_id: Some(id.clone()),
+            command: spec.argv.clone(),
+            cwd: spec.cwd.clone(),
+            pty: spec.pty.is_some(),
+            created_at: now_timestamp(),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = {
+            let mut runs = self.runs();
+            if let Some(e) = runs.get(&id) {
+                return Err(if e.control.is_some() { LaunchError::Active(id) } else { LaunchError::Exists(id) });
+            }
+            let active = runs.values().filter(|e| e.control.is_some()).count();
+            if active >= self.inner.limits.max_concurrent {
+                return Err(LaunchError::TooMany(self.inner.limits.max_concurrent));
+            }
+            // Creating the journal under the lock makes "check then create" atomic;
+            // it is two small file creations.
+            let writer = self.inner.journal.create_run(&id, &meta)?;
+            let info = RunInfo {
+                run_id: id.clone(),
+                status: RunStatus::Queued,
+                exit_code: None,
+                signal: None,
+                reason: None,
+                pid: None,
+                command: meta.command,
+                cwd: meta.cwd,
+                pty: meta.pty,
+                created_at: meta.created_at,
+                started_at: None,
+                ended_at: None,
+                last_seq: 0,
+                journal: "ok".into(),
+            };
+            runs.insert(id.clone(), Entry { info, control: Some(tx) });
+            writer
+        };
+        let publisher = self.inner.hub.open(&id, 0);
+        let sup = Supervisor::new(id.clone(), spec, writer, publisher, self.clone(), rx, self.inner.limits.timing);
+        self.inner.tracker.spawn(sup.run());
+        Ok(id)
+    }
+
+    /// Asks an active run to stop. Harmless if it is already stopping.
+    pub fn cancel(&self, id: &RunId, reason: String) -> Result<RunInfo, CancelError> {
+        let runs = self.runs();
+        let entry = runs.get(id).ok_or_else(|| CancelError::NotFound(id.clone()))?;
+        match &entry.control {
+            Some(tx) if tx.send(Control::Cancel { reason }).is_ok() => Ok(self.with_seq(entry.info.clone())),
+            _ => Err(CancelError::Finished(Box::new(self.with_seq(entry.info.clone())))),
+        }
+    }
+
+    /// Cancels every active run (daemon shutdown).
+    pub fn cancel_all(&self, reason: &str) -> usize {
+        let runs = self.runs();
+        runs.values()
+            .filter_map(|e| e.control.as_ref())
+            .filter(|tx| tx.send(Control::Cancel { reason: reason.to_owned() }).is_ok())
+            .count()
+    }
+
+    pub fn get(&self, id: &RunId) -> Option<RunInfo> {
+        let info = self.runs().get(id)?.info.clone();
+        Some(self.with_seq(info))
+    }
+
+    /// All runs, oldest first.
+    pub fn list(&self) -> Vec<RunInfo> {
+        let mut all: Vec<RunInfo> = self.runs().values().map(|e| e.info.clone()).collect();
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.run_id.cmp(&b.run_id)));
+        all.into_iter().map(|i| self.with_seq(i)).collect()
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.runs().values().filter(|e| e.control.is_some()).count()
+    }
+
+    pub fn count_by_status(&self) -> HashMap<RunStatus, usize> {
+        let mut counts = HashMap::new();
+        for e in self.runs().values() {
+            *counts.entry(e.info.status).or_default() += 1;
+        }
+        counts
+    }
+
+    pub fn degraded_count(&self) -> usize {
+        self.runs().values().filter(|e| e.info.journal != "ok").count()
+    }
+
+    fn with_seq(&self, mut info: RunInfo) -> RunInfo {
+        if let Some(snap) = self.inner.hub.snapshot(&info.run_id) {
+            info.last_seq = snap.last_seq;
+        }
+        info
+    }
+
+    pub(super) fn on_status(&self, id: &RunId, change: &StatusChange) {
+        let mut runs = self.runs();
+        let Some(e) = runs.get_mut(id) else { return };
+        let Some(status) = change.status else { return };
+        e.info.status = status;
+        match status {
+            RunStatus::Running => {
+                e.info.started_at = Some(now_timestamp());
+                e.info.pid = change.pid;
+            }
+            s if s.is_final() => {
+                // From here on the run counts as finished: cancel answers 409,
+                // and it no longer counts against the concurrency cap.
+                e.control = None;
+                e.info.ended_at = Some(now_timestamp());
+                e.info.exit_code = change.exit_code;
+                e.info.signal = change.signal;
+                e.info.reason = change.reason.clone();
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn mark_degraded(&self, id: &RunId) {
+        if let Some(e) = self.runs().get_mut(id) {
+            e.info.journal = "degraded".into();
+        }
+    }
+
+    /// Deletes finished runs older than `max_age`, then the oldest finished
+    /// runs until the total is under `max_bytes`. Never touches active runs.
+    pub fn sweep_retention(&self, max_age: Duration, max_bytes: u64) -> usize {
+        let now = chrono::Utc::now();
+        let finished: Vec<(RunId, String, bool)> = {
+            let runs = self.runs();
+            runs.values()
+                .filter(|e| e.control.is_none())
+                .map(|e| {
+                    let ended = e.info.ended_at.clone().unwrap_or_else(|| e.info.created_at.clone());
+                    let old = chrono::DateTime::parse_from_rfc3339(&ended)
+                        .map(|t| (now - t.with_timezone(&chrono::Utc)).to_std().unwrap_or_default() > max_age)
+                        .unwrap_or(false);
+                    (e.info.run_id.clone(), ended, old)
+                })
+                .collect()
+        };
+        let mut sized: Vec<(RunId, String, bool, u64)> = finished
+            .into_iter()
+            .map(|(id, ended, old)| {
+                let bytes = self.inner.journal.run_bytes(&id);
+                (id, ended, old, bytes)
+            })
+            .collect();
+        sized.sort_by(|a, b| a.1.cmp(&b.1));
+        let active_bytes: u64 = {
+            let ids: Vec<RunId> =
+                self.runs().values().filter(|e| e.control.is_some()).map(|e| e.info.run_id.clone()).collect();
+            ids.iter().map(|id| self.inner.journal.run_bytes(id)).sum()
+        };
+        let mut total: u64 = active_bytes + sized.iter().map(|s| s.3).sum::<u64>();
+        let mut removed = 0;
+        for (id, _, old, bytes) in sized {
+            if !old && total <= max_bytes {
+                continue;
+            }
+            if self.remove_finished(&id) {
+                total = total.saturating_sub(bytes);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    fn remove_finished(&self, id: &RunId) -> bool {
+        {
+            let mut runs = self.runs();
+            match runs.get(id) {
+                Some(e) if e.control.is_none() => {
+                    runs.remove(id);
+                }
+                _ => return false,
+            }
+        }
+        self.inner.hub.remove(id);
+        match self.inner.journal.remove_run(id) {
+            Ok(()) => {
+                tracing::info!(run_id = %id, "retention removed run");
+                true
+            }
+            Err(error) => {
+                tracing::warn!(run_id = %id, %error, "retention could not remove run");
+                false
+            }
+        }
+    }
+}

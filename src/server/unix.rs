@@ -1,0 +1,338 @@
+//! The Unix socket: launch, subscribe, cancel, list, status (see `protocol`).
+//!
+//! Access is the socket file's permissions (mode 0660 or tighter, group =
+//! the workers allowed to launch jobs); the peer's uid is logged. Each
+//! connection has a reader (requests, in order) and one writer task fed by a
+//! bounded queue; subscriptions run as their own tasks and write through it.
+//! A slow local reader never lags out: its feed catches up from the journal
+//! (`LagPolicy::Replay`), so `runtap run` and `logs -f` lose nothing.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio::task::{AbortHandle, JoinSet};
+use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::feed::{Feed, FeedItem, LagPolicy};
+use crate::protocol::{LaunchRequest, MAX_REQUEST_BYTES, Request, Response};
+use crate::run::{CancelError, LaunchError, RunTable, Spec};
+use crate::run_id::RunId;
+
+/// Lines (or line batches) queued for one connection's writer.
+const WRITE_QUEUE: usize = 32;
+
+/// Knobs from the config that launches need.
+#[derive(Clone, Copy, Debug)]
+pub struct LaunchDefaults {
+    pub pty_cols: u16,
+    pub pty_rows: u16,
+}
+
+/// The socket file; removed when dropped (daemon shutdown).
+#[derive(Debug)]
+pub struct SocketGuard {
+    path: PathBuf,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove socket file");
+        }
+    }
+}
+
+/// Binds the socket with `mode`, replacing a stale file but never a live daemon's.
+pub fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketGuard)> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by a running daemon", path.display()),
+                ));
+            }
+            tracing::info!(path = %path.display(), "replacing stale socket file");
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    let guard = SocketGuard { path: path.to_owned() };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok((listener, guard))
+}
+
+/// Accepts connections until `shutdown`.
+pub async fn serve(
+    listener: UnixListener,
+    table: RunTable,
+    defaults: LaunchDefaults,
+    stop_accepting: CancellationToken,
+    stop_connections: CancellationToken,
+    tracker: TaskTracker,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = stop_accepting.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(%error, "unix socket accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let uid = stream.peer_cred().ok().map(|c| c.uid());
+        tracing::debug!(peer_uid = ?uid, "unix connection");
+        let conn = Connection { table: table.clone(), defaults, uid, subs: HashMap::new(), tasks: JoinSet::new() };
+        tracker.spawn(conn.serve(stream, stop_connections.clone()));
+    }
+}
+
+struct Connection {
+    table: RunTable,
+    defaults: LaunchDefaults,
+    uid: Option<u32>,
+    /// Live subscriptions by run, so `unsubscribe` can stop one.
+    subs: HashMap<RunId, AbortHandle>,
+    /// Subscription tasks; dropping the set (connection gone) aborts them.
+    tasks: JoinSet<()>,
+}
+
+impl Connection {
+    async fn serve(mut self, stream: UnixStream, shutdown: CancellationToken) {
+        let (read, mut write) = stream.into_split();
+        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
+        let writer = tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                if write.write_all(&first).await.is_err() {
+                    return;
+                }
+                while let Ok(more) = rx.try_recv() {
+                    if write.write_all(&more).await.is_err() {
+                        return;
+                    }
+                }
+                if write.flush().await.is_err() {
+                    return;
+                }
+            }
+        });
+        let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_REQUEST_BYTES);
+        let mut lines = FramedRead::new(read, codec);
+        loop {
+            let line = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                line = lines.next() => line,
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => continue,
+            };
+            let answer = match line {
+                None => break,
+                Some(Ok(line)) if line.trim_ascii().is_empty() => continue,
+                Some(Ok(line)) => self.handle(&line, &tx),
+                Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
+                    let msg = format!("request line over {MAX_REQUEST_BYTES} bytes");
+                    let _ = tx.send(Bytes::from(Response::error("message-too-large", msg).to_line())).await;
+                    break;
+                }
+                Some(Err(AnyDelimiterCodecError::Io(error))) => {
+                    tracing::debug!(peer_uid = ?self.uid, %error, "unix connection read failed");
+                    break;
+                }
+            };
+            if let Some(answer) = answer
+                && tx.send(Bytes::from(answer.to_line())).await.is_err()
+            {
+                break;
+            }
+        }
+        // EOF from the peer ends its subscriptions too: a peer that is gone
+        // cannot be told apart from one that half-closed, and a subscription
+        // to a run that never starts would otherwise wait forever.
+        self.tasks.shutdown().await;
+        drop(tx);
+        let _ = writer.await;
+    }
+
+    /// Answers one request line; `None` when the answer is sent elsewhere.
+    fn handle(&mut self, line: &[u8], tx: &mpsc::Sender<Bytes>) -> Option<Response> {
+        let request: Request = match serde_json::from_slice(line) {
+            Ok(r) => r,
+            Err(e) => return Some(Response::error("bad-request", format!("malformed request: {e}"))),
+        };
+        match request {
+            Request::Launch(req) => Some(self.launch(req)),
+            Request::Subscribe { run_id, since, follow } => {
+                let id = match RunId::parse(&run_id) {
+                    Ok(id) => id,
+                    Err(e) => return Some(bad_run_id(&run_id, e)),
+                };
+                if let Some(old) = self.subs.remove(&id) {
+                    old.abort();
+                }
+                let feed = Feed::new(
+                    self.table.journal().clone(),
+                    self.table.hub().clone(),
+                    id.clone(),
+                    since,
+                    follow,
+                    LagPolicy::Replay,
+                );
+                let hello = Response::Subscribed { run_id: id.to_string(), since };
+                let handle = self.tasks.spawn(stream_feed(feed, hello, tx.clone()));
+                self.subs.insert(id, handle);
+                None
+            }
+            Request::Unsubscribe { run_id } => {
+                let id = match RunId::parse(&run_id) {
+                    Ok(id) => id,
+                    Err(e) => return Some(bad_run_id(&run_id, e)),
+                };
+                if let Some(old) = self.subs.remove(&id) {
+                    old.abort();
+                }
+                Some(Response::Unsubscribed { run_id })
+            }
+            Request::Cancel { run_id, reason } => {
+                let id = match RunId::parse(&run_id) {
+                    Ok(id) => id,
+                    Err(e) => return Some(bad_run_id(&run_id, e)),
+                };
+                let reason = reason.unwrap_or_else(|| "cancelled by request".into());
+                tracing::info!(run_id = %id, peer_uid = ?self.uid, %reason, "cancel requested");
+                Some(match self.table.cancel(&id, reason) {
+                    Ok(run) => Response::Cancelling { run: Box::new(run) },
+                    Err(CancelError::NotFound(_)) => not_found(&id),
+                    Err(e @ CancelError::Finished(_)) => {
+                        let message = e.to_string();
+                        let CancelError::Finished(run) = e else { unreachable!() };
+                        Response::Error { code: "finished".into(), message, run_id: Some(run_id), run: Some(run) }
+                    }
+                })
+            }
+            Request::Status { run_id } => Some(match RunId::parse(&run_id) {
+                Err(e) => bad_run_id(&run_id, e),
+                Ok(id) => match self.table.get(&id) {
+                    Some(run) => Response::Run { run: Box::new(run) },
+                    None => not_found(&id),
+                },
+            }),
+            Request::List => Some(Response::Runs { runs: self.table.list() }),
+        }
+    }
+
+    fn launch(&self, req: LaunchRequest) -> Response {
+        let id = match req.run_id.as_deref().map(RunId::parse).transpose() {
+            Ok(id) => id,
+            Err(e) => return bad_run_id(req.run_id.as_deref().unwrap_or_default(), e),
+        };
+        let spec = Spec {
+            argv: req.command,
+            env: req.env,
+            clear_env: req.clear_env,
+            cwd: req.cwd,
+            pty: req.pty.then(|| {
+                (req.cols.unwrap_or(self.defaults.pty_cols).max(1), req.rows.unwrap_or(self.defaults.pty_rows).max(1))
+            }),
+        };
+        match self.table.launch(id, spec) {
+            Ok(id) => {
+                tracing::info!(run_id = %id, peer_uid = ?self.uid, "run launched");
+                Response::Launched { run_id: id.to_string() }
+            }
+            Err(e) => {
+                let code = match &e {
+                    LaunchError::EmptyCommand => "bad-request",
+                    LaunchError::Active(_) => "run-active",
+                    LaunchError::Exists(_) => "run-exists",
+                    LaunchError::TooMany(_) => "too-many-runs",
+                    LaunchError::ShuttingDown => "shutting-down",
+                    LaunchError::Journal(_) => "journal",
+                };
+                tracing::info!(peer_uid = ?self.uid, code, error = %e, "launch refused");
+                Response::error(code, e.to_string())
+            }
+        }
+    }
+}
+
+fn bad_run_id(raw: &str, e: crate::run_id::RunIdError) -> Response {
+    let code = if raw.is_empty() { "missing-run-id" } else { "bad-request" };
+    Response::error(code, format!("invalid run ID {raw:?}: {e}"))
+}
+
+fn not_found(id: &RunId) -> Response {
+    Response::Error {
+        code: "not-found".into(),
+        message: format!("no run {id}"),
+        run_id: Some(id.to_string()),
+        run: None,
+    }
+}
+
+/// Sends a subscription's frames, as lines, until the run ends.
+async fn stream_feed(mut feed: Feed, hello: Response, tx: mpsc::Sender<Bytes>) {
+    if tx.send(Bytes::from(hello.to_line())).await.is_err() {
+        return;
+    }
+    loop {
+        let item = match feed.next().await {
+            Ok(item) => item,
+            Err(error) => {
+                tracing::warn!(run_id = %feed.run_id(), %error, "reading history failed");
+                let _ = tx.send(Bytes::from(Response::error("journal", error.to_string()).to_line())).await;
+                return;
+            }
+        };
+        let out = match item {
+            FeedItem::Frames(delivery) => {
+                let mut buf = Vec::new();
+                for f in delivery.frames() {
+                    buf.extend_from_slice(&f.json);
+                    buf.push(b'\n');
+                }
+                buf
+            }
+            FeedItem::Gap { from, to } => Response::error(
+                "journal-gap",
+                format!("events {from}..={to} of run {} are missing from its degraded journal", feed.run_id()),
+            )
+            .to_line(),
+            FeedItem::Lagged { last_seq } => {
+                Response::error("lagged", format!("subscriber too slow; last seq sent {last_seq}")).to_line()
+            }
+            FeedItem::End => {
+                let end = Response::End { run_id: feed.run_id().to_string(), last_seq: feed.last_seq() };
+                let _ = tx.send(Bytes::from(end.to_line())).await;
+                return;
+            }
+        };
+        if tx.send(Bytes::from(out)).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Test harness: the real `runtap` binary on temp paths, real clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use runtap::client::{Client, Line};
+use runtap::event::{Event, RunStatus};
+use runtap::protocol::{Request, Response};
+
+/// Upper bound for any single wait in tests.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_runtap")
+}
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub extra_config: String,
+}
+
+impl Daemon {
+    /// Starts a daemon with `config` (TOML) merged into a temp config file.
+    pub fn start_with(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon { dir, child: None, extra_config: config.to_owned() };
+        d.spawn();
+        d
+    }
+
+    pub fn start() -> Daemon {
+        Daemon::start_with("")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("runtap.sock")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// (Re)starts the daemon process on the same state dir and waits until it accepts.
+    pub fn spawn(&mut self) {
+        let config = self.dir.path().join("config.toml");
+        std::fs::write(&config, &self.extra_config).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let child = Command::new(bin())
+            .args(["daemon", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "runtap=debug")
+            .env_remove("RUNTAP_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "daemon not ready in time:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+        wait_child(&mut child, WAIT).unwrap_or_else(|| panic!("daemon did not stop:\n{}", self.log()))
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// A `runtap` CLI command pointed at this daemon.
+    pub fn cli(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("RUNTAP_SOCKET", self.socket());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut c = self.cli();
+        c.args(args).stdin(Stdio::null());
+        output_with_timeout(c, WAIT)
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect(&self.socket()).await.unwrap()
+    }
+
+    /// Waits (through the daemon's own stream) for a run's final status event.
+    pub async fn wait_final(&self, id: &str) -> Event {
+        tokio::time::timeout(WAIT, async {
+            let mut c = self.client().await;
+            c.send(&Request::Subscribe { run_id: id.into(), since: 0, follow: true }).await.unwrap();
+            loop {
+                match c.next().await.unwrap() {
+                    Line::Event(ev) if ev.status().is_some_and(RunStatus::is_final) => return *ev,
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("run {id} did not finish in time:\n{}", self.log()))
+    }
+
+    /// Waits for a run's `running` event and returns its pid.
+    pub async fn wait_running(&self, id: &str) -> u32 {
+        tokio::time::timeout(WAIT, async {
+            let mut c = self.client().await;
+            c.send(&Request::Subscribe { run_id: id.into(), since: 0, follow: true }).await.unwrap();
+            loop {
+                if let Line::Event(ev) = c.next().await.unwrap()
+                    && ev.status() == Some(RunStatus::Running)
+                {
+                    return ev.pid.unwrap();
+                }
+            }
+        })
+        .await
+        .expect("run did not start in time")
+    }
+
+    /// All events of a run (it must be finished).
+    pub async fn events(&self, id: &str) -> Vec<Event> {
+        let mut c = self.client().await;
+        c.send(&Request::Subscribe { run_id: id.into(), since: 0, follow: false }).await.unwrap();
+        let mut out = Vec::new();
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match c.next().await.unwrap() {
+                    Line::Event(ev) => out.push(*ev),
+                    Line::Control(Response::End { .. }) => break,
+                    Line::Control(_) => {}
+                }
+            }
+        })
+        .await
+        .expect("history in time");
+        out
+    }
+
+    pub async fn request(&self, req: Request) -> Response {
+        let mut c = self.client().await;
+        c.send(&req).await.unwrap();
+        match tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap() {
+            Line::Control(r) => r,
+            Line::Event(e) => panic!("unexpected event {e:?}"),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// True while a live (not zombie) process is in the group. Zombies are
+/// ignored: orphans are reparented to PID 1, which may not reap them here.
+pub fn group_alive(pgid: u32) -> bool {
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        // state ppid pgrp ...
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
+            return true;
+        }
+    }
+    false
+}
+
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a command, collecting output, killing it if it exceeds `timeout`.
+pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stdout.read_to_end(&mut v).unwrap();
+        v
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stderr.read_to_end(&mut v).unwrap();
+        v
+    });
+    let status = match wait_child(&mut child, timeout) {
+        Some(s) => s,
+        None => {
+            let _ = child.kill();
+            panic!("command timed out: {cmd:?}");
+        }
+    };
+    Output { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
+}
+
+/// Open fds of a process.
+pub fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// Zombie children of `pid`.
+pub fn zombies_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
+        // pid (comm) state ppid ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.trim().to_owned()) else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 1 && fields[0] == "Z" && fields[1] == pid.to_string() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}
