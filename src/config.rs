@@ -153,6 +153,16 @@ pub struct StreamConfig {
     pub write_stall_timeout: Duration,
     /// `Origin` values accepted on WebSocket upgrades; empty accepts any origin.
     pub allowed_origins: Vec<String>,
+    /// Tokens that may only see runs whose ID starts with a prefix (others: `forbidden`).
+    pub restricted_tokens: Vec<RestrictedToken>,
+}
+
+/// A viewer token limited to the runs whose ID starts with `run_prefix`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestrictedToken {
+    pub token: String,
+    pub run_prefix: String,
 }
 
 /// Reads `XDG_STATE_HOME` and `XDG_RUNTIME_DIR` (see [`default_state_dir`], [`default_socket`]).
@@ -204,6 +214,7 @@ impl Default for StreamConfig {
             subscriber_queue_batches: DEFAULT_SUBSCRIBER_QUEUE_BATCHES,
             write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
             allowed_origins: Vec::new(),
+            restricted_tokens: Vec::new(),
         }
     }
 }
@@ -227,6 +238,10 @@ impl fmt::Debug for StreamConfig {
             .field("subscriber_queue_batches", &self.subscriber_queue_batches)
             .field("write_stall_timeout", &self.write_stall_timeout)
             .field("allowed_origins", &self.allowed_origins)
+            .field(
+                "restricted_tokens",
+                &self.restricted_tokens.iter().map(|t| format!("[redacted] -> {:?}", t.run_prefix)).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -412,6 +427,12 @@ impl Config {
             // Never echo the token itself: this message goes to logs.
             let ok = token.chars().count() >= MIN_TOKEN_LEN && !token.chars().any(char::is_whitespace);
             ensure(ok, &format!("stream.tokens[{i}]"), || {
+                format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
+            })?;
+        }
+        for (i, t) in s.restricted_tokens.iter().enumerate() {
+            let ok = t.token.chars().count() >= MIN_TOKEN_LEN && !t.token.chars().any(char::is_whitespace);
+            ensure(ok, &format!("stream.restricted_tokens[{i}].token"), || {
                 format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
             })?;
         }

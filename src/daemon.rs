@@ -10,7 +10,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::net::UnixListener;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,7 +20,9 @@ use crate::config::Config;
 use crate::hub::{Hub, QueueLimits};
 use crate::journal::{Journal, JournalError};
 use crate::run::{RunLimits, RunTable, Timing};
+use crate::server::auth::{AuthError, Tokens};
 use crate::server::unix::{self, LaunchDefaults, SocketGuard};
+use crate::server::{Shared, http};
 
 /// Extra time, past the grace period and drain timeout, that shutdown
 /// waits for runs to write their final status.
@@ -32,8 +36,12 @@ pub enum DaemonError {
     StateDir { path: PathBuf, source: std::io::Error },
     #[error("bind unix socket {path}: {source}")]
     BindUnix { path: PathBuf, source: std::io::Error },
+    #[error("bind {addr}: {source}")]
+    BindTcp { addr: String, source: std::io::Error },
     #[error("recover journal: {0}")]
     Journal(#[from] JournalError),
+    #[error("load tokens: {0}")]
+    Tokens(#[from] AuthError),
 }
 
 /// Sockets bound before `run`, so binding errors surface before anything starts.
@@ -41,14 +49,19 @@ pub struct Listeners {
     pub unix: UnixListener,
     /// Removes the socket file when the daemon is done with it.
     pub unix_guard: SocketGuard,
+    /// HTTP and WebSocket.
+    pub tcp: TcpListener,
 }
 
 impl Listeners {
-    pub fn bind(config: &Config) -> Result<Self, DaemonError> {
+    pub async fn bind(config: &Config) -> Result<Self, DaemonError> {
+        let addr = &config.daemon.listen;
+        let tcp =
+            TcpListener::bind(addr).await.map_err(|source| DaemonError::BindTcp { addr: addr.clone(), source })?;
         let path = &config.daemon.socket;
         let (unix, unix_guard) = unix::bind(path, config.daemon.socket_mode)
             .map_err(|source| DaemonError::BindUnix { path: path.clone(), source })?;
-        Ok(Listeners { unix, unix_guard })
+        Ok(Listeners { unix, unix_guard, tcp })
     }
 }
 
@@ -72,9 +85,12 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let limits = RunLimits { max_concurrent: config.runs.max_concurrent, timing };
     let table = RunTable::new(journal, hub, limits, run_tasks.clone());
     let recovered = table.recover()?;
+    let tokens = Tokens::load(&config.stream, state_dir)?;
+    let listen = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         state_dir = %state_dir.display(),
         socket = %config.daemon.socket.display(),
+        listen = %listen,
         runs = recovered,
         "runtap daemon ready"
     );
@@ -91,6 +107,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         stop_connections.clone(),
         conn_tasks.clone(),
     ));
+    let shared = Arc::new(Shared::new(table.clone(), config.stream.clone(), tokens, stop_connections.clone()));
+    let http_server = tokio::spawn(http::serve(listeners.tcp, shared.clone(), stop_accepting.clone()));
     let retention = tokio::spawn(retention_loop(table.clone(), config.clone(), stop_accepting.clone()));
 
     shutdown.cancelled().await;
@@ -105,10 +123,16 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     tracing::info!(cancelled, "runs stopped");
     stop_connections.cancel();
     conn_tasks.close();
-    if tokio::time::timeout(CONNECTION_DRAIN, conn_tasks.wait()).await.is_err() {
+    shared.tracker.close();
+    let drained = async {
+        conn_tasks.wait().await;
+        shared.tracker.wait().await;
+    };
+    if tokio::time::timeout(CONNECTION_DRAIN, drained).await.is_err() {
         tracing::warn!("connections did not close in time");
     }
     let _ = unix_server.await;
+    let _ = http_server.await;
     let _ = retention.await;
     drop(listeners.unix_guard);
     tracing::info!("runtap daemon stopped");

@@ -5,8 +5,8 @@
 //! that need the fields (the CLI, tests) deserialize [`Event`].
 
 use base64::Engine as _;
-use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Where a run stands. `Queued` and `Running` are the only non-final states.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -142,11 +142,19 @@ impl Event {
     }
 }
 
-/// One serialized event: the bytes are the JSON object without a newline.
+/// One serialized event: the JSON object without a newline. Kept as
+/// `Utf8Bytes` (checked once, when journaled) so that every WebSocket
+/// subscriber sends the same buffer as a text frame, with no copy.
 #[derive(Clone, Debug)]
 pub struct Frame {
     pub seq: u64,
-    pub json: Bytes,
+    pub json: Utf8Bytes,
+}
+
+impl Frame {
+    pub fn bytes(&self) -> &[u8] {
+        self.json.as_bytes()
+    }
 }
 
 /// Frames journaled together and fanned out together. Sharing one batch

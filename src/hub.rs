@@ -302,10 +302,9 @@ impl Drop for Subscription {
 mod tests {
     use super::*;
     use crate::event::Frame;
-    use bytes::Bytes;
 
     fn batch(seqs: std::ops::RangeInclusive<u64>, last: bool) -> Batch {
-        Batch { frames: seqs.map(|seq| Frame { seq, json: Bytes::from(vec![b'x'; 10]) }).collect(), last }
+        Batch { frames: seqs.map(|seq| Frame { seq, json: "x".repeat(10).into() }).collect(), last }
     }
 
     #[tokio::test]

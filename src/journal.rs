@@ -29,11 +29,13 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
-use crate::event::{Batch, Event, EventType, Frame, Payload, RunStatus, StatusChange};
+use crate::event::{Batch, Event, EventType, Frame, Payload, RunStatus, StatusChange, Utf8Bytes};
 use crate::run_id::RunId;
 
 const EVENTS_FILE: &str = "events.jsonl";
 const META_FILE: &str = "meta.json";
+/// Most frames one history read hands out, so a replay interleaves with other work.
+const HISTORY_FRAMES: usize = 1024;
 /// Read size when replaying history; large enough that a replay is a few syscalls per MB.
 const READ_CHUNK: usize = 256 * 1024;
 /// How far back from the end recovery looks for the last complete line.
@@ -421,8 +423,11 @@ impl RunWriter {
                 Err(error) => self.degrade(error),
             }
         }
-        let frames =
-            self.pending.drain(..).map(|(seq, start, end)| Frame { seq, json: bytes.slice(start..end) }).collect();
+        let frames = self
+            .pending
+            .drain(..)
+            .filter_map(|(seq, start, end)| Some(Frame { seq, json: utf8(bytes.slice(start..end))? }))
+            .collect();
         Batch { frames, last }
     }
 
@@ -477,47 +482,34 @@ pub struct HistoryReader {
 }
 
 impl HistoryReader {
-    /// The next frames, or an empty vec once `until` (or the end of the file) is reached.
+    /// The next frames (up to [`HISTORY_FRAMES`]), or an empty vec once
+    /// `until` (or the end of the file) is reached.
     pub async fn next_frames(&mut self) -> Result<Vec<Frame>, JournalError> {
         let mut frames = Vec::new();
-        while frames.is_empty() && self.next <= self.until {
-            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-                let line = self.buf.split_to(nl + 1).freeze();
-                let json = line.slice(..nl);
-                let seq = line_seq(&json).ok_or_else(|| JournalError::Corrupt {
-                    path: self.path.clone(),
-                    why: "line without a seq".into(),
-                })?;
-                if seq >= self.next && seq <= self.until {
-                    self.next = seq + 1;
-                    frames.push(Frame { seq, json });
-                    // Hand out whatever else is already buffered, in one go.
-                    while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-                        let line = self.buf.split_to(nl + 1).freeze();
-                        let json = line.slice(..nl);
-                        match line_seq(&json) {
-                            Some(seq) if seq >= self.next && seq <= self.until => {
-                                self.next = seq + 1;
-                                frames.push(Frame { seq, json });
-                            }
-                            Some(seq) if seq > self.until => {
-                                self.next = self.until + 1;
-                                break;
-                            }
-                            _ => {}
-                        }
-                    }
+        while frames.len() < HISTORY_FRAMES && self.next <= self.until {
+            let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
+                if !frames.is_empty() || self.eof {
+                    // Hand out what we have; or the file ends before `until`
+                    // (a degraded journal) and the caller reports the gap.
+                    break;
                 }
+                self.buf.reserve(READ_CHUNK);
+                let n = self.file.read_buf(&mut self.buf).await.map_err(io_err("read journal", &self.path))?;
+                self.eof = n == 0;
                 continue;
-            }
-            if self.eof {
-                // The file ends before `until`: the journal is degraded.
+            };
+            let line = self.buf.split_to(nl + 1).freeze();
+            let json = line.slice(..nl);
+            let corrupt = |why: &str| JournalError::Corrupt { path: self.path.clone(), why: why.to_owned() };
+            let seq = line_seq(&json).ok_or_else(|| corrupt("line without a seq"))?;
+            if seq > self.until {
+                self.next = self.until + 1;
                 break;
             }
-            self.buf.reserve(READ_CHUNK);
-            let n = self.file.read_buf(&mut self.buf).await.map_err(io_err("read journal", &self.path))?;
-            if n == 0 {
-                self.eof = true;
+            if seq >= self.next {
+                let json = Utf8Bytes::try_from(json).map_err(|_| corrupt("line is not UTF-8"))?;
+                self.next = seq + 1;
+                frames.push(Frame { seq, json });
             }
         }
         Ok(frames)
@@ -527,6 +519,12 @@ impl HistoryReader {
     pub fn next_seq(&self) -> u64 {
         self.next
     }
+}
+
+/// serde_json writes UTF-8, so this cannot fail for our own events; it is
+/// the one validation each event gets before being shared as a text frame.
+fn utf8(bytes: Bytes) -> Option<Utf8Bytes> {
+    Utf8Bytes::try_from(bytes).ok()
 }
 
 /// Pulls `seq` out of a journal line without parsing the whole event.

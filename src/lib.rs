@@ -13,8 +13,9 @@
 //! - [`journal`]: per-run append-only files; assigns `seq`; recovery.
 //! - [`hub`]: live fan-out with a bounded queue per subscriber.
 //! - [`feed`]: the history-then-live hand-off for one subscription.
-//! - [`server`]: the Unix socket protocol (and, later, HTTP/WebSocket).
+//! - [`server`]: the Unix socket, HTTP and WebSocket endpoints, tokens, metrics.
 //! - [`client`]: the CLI's side of the Unix socket.
+//! - [`sys`]: the few raw OS calls (fd flags, terminal size).
 
 pub mod client;
 pub mod config;

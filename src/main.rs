@@ -120,12 +120,16 @@ fn main() -> ExitCode {
 fn run_daemon(overrides: &Overrides) -> anyhow::Result<()> {
     let config = Config::load(overrides)?;
     init_logging(&config.daemon.log_level);
+    match runtap::sys::raise_fd_limit() {
+        Ok(limit) => tracing::debug!(limit, "open file limit"),
+        Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
+    }
     if let Err(error) = runtap::sys::cloexec_inherited_fds() {
         tracing::warn!(%error, "could not mark inherited fds close-on-exec; jobs may inherit them");
     }
     let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
     runtime.block_on(async {
-        let listeners = Listeners::bind(&config)?;
+        let listeners = Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
         tokio::spawn(watch_signals(shutdown.clone()));
         daemon::run(config, listeners, shutdown).await?;
@@ -157,7 +161,12 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn run_client(command: Command) -> i32 {

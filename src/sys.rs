@@ -39,3 +39,15 @@ pub fn terminal_size() -> Option<(u16, u16)> {
     let ok = unsafe { tiocgwinsz(1, &mut ws) }.is_ok();
     (ok && ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
 }
+
+/// Raises the open-file soft limit to the hard limit: every subscriber is a
+/// socket, and the common soft default (1024) is far below what a daemon
+/// serving thousands of dashboards needs. Returns the new soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
+}

@@ -312,7 +312,7 @@ async fn stream_feed(mut feed: Feed, hello: Response, tx: mpsc::Sender<Bytes>) {
             FeedItem::Frames(delivery) => {
                 let mut buf = Vec::new();
                 for f in delivery.frames() {
-                    buf.extend_from_slice(&f.json);
+                    buf.extend_from_slice(f.bytes());
                     buf.push(b'\n');
                 }
                 buf

@@ -22,13 +22,15 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub extra_config: String,
+    /// The HTTP/WebSocket address, read from the daemon's ready line.
+    pub addr: String,
 }
 
 impl Daemon {
     /// Starts a daemon with `config` (TOML) merged into a temp config file.
     pub fn start_with(config: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        let mut d = Daemon { dir, child: None, extra_config: config.to_owned() };
+        let mut d = Daemon { dir, child: None, extra_config: config.to_owned(), addr: String::new() };
         d.spawn();
         d
     }
@@ -58,6 +60,7 @@ impl Daemon {
         let config = self.dir.path().join("config.toml");
         std::fs::write(&config, &self.extra_config).unwrap();
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let ready_before = self.log().matches("runtap daemon ready").count();
         let child = Command::new(bin())
             .args(["daemon", "--config"])
             .arg(&config)
@@ -76,7 +79,11 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + WAIT;
         loop {
-            if std::os::unix::net::UnixStream::connect(self.socket()).is_ok() {
+            let log = self.log();
+            if log.matches("runtap daemon ready").count() > ready_before {
+                let line = log.lines().rfind(|l| l.contains("runtap daemon ready")).unwrap();
+                let addr = line.split_whitespace().find_map(|w| w.strip_prefix("listen=")).unwrap();
+                self.addr = addr.to_owned();
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
@@ -85,6 +92,19 @@ impl Daemon {
             assert!(Instant::now() < deadline, "daemon not ready in time:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The viewer token the daemon generated (or was configured with).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("token")).unwrap().trim().to_owned()
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    pub fn http_url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
     }
 
     pub fn pid(&self) -> u32 {
@@ -273,4 +293,89 @@ pub fn zombies_of(pid: u32) -> Vec<u32> {
 
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
+}
+
+pub type WsClient = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub use tokio_tungstenite::tungstenite::Message;
+
+/// Opens a WebSocket with extra request headers.
+pub async fn ws_connect(url: &str, headers: &[(&str, &str)]) -> WsClient {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), http::HeaderValue::from_str(v).unwrap());
+    }
+    let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req)).await.unwrap().unwrap();
+    ws
+}
+
+/// Everything a WebSocket receives until it closes: events, other JSON
+/// messages, and the close code.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub events: Vec<Event>,
+    pub controls: Vec<serde_json::Value>,
+    pub close: Option<u16>,
+}
+
+impl Received {
+    pub fn seqs(&self) -> Vec<u64> {
+        self.events.iter().map(|e| e.seq).collect()
+    }
+    pub fn error_code(&self) -> Option<String> {
+        self.controls.iter().find(|c| c["type"] == "error").map(|c| c["code"].as_str().unwrap_or("").to_owned())
+    }
+}
+
+/// Reads until close (or `stop_when` says so), bounded by WAIT.
+pub async fn ws_read(ws: &mut WsClient, mut stop_when: impl FnMut(&Received) -> bool) -> Received {
+    use futures_util::StreamExt;
+    let mut got = Received::default();
+    let r = tokio::time::timeout(WAIT, async {
+        while let Some(msg) = ws.next().await {
+            match msg {
+                Ok(Message::Text(t)) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    if matches!(v["type"].as_str(), Some("stdout" | "stderr" | "status")) {
+                        got.events.push(serde_json::from_value(v).unwrap());
+                    } else {
+                        got.controls.push(v);
+                    }
+                }
+                Ok(Message::Close(frame)) => {
+                    got.close = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+            if stop_when(&got) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(r.is_ok(), "websocket read timed out; got so far: {got:?}");
+    got
+}
+
+pub async fn ws_send_json(ws: &mut WsClient, v: serde_json::Value) {
+    use futures_util::SinkExt;
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// A plain HTTP/1.1 request over a fresh connection; returns (status, body).
+pub async fn http(d: &Daemon, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(&d.addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
 }

@@ -1,0 +1,346 @@
+//! The TCP listener: HTTP endpoints and WebSocket upgrades on one port.
+//!
+//! | path | what |
+//! |---|---|
+//! | `GET /healthz` | liveness and a summary (no token) |
+//! | `GET /metrics` | Prometheus text (no token) |
+//! | `GET /runs` | list runs (token); with a WebSocket upgrade and `?runId=`: stream one run |
+//! | `GET /runs/ID` | one run's status (token) |
+//! | `POST /runs/ID/cancel` | cancel (token): 200, 404, or 409 with the final status |
+//! | `GET /api/v2/workflows/runs/ID/stream` | WebSocket: stream one run |
+//! | `GET /ws` | WebSocket: subscribe by message |
+//!
+//! A TCP connection gets `handshake_timeout` in all for its HTTP requests
+//! (keep-alive included) or its upgrade, so a slow or idle client cannot
+//! hold a slot before it has upgraded. (Keep-alive stays on: with it off,
+//! hyper answers `Connection: close`, which breaks the 101 response.)
+//! Launching runs over HTTP is deliberately absent.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::auth::{Scope, request_token};
+use super::metrics::Metrics;
+use super::ws::{self, Endpoint, WsError};
+use crate::run::CancelError;
+use crate::run_id::RunId;
+
+/// Largest request body read (only `POST /runs/ID/cancel` has one).
+const MAX_BODY: usize = 64 * 1024;
+/// How long a refused connection is given to take its 503.
+const REFUSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+/// hyper's smallest allowed read buffer; requests here are tiny.
+const HTTP_READ_BUFFER: usize = 8192;
+
+type Body = Full<Bytes>;
+
+/// Counts a connection for as long as any part of it (HTTP or WebSocket) lives.
+struct ConnGuard(Arc<Shared>);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Accepts connections until `stop_accepting`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop_accepting: CancellationToken) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop_accepting.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    tracing::warn!(%error, "tcp accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let max = shared.stream_config().max_connections;
+        let open = shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        let guard = ConnGuard(shared.clone());
+        if open >= max as i64 {
+            Metrics::add(&shared.metrics.connections_refused, 1);
+            tracing::debug!(%peer, max, "connection refused: max_connections reached");
+            shared.tracker.spawn(refuse(stream, guard));
+            continue;
+        }
+        shared.tracker.spawn(connection(stream, peer, shared.clone(), guard));
+    }
+}
+
+/// Over the connection limit: a 503 before any upgrade, then close.
+async fn refuse(mut stream: TcpStream, _guard: ConnGuard) {
+    let body = r#"{"code":"too-many-connections","message":"connection limit reached; try again later"}"#;
+    let resp = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}",
+        body.len()
+    );
+    // Write, half-close, then drain what the client sent: closing with its
+    // request unread would reset the connection and lose the 503.
+    let _ = tokio::time::timeout(REFUSE_LINGER, async {
+        stream.write_all(resp.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard) {
+    let _ = stream.set_nodelay(true);
+    let timeout = shared.stream_config().handshake_timeout;
+    let guard = Arc::new(guard);
+    let svc_shared = shared.clone();
+    let svc = service_fn(move |req| {
+        let (shared, guard) = (svc_shared.clone(), guard.clone());
+        async move { Ok::<_, Infallible>(route(req, peer, shared, guard).await) }
+    });
+    let conn = http1::Builder::new()
+        .max_buf_size(HTTP_READ_BUFFER)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    match tokio::time::timeout(timeout, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "http connection error"),
+        Err(_) => tracing::debug!(%peer, "handshake timeout"),
+    }
+}
+
+async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>, guard: Arc<ConnGuard>) -> Response<Body> {
+    let query: Vec<(String, String)> =
+        form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
+    let param = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let upgrade = is_websocket(&req);
+    tracing::debug!(%peer, method = %req.method(), path = %path, upgrade, "http request");
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => healthz(&shared),
+        (&Method::GET, ["metrics"]) => {
+            let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render(&shared.table))));
+            r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        (&Method::GET, ["ws"]) => upgrade_to(req, Endpoint::Multi, &query, shared, guard),
+        (&Method::GET, ["runs"]) if upgrade => {
+            let run = parse_since(param("since")).and_then(|since| Ok((WsError::for_run_id(param("runId"))?, since)));
+            let endpoint = match run {
+                Ok((run, since)) => Endpoint::Single { run: Ok(run), since },
+                Err(e) => Endpoint::Single { run: Err(e), since: 0 },
+            };
+            upgrade_to(req, endpoint, &query, shared, guard)
+        }
+        (&Method::GET, ["api", "v2", "workflows", "runs", id, "stream"]) => {
+            let run = parse_since(param("since")).and_then(|since| Ok((WsError::for_run_id(Some(id))?, since)));
+            let endpoint = match run {
+                Ok((run, since)) => Endpoint::Single { run: Ok(run), since },
+                Err(e) => Endpoint::Single { run: Err(e), since: 0 },
+            };
+            upgrade_to(req, endpoint, &query, shared, guard)
+        }
+        (&Method::GET, ["runs"]) => match authorize(&req, &query, &shared) {
+            Some(scope) => {
+                let runs: Vec<_> = shared.table.list().into_iter().filter(|r| scope.allows(&r.run_id)).collect();
+                json_response(StatusCode::OK, &json!(runs))
+            }
+            None => unauthorized(),
+        },
+        (&Method::GET, ["runs", id]) => with_run(&req, &query, &shared, id, |run| match shared.table.get(run) {
+            Some(info) => json_response(StatusCode::OK, &json!(info)),
+            None => error(StatusCode::NOT_FOUND, "not-found", format!("no run {run}")),
+        }),
+        (&Method::POST, ["runs", id, "cancel"]) => {
+            let id = id.to_string();
+            cancel(req, &query, &shared, &id).await
+        }
+        (_, ["healthz" | "metrics" | "ws" | "runs"])
+        | (_, ["runs", _])
+        | (_, ["runs", _, "cancel"])
+        | (_, ["api", "v2", "workflows", "runs", _, "stream"]) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", format!("{} not allowed here", req.method()))
+        }
+        _ => error(StatusCode::NOT_FOUND, "not-found", format!("no endpoint {path}")),
+    }
+}
+
+fn parse_since(raw: Option<&str>) -> Result<u64, WsError> {
+    match raw {
+        None => Ok(0),
+        Some(s) => {
+            s.parse().map_err(|_| WsError::bad_request(format!("since must be a non-negative integer, got {s:?}")))
+        }
+    }
+}
+
+fn healthz(shared: &Shared) -> Response<Body> {
+    let table = &shared.table;
+    let degraded = table.degraded_count();
+    let body = json!({
+        "status": if degraded == 0 { "ok" } else { "degraded" },
+        "runs": table.list().len(),
+        "activeRuns": table.active_count(),
+        "connections": shared.metrics.connections.load(Ordering::Relaxed),
+        "websockets": shared.metrics.websockets.load(Ordering::Relaxed),
+        "subscriptions": table.hub().stats().subscriptions.load(Ordering::Relaxed),
+        "journal": if degraded == 0 { "ok" } else { "degraded" },
+        "degradedRuns": degraded,
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+/// The token's scope, or `None` (counted as an auth failure; answer 401).
+fn authorize(req: &Request<Incoming>, query: &[(String, String)], shared: &Shared) -> Option<Scope> {
+    let scope = request_token(req.headers(), query).and_then(|t| shared.tokens().check(&t));
+    if scope.is_none() {
+        Metrics::add(&shared.metrics.auth_failures, 1);
+    }
+    scope
+}
+
+fn unauthorized() -> Response<Body> {
+    error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong token")
+}
+
+/// Authorizes, parses the run ID, checks the scope, then calls `f`.
+fn with_run(
+    req: &Request<Incoming>,
+    query: &[(String, String)],
+    shared: &Shared,
+    raw: &str,
+    f: impl FnOnce(&RunId) -> Response<Body>,
+) -> Response<Body> {
+    let Some(scope) = authorize(req, query, shared) else {
+        return unauthorized();
+    };
+    let run = match RunId::parse(raw) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", format!("invalid run ID {raw:?}: {e}")),
+    };
+    if !scope.allows(&run) {
+        return error(StatusCode::FORBIDDEN, "forbidden", format!("this token may not see run {run}"));
+    }
+    f(&run)
+}
+
+async fn cancel(req: Request<Incoming>, query: &[(String, String)], shared: &Shared, raw: &str) -> Response<Body> {
+    let mut reason = query.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.clone());
+    let check = with_run(&req, query, shared, raw, |_| Response::new(Full::default()));
+    if check.status() != StatusCode::OK {
+        return check;
+    }
+    // An optional JSON body `{"reason": "..."}`.
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "message-too-large", "request body too large"),
+    };
+    if !body.is_empty() {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) => reason = v.get("reason").and_then(|r| r.as_str()).map(str::to_owned).or(reason),
+            Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", format!("malformed JSON body: {e}")),
+        }
+    }
+    let Ok(run) = RunId::parse(raw) else {
+        return error(StatusCode::BAD_REQUEST, "bad-request", "invalid run ID");
+    };
+    let reason = reason.unwrap_or_else(|| "cancelled over HTTP".into());
+    tracing::info!(run_id = %run, %reason, "cancel requested over HTTP");
+    match shared.table.cancel(&run, reason) {
+        Ok(info) => json_response(StatusCode::OK, &json!({"runId": run.as_str(), "status": info.status})),
+        Err(CancelError::NotFound(_)) => error(StatusCode::NOT_FOUND, "not-found", format!("no run {run}")),
+        Err(CancelError::Finished(info)) => {
+            let mut body = json!(info);
+            body["code"] = "finished".into();
+            body["message"] = format!("run {run} already {}", info.status.as_str()).into();
+            json_response(StatusCode::CONFLICT, &body)
+        }
+    }
+}
+
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
+}
+
+/// Answers 101 and hands the upgraded connection to a WebSocket session.
+fn upgrade_to(
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    query: &[(String, String)],
+    shared: Arc<Shared>,
+    guard: Arc<ConnGuard>,
+) -> Response<Body> {
+    if !is_websocket(&req) {
+        return error(StatusCode::UPGRADE_REQUIRED, "upgrade-required", "this endpoint is a WebSocket");
+    }
+    if req.headers().get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        let mut r = error(StatusCode::UPGRADE_REQUIRED, "bad-request", "only WebSocket version 13 is supported");
+        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return r;
+    }
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
+        return error(StatusCode::BAD_REQUEST, "bad-request", "missing Sec-WebSocket-Key");
+    };
+    let allowed = &shared.stream_config().allowed_origins;
+    if !allowed.is_empty()
+        && let Some(origin) = req.headers().get(header::ORIGIN)
+        && !allowed.iter().any(|a| origin.as_bytes() == a.as_bytes())
+    {
+        tracing::info!(origin = ?origin, "websocket origin refused");
+        return error(StatusCode::FORBIDDEN, "forbidden-origin", "origin not allowed");
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let token = request_token(req.headers(), query);
+    let task_shared = shared.clone();
+    shared.tracker.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => ws::serve(upgraded, endpoint, token, task_shared).await,
+            Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
+        }
+        drop(guard);
+    });
+    let mut r = Response::new(Full::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Body> {
+    json_response(status, &json!({"code": code, "message": message.into()}))
+}

@@ -1,0 +1,144 @@
+//! Counters for `/metrics` (Prometheus text format) and `/healthz`.
+//!
+//! Counters that belong to other parts (journal bytes, hub fan-out) live
+//! there and are read at render time; this struct holds the server's own.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use crate::event::RunStatus;
+use crate::run::RunTable;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open TCP connections (HTTP and WebSocket).
+    pub connections: AtomicI64,
+    /// Open WebSocket sessions.
+    pub websockets: AtomicI64,
+    /// Connections refused because `max_connections` was reached.
+    pub connections_refused: AtomicU64,
+    pub events_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub lagged_disconnects: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub oversized_messages: AtomicU64,
+    pub heartbeat_timeouts: AtomicU64,
+    pub write_stalls: AtomicU64,
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+impl Metrics {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, table: &RunTable) -> String {
+        let hub = table.hub().stats();
+        let journal = &table.journal().stats;
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        };
+        metric(
+            "runtap_connections",
+            "gauge",
+            "Open HTTP and WebSocket connections.",
+            self.connections.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "runtap_websockets",
+            "gauge",
+            "Open WebSocket sessions.",
+            self.websockets.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "runtap_subscriptions",
+            "gauge",
+            "Live run subscriptions (WebSocket and Unix socket).",
+            hub.subscriptions.load(Ordering::Relaxed).to_string(),
+        );
+        metric(
+            "runtap_connections_refused_total",
+            "counter",
+            "Connections refused at max_connections.",
+            get(&self.connections_refused).to_string(),
+        );
+        metric(
+            "runtap_events_in_total",
+            "counter",
+            "Events journaled and published.",
+            get(&hub.events_published).to_string(),
+        );
+        metric(
+            "runtap_journal_bytes_total",
+            "counter",
+            "Bytes written to run journals.",
+            get(&journal.bytes_written).to_string(),
+        );
+        metric(
+            "runtap_events_out_total",
+            "counter",
+            "Events sent to WebSocket subscribers.",
+            get(&self.events_out).to_string(),
+        );
+        metric(
+            "runtap_bytes_out_total",
+            "counter",
+            "Event bytes sent to WebSocket subscribers.",
+            get(&self.bytes_out).to_string(),
+        );
+        metric(
+            "runtap_lagged_disconnects_total",
+            "counter",
+            "Subscribers closed with `lagged` (1013).",
+            get(&self.lagged_disconnects).to_string(),
+        );
+        metric(
+            "runtap_auth_failures_total",
+            "counter",
+            "Requests and sessions refused for a missing or wrong token.",
+            get(&self.auth_failures).to_string(),
+        );
+        metric(
+            "runtap_rate_limited_total",
+            "counter",
+            "Sessions closed with `rate-limited` (4429).",
+            get(&self.rate_limited).to_string(),
+        );
+        metric(
+            "runtap_oversized_messages_total",
+            "counter",
+            "Sessions closed with `message-too-large` (1009).",
+            get(&self.oversized_messages).to_string(),
+        );
+        metric(
+            "runtap_heartbeat_timeouts_total",
+            "counter",
+            "Peers closed for not answering pings.",
+            get(&self.heartbeat_timeouts).to_string(),
+        );
+        metric(
+            "runtap_write_stalls_total",
+            "counter",
+            "Peers closed because a write made no progress.",
+            get(&self.write_stalls).to_string(),
+        );
+        metric(
+            "runtap_journal_errors_total",
+            "counter",
+            "Failed journal writes (the run continues; its journal is degraded).",
+            get(&journal.write_errors).to_string(),
+        );
+        let counts = table.count_by_status();
+        let _ = writeln!(out, "# HELP runtap_runs Runs known to the daemon, by status.\n# TYPE runtap_runs gauge");
+        for status in RunStatus::ALL {
+            let n = counts.get(&status).copied().unwrap_or(0);
+            let _ = writeln!(out, "runtap_runs{{status=\"{}\"}} {n}", status.as_str());
+        }
+        out
+    }
+}
