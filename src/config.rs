@@ -36,6 +36,8 @@ pub const DEFAULT_LINE_HOLD: Duration = Duration::from_millis(20);
 pub const DEFAULT_PTY_COLS: u16 = 160;
 /// PTY height for `--pty` runs.
 pub const DEFAULT_PTY_ROWS: u16 = 100;
+/// With the `wait` shutdown policy, how long runs may take before they are cancelled anyway.
+pub const DEFAULT_SHUTDOWN_WAIT: Duration = Duration::from_secs(5 * 60);
 /// Upper bound on how much journaled output a crash can lose.
 pub const DEFAULT_FSYNC_INTERVAL: Duration = Duration::from_secs(1);
 /// Finished runs' journals older than this are deleted.
@@ -110,6 +112,22 @@ pub struct RunsConfig {
     pub line_hold: Duration,
     pub pty_cols: u16,
     pub pty_rows: u16,
+    /// What daemon shutdown does to active runs.
+    pub shutdown_policy: ShutdownPolicy,
+    /// With `shutdown_policy = "wait"`: how long to wait before cancelling anyway.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_wait: Duration,
+}
+
+/// What happens to active runs when the daemon stops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShutdownPolicy {
+    /// Cancel them (reason "daemon shutdown"), with the normal grace period.
+    #[default]
+    Cancel,
+    /// Let them finish, up to `shutdown_wait`; then cancel what is left.
+    Wait,
 }
 
 /// Durability and retention of the per-run journals. Defaults: the `DEFAULT_*` constants.
@@ -181,6 +199,8 @@ impl Default for RunsConfig {
             line_hold: DEFAULT_LINE_HOLD,
             pty_cols: DEFAULT_PTY_COLS,
             pty_rows: DEFAULT_PTY_ROWS,
+            shutdown_policy: ShutdownPolicy::Cancel,
+            shutdown_wait: DEFAULT_SHUTDOWN_WAIT,
         }
     }
 }

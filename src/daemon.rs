@@ -16,7 +16,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use tokio::sync::mpsc;
+
+use crate::config::{Config, ShutdownPolicy};
 use crate::hub::{Hub, QueueLimits};
 use crate::journal::{Journal, JournalError};
 use crate::run::{RunLimits, RunTable, Timing};
@@ -65,8 +67,28 @@ impl Listeners {
     }
 }
 
+fn run_limits(config: &Config) -> RunLimits {
+    RunLimits {
+        max_concurrent: config.runs.max_concurrent,
+        timing: Timing {
+            grace_period: config.runs.grace_period,
+            drain_timeout: config.runs.drain_timeout,
+            line_hold: config.runs.line_hold,
+            fsync_interval: config.journal.fsync_interval,
+            pty_size: (config.runs.pty_cols, config.runs.pty_rows),
+        },
+    }
+}
+
 /// Runs the daemon until `shutdown` is cancelled, then shuts down in order.
-pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationToken) -> Result<(), DaemonError> {
+/// Each config received on `reloads` (SIGHUP) replaces tokens and limits
+/// without dropping connections.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    mut reloads: mpsc::UnboundedReceiver<Config>,
+) -> Result<(), DaemonError> {
     let state_dir = &config.daemon.state_dir;
     std::fs::create_dir_all(state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
     let journal = Journal::open(state_dir)?;
@@ -74,16 +96,8 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
         max_bytes: config.stream.subscriber_queue_bytes,
         max_batches: config.stream.subscriber_queue_batches,
     });
-    let timing = Timing {
-        grace_period: config.runs.grace_period,
-        drain_timeout: config.runs.drain_timeout,
-        line_hold: config.runs.line_hold,
-        fsync_interval: config.journal.fsync_interval,
-        pty_size: (config.runs.pty_cols, config.runs.pty_rows),
-    };
     let run_tasks = TaskTracker::new();
-    let limits = RunLimits { max_concurrent: config.runs.max_concurrent, timing };
-    let table = RunTable::new(journal, hub, limits, run_tasks.clone());
+    let table = RunTable::new(journal, hub, run_limits(&config), run_tasks.clone());
     let recovered = table.recover()?;
     let tokens = Tokens::load(&config.stream, state_dir)?;
     let listen = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -111,12 +125,31 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let http_server = tokio::spawn(http::serve(listeners.tcp, shared.clone(), stop_accepting.clone()));
     let retention = tokio::spawn(retention_loop(table.clone(), config.clone(), stop_accepting.clone()));
 
-    shutdown.cancelled().await;
-    tracing::info!("shutting down");
+    let watchdog = tokio::spawn(crate::systemd::watchdog(shared.clone(), stop_accepting.clone()));
+    crate::systemd::ready(&crate::systemd::status_line(&shared));
+
+    let mut config = config;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(new) = reloads.recv() => {
+                config = reload(config, new, &table, &shared);
+                crate::systemd::ready(&crate::systemd::status_line(&shared));
+            }
+        }
+    }
+    crate::systemd::stopping();
+    tracing::info!(policy = ?config.runs.shutdown_policy, active = table.active_count(), "shutting down");
     stop_accepting.cancel();
     run_tasks.close();
+    if config.runs.shutdown_policy == ShutdownPolicy::Wait
+        && tokio::time::timeout(config.runs.shutdown_wait, run_tasks.wait()).await.is_err()
+    {
+        tracing::warn!(active = table.active_count(), "runs still active after shutdown_wait; cancelling them");
+    }
+    let limits = table.limits();
     let cancelled = table.cancel_all("daemon shutdown");
-    let bound = config.runs.grace_period + config.runs.drain_timeout + SHUTDOWN_SLACK;
+    let bound = limits.timing.grace_period + limits.timing.drain_timeout + SHUTDOWN_SLACK;
     if tokio::time::timeout(bound, run_tasks.wait()).await.is_err() {
         tracing::warn!(active = table.active_count(), "runs did not finish within the shutdown bound");
     }
@@ -134,6 +167,7 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: CancellationTok
     let _ = unix_server.await;
     let _ = http_server.await;
     let _ = retention.await;
+    let _ = watchdog.await;
     drop(listeners.unix_guard);
     tracing::info!("runtap daemon stopped");
     Ok(())
@@ -155,4 +189,30 @@ async fn retention_loop(table: RunTable, config: Config, stop: CancellationToken
             Err(error) => tracing::error!(%error, "retention sweep failed"),
         }
     }
+}
+
+/// Applies a new config where it can take effect live; returns the config in force.
+fn reload(old: Config, new: Config, table: &RunTable, shared: &Shared) -> Config {
+    let state_dir = &new.daemon.state_dir;
+    let tokens = match Tokens::load(&new.stream, state_dir) {
+        Ok(t) => t,
+        Err(error) => {
+            tracing::error!(%error, "reload refused: keeping the old config");
+            return old;
+        }
+    };
+    if (&old.daemon.state_dir, &old.daemon.socket, &old.daemon.listen)
+        != (&new.daemon.state_dir, &new.daemon.socket, &new.daemon.listen)
+    {
+        tracing::warn!("state_dir, socket and listen changes take effect at the next restart");
+    }
+    if (old.stream.subscriber_queue_bytes, old.stream.subscriber_queue_batches)
+        != (new.stream.subscriber_queue_bytes, new.stream.subscriber_queue_batches)
+    {
+        tracing::warn!("subscriber queue sizes take effect at the next restart");
+    }
+    shared.reload(new.stream.clone(), tokens);
+    table.set_limits(run_limits(&new));
+    tracing::info!("config reloaded");
+    new
 }

@@ -79,11 +79,14 @@ pub struct Feed {
     follow: bool,
     lag: LagPolicy,
     state: State,
+    /// The journal reader from the last history phase, kept (with its file
+    /// position) so a replay after a lag continues instead of starting over.
+    reader: Option<HistoryReader>,
 }
 
 impl Feed {
     pub fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool, lag: LagPolicy) -> Self {
-        Feed { journal, hub, run, next: since.saturating_add(1), follow, lag, state: State::Start }
+        Feed { journal, hub, run, next: since.saturating_add(1), follow, lag, state: State::Start, reader: None }
     }
 
     pub fn run_id(&self) -> &RunId {
@@ -112,6 +115,7 @@ impl Feed {
                         Some(sub) => State::Live(sub),
                         None => State::Done,
                     };
+                    self.reader = Some(reader);
                     if self.next <= until {
                         let gap = FeedItem::Gap { from: self.next, to: until };
                         self.next = until + 1;
@@ -146,7 +150,13 @@ impl Feed {
             return Ok(());
         }
         self.state = if snap.last_seq >= self.next {
-            let reader = self.journal.history(&self.run, self.next, snap.last_seq).await?;
+            let reader = match self.reader.take() {
+                Some(mut r) if r.next_seq() == self.next => {
+                    r.extend(snap.last_seq);
+                    r
+                }
+                _ => self.journal.history(&self.run, self.next, snap.last_seq).await?,
+            };
             State::History { reader, until: snap.last_seq, live }
         } else {
             match live {

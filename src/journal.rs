@@ -487,7 +487,7 @@ impl HistoryReader {
     pub async fn next_frames(&mut self) -> Result<Vec<Frame>, JournalError> {
         let mut frames = Vec::new();
         while frames.len() < HISTORY_FRAMES && self.next <= self.until {
-            let Some(nl) = self.buf.iter().position(|&b| b == b'\n') else {
+            let Some(nl) = memchr::memchr(b'\n', &self.buf) else {
                 if !frames.is_empty() || self.eof {
                     // Hand out what we have; or the file ends before `until`
                     // (a degraded journal) and the caller reports the gap.
@@ -518,6 +518,14 @@ impl HistoryReader {
     /// The first seq not yet returned.
     pub fn next_seq(&self) -> u64 {
         self.next
+    }
+
+    /// Continues reading, from where this reader is, up to a later `until`
+    /// (the file has grown since). Saves re-reading a long journal from the
+    /// start when a subscriber has to catch up again.
+    pub fn extend(&mut self, until: u64) {
+        self.until = self.until.max(until);
+        self.eof = false;
     }
 }
 

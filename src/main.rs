@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use runtap::client::{self, EXIT_RUNTAP_ERROR, RunOptions};
 use runtap::config::{self, Config, Overrides};
 use runtap::daemon::{self, Listeners};
+use runtap::logging::LogHandle;
+use tokio::sync::mpsc;
 
 #[derive(Parser)]
 #[command(name = "runtap", version, about = "Supervise job processes, journal their output, stream it.")]
@@ -119,7 +121,7 @@ fn main() -> ExitCode {
 
 fn run_daemon(overrides: &Overrides) -> anyhow::Result<()> {
     let config = Config::load(overrides)?;
-    init_logging(&config.daemon.log_level);
+    let log = runtap::logging::init(&config.daemon.log_level);
     match runtap::sys::raise_fd_limit() {
         Ok(limit) => tracing::debug!(limit, "open file limit"),
         Err(error) => tracing::warn!(%error, "could not raise the open file limit"),
@@ -131,42 +133,55 @@ fn run_daemon(overrides: &Overrides) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listeners = Listeners::bind(&config).await?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(watch_signals(shutdown.clone()));
-        daemon::run(config, listeners, shutdown).await?;
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        tokio::spawn(watch_signals(shutdown.clone(), overrides.clone(), log, reload_tx));
+        daemon::run(config, listeners, shutdown, reload_rx).await?;
         Ok(())
     })
 }
 
-/// First SIGTERM/SIGINT: graceful shutdown. Second: exit at once.
-async fn watch_signals(shutdown: CancellationToken) {
+/// SIGTERM/SIGINT: graceful shutdown; a second one exits at once.
+/// SIGHUP: re-read the config; a bad one is logged and the old one stays.
+async fn watch_signals(
+    shutdown: CancellationToken,
+    overrides: Overrides,
+    log: LogHandle,
+    reloads: mpsc::UnboundedSender<Config>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return;
     };
-    for n in 0.. {
+    loop {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
+            _ = hup.recv() => {
+                runtap::systemd::reloading();
+                match Config::load(&overrides) {
+                    Ok(config) => {
+                        if let Err(error) = log.set_level(&config.daemon.log_level) {
+                            tracing::error!(%error, "reload: bad log level; keeping the old one");
+                        }
+                        let _ = reloads.send(config);
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "reload refused: keeping the old config");
+                        runtap::systemd::ready("reload refused; old config in force");
+                    }
+                }
+                continue;
+            }
         }
-        if n > 0 {
+        if shutdown.is_cancelled() {
             tracing::warn!("second signal: exiting now");
             std::process::exit(1);
         }
         shutdown.cancel();
     }
-}
-
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn run_client(command: Command) -> i32 {

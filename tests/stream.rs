@@ -332,3 +332,35 @@ async fn connection_limit_and_origin_allow_list() {
         other => panic!("expected a 403, got {:?}", other.map(|_| ())),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_are_held() {
+    const N: usize = 10_000;
+    let _ = runtap::sys::raise_fd_limit();
+    let d = Daemon::start();
+    let t = d.token();
+    let url = d.ws_url(&format!("/runs?runId=idle-target&token={t}"));
+    // Open them 200 at a time; each waits for a run that does not exist yet.
+    let mut conns = Vec::with_capacity(N);
+    for _ in 0..N / 200 {
+        let batch = (0..200).map(|_| tokio::spawn(tokio_tungstenite::connect_async(url.clone())));
+        for h in batch.collect::<Vec<_>>() {
+            let (ws, _) = tokio::time::timeout(WAIT, h).await.unwrap().unwrap().unwrap();
+            conns.push(ws);
+        }
+    }
+    let (s, body) = http(&d, "GET", "/healthz", None).await;
+    assert_eq!(s, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["websockets"].as_u64(), Some(N as u64), "{health}");
+    assert_eq!(health["subscriptions"].as_u64(), Some(N as u64), "{health}");
+    // All of them are live: a run starts and every one receives it.
+    d.run(&["run", "--id", "idle-target", "--", "echo", "hi"]);
+    let handles: Vec<_> = conns.into_iter().map(|ws| tokio::spawn(fast_read(ws))).collect();
+    for h in handles {
+        let (seqs, last, close) = h.await.unwrap();
+        assert_eq!(close, Some(1000));
+        assert_eq!(seqs, vec![1, 2, 3, 4]);
+        assert!(last.contains("succeeded"));
+    }
+}

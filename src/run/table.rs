@@ -98,14 +98,17 @@ struct Inner {
     runs: Mutex<HashMap<RunId, Entry>>,
     journal: Journal,
     hub: Hub,
-    limits: RunLimits,
+    /// Swapped on config reload; a run keeps the timing it started with.
+    limits: Mutex<RunLimits>,
     /// Supervisor tasks, so shutdown can wait for them.
     tracker: TaskTracker,
 }
 
 impl RunTable {
     pub fn new(journal: Journal, hub: Hub, limits: RunLimits, tracker: TaskTracker) -> Self {
-        RunTable { inner: Arc::new(Inner { runs: Mutex::default(), journal, hub, limits, tracker }) }
+        RunTable {
+            inner: Arc::new(Inner { runs: Mutex::default(), journal, hub, limits: Mutex::new(limits), tracker }),
+        }
     }
 
     pub fn journal(&self) -> &Journal {
@@ -114,6 +117,15 @@ impl RunTable {
 
     pub fn hub(&self) -> &Hub {
         &self.inner.hub
+    }
+
+    pub fn limits(&self) -> RunLimits {
+        *self.inner.limits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// New limits for runs launched from now on (config reload).
+    pub fn set_limits(&self, limits: RunLimits) {
+        *self.inner.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     fn runs(&self) -> MutexGuard<'_, HashMap<RunId, Entry>> {
@@ -167,14 +179,15 @@ impl RunTable {
             created_at: now_timestamp(),
         };
         let (tx, rx) = mpsc::unbounded_channel();
+        let limits = self.limits();
         let writer = {
             let mut runs = self.runs();
             if let Some(e) = runs.get(&id) {
                 return Err(if e.control.is_some() { LaunchError::Active(id) } else { LaunchError::Exists(id) });
             }
             let active = runs.values().filter(|e| e.control.is_some()).count();
-            if active >= self.inner.limits.max_concurrent {
-                return Err(LaunchError::TooMany(self.inner.limits.max_concurrent));
+            if active >= limits.max_concurrent {
+                return Err(LaunchError::TooMany(limits.max_concurrent));
             }
             // Creating the journal under the lock makes "check then create" atomic;
             // it is two small file creations.
@@ -199,7 +212,7 @@ impl RunTable {
             writer
         };
         let publisher = self.inner.hub.open(&id, 0);
-        let sup = Supervisor::new(id.clone(), spec, writer, publisher, self.clone(), rx, self.inner.limits.timing);
+        let sup = Supervisor::new(id.clone(), spec, writer, publisher, self.clone(), rx, limits.timing);
         self.inner.tracker.spawn(sup.run());
         Ok(id)
     }

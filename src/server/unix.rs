@@ -310,7 +310,7 @@ async fn stream_feed(mut feed: Feed, hello: Response, tx: mpsc::Sender<Bytes>) {
         };
         let out = match item {
             FeedItem::Frames(delivery) => {
-                let mut buf = Vec::new();
+                let mut buf = Vec::with_capacity(delivery.frames().map(|f| f.json.len() + 1).sum());
                 for f in delivery.frames() {
                     buf.extend_from_slice(f.bytes());
                     buf.push(b'\n');

@@ -24,15 +24,26 @@ pub struct Daemon {
     pub extra_config: String,
     /// The HTTP/WebSocket address, read from the daemon's ready line.
     pub addr: String,
+    /// Extra environment for the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Starts a daemon with `config` (TOML) merged into a temp config file.
     pub fn start_with(config: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
-        let mut d = Daemon { dir, child: None, extra_config: config.to_owned(), addr: String::new() };
+        let mut d = Daemon::prepare(config);
         d.spawn();
         d
+    }
+
+    /// A daemon not started yet (to set `env` first).
+    pub fn prepare(config: &str) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        Daemon { dir, child: None, extra_config: config.to_owned(), addr: String::new(), env: Vec::new() }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
     }
 
     pub fn start() -> Daemon {
@@ -71,6 +82,7 @@ impl Daemon {
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "runtap=debug")
             .env_remove("RUNTAP_SOCKET")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
