@@ -36,6 +36,10 @@ pub const DEFAULT_LINE_HOLD: Duration = Duration::from_millis(20);
 pub const DEFAULT_PTY_COLS: u16 = 160;
 /// PTY height for `--pty` runs.
 pub const DEFAULT_PTY_ROWS: u16 = 100;
+/// Gateway: events are fsynced and acknowledged to hosts in batches this often.
+pub const DEFAULT_ACK_INTERVAL: Duration = Duration::from_millis(100);
+/// Gateway: a cancel routed to a host that does not answer in this time gets 504.
+pub const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 /// With the `wait` shutdown policy, how long runs may take before they are cancelled anyway.
 pub const DEFAULT_SHUTDOWN_WAIT: Duration = Duration::from_secs(5 * 60);
 /// Upper bound on how much journaled output a crash can lose.
@@ -82,6 +86,50 @@ pub struct Config {
     pub runs: RunsConfig,
     pub journal: JournalConfig,
     pub stream: StreamConfig,
+    pub upstream: UpstreamConfig,
+    pub gateway: GatewayConfig,
+}
+
+/// `[upstream]`: forwarding this daemon's events to a gateway.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `ws://HOST:PORT` or `wss://HOST:PORT` of the gateway; unset = no forwarding.
+    pub url: Option<String>,
+    /// This host's name at the gateway; default: the hostname.
+    pub host_id: Option<String>,
+    /// File holding the agent token for the gateway.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[gateway]`: only read by `runtap gateway`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Tokens hosts present on `/agent`; empty = use or generate `STATE_DIR/agent-token`.
+    pub agent_tokens: Vec<String>,
+    /// How often received events are fsynced and acknowledged to their host.
+    #[serde(deserialize_with = "de_duration")]
+    pub ack_interval: Duration,
+    /// How long a cancel routed to a host may take before the gateway answers 504.
+    #[serde(deserialize_with = "de_duration")]
+    pub cancel_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self { agent_tokens: Vec::new(), ack_interval: DEFAULT_ACK_INTERVAL, cancel_timeout: DEFAULT_CANCEL_TIMEOUT }
+    }
+}
+
+impl fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("agent_tokens", &format_args!("[{} redacted]", self.agent_tokens.len()))
+            .field("ack_interval", &self.ack_interval)
+            .field("cancel_timeout", &self.cancel_timeout)
+            .finish()
+    }
 }
 
 /// Where the daemon keeps state and how it is reached.
@@ -274,6 +322,9 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub host_id: Option<String>,
+    pub upstream_token_file: Option<PathBuf>,
 }
 
 /// Why a configuration was refused. Every message starts `config FILE:` so it can be acted on.
@@ -307,6 +358,8 @@ struct FileConfig {
     runs: RunsConfig,
     journal: JournalConfig,
     stream: StreamConfig,
+    upstream: UpstreamConfig,
+    gateway: GatewayConfig,
 }
 
 /// `[daemon]` as set so far by file, environment and flags; `None` means "not set by anyone",
@@ -372,6 +425,10 @@ impl Config {
         };
         file.daemon.apply_env(&env);
         file.daemon.apply_overrides(overrides);
+        let up = &mut file.upstream;
+        up.url = overrides.upstream.clone().or(up.url.take());
+        up.host_id = overrides.host_id.clone().or(up.host_id.take());
+        up.token_file = overrides.upstream_token_file.clone().or(up.token_file.take());
         Self::assemble(path, file, &env)
     }
 
@@ -386,7 +443,15 @@ impl Config {
         env: &impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let daemon = file.daemon.resolve(env);
-        let config = Config { path, daemon, runs: file.runs, journal: file.journal, stream: file.stream };
+        let config = Config {
+            path,
+            daemon,
+            runs: file.runs,
+            journal: file.journal,
+            stream: file.stream,
+            upstream: file.upstream,
+            gateway: file.gateway,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -456,7 +521,26 @@ impl Config {
                 format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
             })?;
         }
-        ensure(s.token_file.as_ref().is_none_or(|p| !p.as_os_str().is_empty()), "stream.token_file", not_empty)
+        ensure(s.token_file.as_ref().is_none_or(|p| !p.as_os_str().is_empty()), "stream.token_file", not_empty)?;
+        let u = &self.upstream;
+        if let Some(url) = &u.url {
+            ensure(url.starts_with("ws://") || url.starts_with("wss://"), "upstream.url", || {
+                format!("must start with ws:// or wss:// (got {url:?})")
+            })?;
+            ensure(u.token_file.is_some(), "upstream.token_file", || "is required with upstream.url".into())?;
+        }
+        if let Some(host) = &u.host_id {
+            ensure(crate::run_id::RunId::parse(host).is_ok(), "upstream.host_id", || {
+                "must match [A-Za-z0-9][A-Za-z0-9._:-]{0,127}".into()
+            })?;
+        }
+        for (i, token) in self.gateway.agent_tokens.iter().enumerate() {
+            let ok = token.chars().count() >= MIN_TOKEN_LEN && !token.chars().any(char::is_whitespace);
+            ensure(ok, &format!("gateway.agent_tokens[{i}]"), || {
+                format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
+            })?;
+        }
+        ensure(!self.gateway.ack_interval.is_zero(), "gateway.ack_interval", || "must be greater than zero".into())
     }
 }
 

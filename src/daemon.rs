@@ -44,7 +44,12 @@ pub enum DaemonError {
     Journal(#[from] JournalError),
     #[error("load tokens: {0}")]
     Tokens(#[from] AuthError),
+    #[error("upstream: {0}")]
+    Upstream(#[from] crate::upstream::UpstreamError),
 }
+
+/// How long shutdown lets the upstream link forward the runs' final events.
+const UPSTREAM_DRAIN: Duration = Duration::from_secs(3);
 
 /// Sockets bound before `run`, so binding errors surface before anything starts.
 pub struct Listeners {
@@ -121,9 +126,22 @@ pub async fn run(
         stop_connections.clone(),
         conn_tasks.clone(),
     ));
-    let shared = Arc::new(Shared::new(table.clone(), config.stream.clone(), tokens, stop_connections.clone()));
+    let link = crate::upstream::LinkConfig::load(&config.upstream, state_dir)?;
+    let upstream_status = link.as_ref().map(|_| Arc::new(crate::upstream::UpstreamStatus::default()));
+    let stop_upstream = CancellationToken::new();
+    let upstream = match (link, &upstream_status) {
+        (Some(link), Some(status)) => {
+            tracing::info!(url = %link.url, host = %link.host_id, "forwarding to the gateway");
+            Some(tokio::spawn(crate::upstream::run(link, table.clone(), status.clone(), stop_upstream.clone())))
+        }
+        _ => None,
+    };
+    let mut shared = Shared::new(table.clone(), config.stream.clone(), tokens, stop_connections.clone());
+    shared.upstream = upstream_status.clone();
+    let shared = Arc::new(shared);
     let http_server = tokio::spawn(http::serve(listeners.tcp, shared.clone(), stop_accepting.clone()));
-    let retention = tokio::spawn(retention_loop(table.clone(), config.clone(), stop_accepting.clone()));
+    let retention =
+        tokio::spawn(retention_loop(table.clone(), config.clone(), upstream_status.clone(), stop_accepting.clone()));
 
     let watchdog = tokio::spawn(crate::systemd::watchdog(shared.clone(), stop_accepting.clone()));
     crate::systemd::ready(&crate::systemd::status_line(&shared));
@@ -154,6 +172,16 @@ pub async fn run(
         tracing::warn!(active = table.active_count(), "runs did not finish within the shutdown bound");
     }
     tracing::info!(cancelled, "runs stopped");
+    if let (Some(task), Some(status)) = (upstream, &upstream_status) {
+        // Give the link a moment to deliver the runs' final events; what it
+        // cannot, the next start resends from the gateway's acked seq.
+        let deadline = tokio::time::Instant::now() + UPSTREAM_DRAIN;
+        while status.pending(&table) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop_upstream.cancel();
+        let _ = task.await;
+    }
     stop_connections.cancel();
     conn_tasks.close();
     shared.tracker.close();
@@ -174,7 +202,12 @@ pub async fn run(
 }
 
 /// Applies retention at start and then every `retention_check_interval`.
-async fn retention_loop(table: RunTable, config: Config, stop: CancellationToken) {
+async fn retention_loop(
+    table: RunTable,
+    config: Config,
+    upstream: Option<Arc<crate::upstream::UpstreamStatus>>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(config.journal.retention_check_interval);
     loop {
         tokio::select! {
@@ -182,8 +215,14 @@ async fn retention_loop(table: RunTable, config: Config, stop: CancellationToken
             _ = tick.tick() => {}
         }
         let t = table.clone();
+        let up = upstream.clone();
         let (age, bytes) = (config.journal.retention_max_age, config.journal.retention_max_bytes);
-        match tokio::task::spawn_blocking(move || t.sweep_retention(age, bytes)).await {
+        let before_delete = move |run: &crate::run_id::RunId, last_seq: u64| {
+            if let Some(up) = &up {
+                up.note_deleted(run, last_seq);
+            }
+        };
+        match tokio::task::spawn_blocking(move || t.sweep_retention(age, bytes, before_delete)).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "retention sweep"),
             Err(error) => tracing::error!(%error, "retention sweep failed"),

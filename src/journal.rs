@@ -162,6 +162,16 @@ impl Journal {
     /// Scans every run, cuts torn tails, and closes runs that were active
     /// when the previous daemon died as `lost`.
     pub fn recover(&self) -> Result<Vec<RecoveredRun>, JournalError> {
+        self.scan(true)
+    }
+
+    /// Like `recover`, but leaves unfinished runs open: the gateway's copy of
+    /// a host's run is only finished when the host says so.
+    pub fn scan_open(&self) -> Result<Vec<RecoveredRun>, JournalError> {
+        self.scan(false)
+    }
+
+    fn scan(&self, close_active: bool) -> Result<Vec<RecoveredRun>, JournalError> {
         let mut runs = Vec::new();
         let entries = fs::read_dir(&*self.root).map_err(io_err("read journal dir", &self.root))?;
         for entry in entries {
@@ -171,7 +181,7 @@ impl Journal {
                 tracing::warn!(entry = ?name, "ignoring unexpected entry in journal dir");
                 continue;
             };
-            match self.recover_run(&id) {
+            match self.recover_run(&id, close_active) {
                 Ok(Some(run)) => runs.push(run),
                 Ok(None) => {}
                 Err(error) => tracing::error!(run_id = %id, %error, "cannot recover run; leaving it alone"),
@@ -181,7 +191,7 @@ impl Journal {
         Ok(runs)
     }
 
-    fn recover_run(&self, id: &RunId) -> Result<Option<RecoveredRun>, JournalError> {
+    fn recover_run(&self, id: &RunId, close_active: bool) -> Result<Option<RecoveredRun>, JournalError> {
         let dir = self.run_dir(id);
         let meta_path = dir.join(META_FILE);
         let meta_bytes = match fs::read(&meta_path) {
@@ -251,6 +261,9 @@ impl Journal {
             };
             return Ok(Some(run));
         }
+        if !close_active {
+            return Ok(Some(run));
+        }
         // Active when the last daemon died: close it so nobody waits forever.
         drop(file);
         let file = OpenOptions::new().append(true).open(&events_path).map_err(io_err("open journal", &events_path))?;
@@ -269,6 +282,19 @@ impl Journal {
         run.last_status = change;
         tracing::warn!(run_id = %id, last_seq = run.last_seq, "run was active when the daemon died; marked lost");
         Ok(Some(run))
+    }
+
+    /// Reopens an existing run's journal for appending after `last_seq`.
+    pub fn open_writer(&self, id: &RunId, last_seq: u64) -> Result<RunWriter, JournalError> {
+        let path = self.run_dir(id).join(EVENTS_FILE);
+        let file = OpenOptions::new().append(true).open(&path).map_err(io_err("open journal", &path))?;
+        Ok(RunWriter::new(self, id.clone(), path, file, last_seq))
+    }
+
+    pub fn read_meta(&self, id: &RunId) -> Result<RunMeta, JournalError> {
+        let path = self.run_dir(id).join(META_FILE);
+        let bytes = fs::read(&path).map_err(io_err("read run meta", &path))?;
+        serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt { path, why: e.to_string() })
     }
 
     /// Deletes a finished run's files (retention).

@@ -55,6 +55,27 @@ enum Command {
         /// Where journals and the token live.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Forward every event to the gateway at this ws:// or wss:// URL.
+        #[arg(long)]
+        upstream: Option<String>,
+        /// This host's name at the gateway [default: the hostname].
+        #[arg(long)]
+        host_id: Option<String>,
+        /// File holding the gateway's agent token.
+        #[arg(long)]
+        upstream_token_file: Option<PathBuf>,
+    },
+    /// Run the central gateway that host daemons forward to.
+    Gateway {
+        /// Config file (TOML); embedded defaults without one.
+        #[arg(long, env = "RUNTAP_CONFIG")]
+        config: Option<PathBuf>,
+        /// HTTP/WebSocket listen address (viewers and hosts).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Where the hosts' journals and the tokens live.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Launch a command through the daemon and stream its output.
     Run {
@@ -105,9 +126,19 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Daemon { config, listen, socket, state_dir } => {
-            let overrides = Overrides { config, state_dir, socket, listen };
+        Command::Daemon { config, listen, socket, state_dir, upstream, host_id, upstream_token_file } => {
+            let overrides = Overrides { config, state_dir, socket, listen, upstream, host_id, upstream_token_file };
             match run_daemon(&overrides) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("runtap: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Gateway { config, listen, state_dir } => {
+            let overrides = Overrides { config, state_dir, listen, ..Overrides::default() };
+            match run_gateway(&overrides) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("runtap: {e:#}");
@@ -136,6 +167,29 @@ fn run_daemon(overrides: &Overrides) -> anyhow::Result<()> {
         let (reload_tx, reload_rx) = mpsc::unbounded_channel();
         tokio::spawn(watch_signals(shutdown.clone(), overrides.clone(), log, reload_tx));
         daemon::run(config, listeners, shutdown, reload_rx).await?;
+        Ok(())
+    })
+}
+
+fn run_gateway(overrides: &Overrides) -> anyhow::Result<()> {
+    let mut config = Config::load(overrides)?;
+    if overrides.state_dir.is_none() && std::env::var_os("RUNTAP_STATE_DIR").is_none() {
+        // Not the daemon's default dir: a host may run both.
+        config.daemon.state_dir = runtap::gateway::default_state_dir(&config.daemon.state_dir);
+    }
+    let log = runtap::logging::init(&config.daemon.log_level);
+    if let Err(error) = runtap::sys::raise_fd_limit() {
+        tracing::warn!(%error, "could not raise the open file limit");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&config.daemon.listen)
+            .await
+            .with_context(|| format!("bind {}", config.daemon.listen))?;
+        let shutdown = CancellationToken::new();
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
+        tokio::spawn(watch_signals(shutdown.clone(), overrides.clone(), log, reload_tx));
+        runtap::gateway::run(config, listener, shutdown, reload_rx).await?;
         Ok(())
     })
 }
@@ -201,7 +255,7 @@ fn run_client(command: Command) -> i32 {
             Command::Logs { follow, since, id, socket } => client::logs(&socket.path(), &id, since, follow).await,
             Command::Cancel { id, reason, socket } => client::cancel(&socket.path(), &id, reason).await,
             Command::Ps { json, socket } => client::ps(&socket.path(), json).await,
-            Command::Daemon { .. } => Ok(0),
+            Command::Daemon { .. } | Command::Gateway { .. } => Ok(0),
         }
     });
     match result {

@@ -37,10 +37,9 @@ pub fn stopping() {
 /// A one-line summary for `systemctl status`.
 pub fn status_line(shared: &Shared) -> String {
     use std::sync::atomic::Ordering;
-    let active = shared.table.active_count();
+    let stats = shared.backend.stats();
     let conns = shared.metrics.connections.load(Ordering::Relaxed);
-    let subs = shared.table.hub().stats().subscriptions.load(Ordering::Relaxed);
-    format!("{active} active runs, {conns} connections, {subs} subscriptions")
+    format!("{} active runs, {conns} connections, {} subscriptions", stats.active, stats.subscriptions)
 }
 
 /// Sends `WATCHDOG=1` (and a fresh `STATUS=`) every half watchdog period,
@@ -71,8 +70,7 @@ pub async fn watchdog(shared: Arc<Shared>, stop: CancellationToken) {
 async fn probe(shared: &Arc<Shared>, bound: Duration) -> bool {
     let s = shared.clone();
     let check = tokio::spawn(async move {
-        let _ = s.table.active_count();
-        let _ = s.table.hub().subscriber_count();
+        let _ = s.backend.stats();
     });
     matches!(tokio::time::timeout(bound, check).await, Ok(Ok(())))
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::task::TaskTracker;
 
 use super::child::Spec;
@@ -75,6 +75,26 @@ pub enum CancelError {
     Finished(Box<RunInfo>),
 }
 
+/// What `ps` shows for a run found in a journal.
+pub fn info_from_recovered(r: crate::journal::RecoveredRun) -> RunInfo {
+    RunInfo {
+        run_id: r.run_id,
+        status: r.status,
+        exit_code: r.last_status.exit_code,
+        signal: r.last_status.signal,
+        reason: r.last_status.reason,
+        pid: None,
+        command: r.meta.command,
+        cwd: r.meta.cwd,
+        pty: r.meta.pty,
+        created_at: r.meta.created_at,
+        started_at: r.started_at,
+        ended_at: r.ended_at,
+        last_seq: r.last_seq,
+        journal: "ok".into(),
+    }
+}
+
 /// Limits and timing for runs, from `[runs]` and `[journal]`.
 #[derive(Clone, Copy, Debug)]
 pub struct RunLimits {
@@ -102,13 +122,24 @@ struct Inner {
     limits: Mutex<RunLimits>,
     /// Supervisor tasks, so shutdown can wait for them.
     tracker: TaskTracker,
+    /// Announces each launch (the upstream link starts forwarding it).
+    launches: broadcast::Sender<RunId>,
 }
+
+/// Launch announcements buffered per listener; one that falls further
+/// behind gets `Lagged` and rescans the table.
+const LAUNCH_BACKLOG: usize = 1024;
 
 impl RunTable {
     pub fn new(journal: Journal, hub: Hub, limits: RunLimits, tracker: TaskTracker) -> Self {
-        RunTable {
-            inner: Arc::new(Inner { runs: Mutex::default(), journal, hub, limits: Mutex::new(limits), tracker }),
-        }
+        let (launches, _) = broadcast::channel(LAUNCH_BACKLOG);
+        let inner = Inner { runs: Mutex::default(), journal, hub, limits: Mutex::new(limits), tracker, launches };
+        RunTable { inner: Arc::new(inner) }
+    }
+
+    /// Every run launched from now on.
+    pub fn subscribe_launches(&self) -> broadcast::Receiver<RunId> {
+        self.inner.launches.subscribe()
     }
 
     pub fn journal(&self) -> &Journal {
@@ -140,22 +171,7 @@ impl RunTable {
         let mut runs = self.runs();
         for r in recovered {
             self.inner.hub.insert_closed(&r.run_id, r.last_seq);
-            let info = RunInfo {
-                run_id: r.run_id.clone(),
-                status: r.status,
-                exit_code: r.last_status.exit_code,
-                signal: r.last_status.signal,
-                reason: r.last_status.reason,
-                pid: None,
-                command: r.meta.command,
-                cwd: r.meta.cwd,
-                pty: r.meta.pty,
-                created_at: r.meta.created_at,
-                started_at: r.started_at,
-                ended_at: r.ended_at,
-                last_seq: r.last_seq,
-                journal: "ok".into(),
-            };
+            let info = info_from_recovered(r.clone());
             runs.insert(r.run_id, Entry { info, control: None });
         }
         Ok(n)
@@ -214,6 +230,7 @@ impl RunTable {
         let publisher = self.inner.hub.open(&id, 0);
         let sup = Supervisor::new(id.clone(), spec, writer, publisher, self.clone(), rx, limits.timing);
         self.inner.tracker.spawn(sup.run());
+        let _ = self.inner.launches.send(id.clone());
         Ok(id)
     }
 
@@ -302,7 +319,7 @@ impl RunTable {
 
     /// Deletes finished runs older than `max_age`, then the oldest finished
     /// runs until the total is under `max_bytes`. Never touches active runs.
-    pub fn sweep_retention(&self, max_age: Duration, max_bytes: u64) -> usize {
+    pub fn sweep_retention(&self, max_age: Duration, max_bytes: u64, before_delete: impl Fn(&RunId, u64)) -> usize {
         let now = chrono::Utc::now();
         let finished: Vec<(RunId, String, bool)> = {
             let runs = self.runs();
@@ -335,6 +352,9 @@ impl RunTable {
         for (id, _, old, bytes) in sized {
             if !old && total <= max_bytes {
                 continue;
+            }
+            if let Some(info) = self.get(&id) {
+                before_delete(&id, info.last_seq);
             }
             if self.remove_finished(&id) {
                 total = total.saturating_sub(bytes);

@@ -9,6 +9,11 @@
 //! | `POST /runs/ID/cancel` | cancel (token): 200, 404, or 409 with the final status |
 //! | `GET /api/v2/workflows/runs/ID/stream` | WebSocket: stream one run |
 //! | `GET /ws` | WebSocket: subscribe by message |
+//! | `GET /hosts` | gateway: hosts and their connection state (token) |
+//! | `GET /agent` | gateway: WebSocket for host daemons (agent token) |
+//!
+//! At a gateway every run endpoint takes `host=HOST`; without it the run ID
+//! must be unique across hosts.
 //!
 //! A TCP connection gets `handshake_timeout` in all for its HTTP requests
 //! (keep-alive included) or its upgrade, so a slow or idle client cannot
@@ -33,11 +38,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
 use super::auth::{Scope, request_token};
+use super::backend::{Backend, CancelOutcome, LookupError};
 use super::metrics::Metrics;
 use super::ws::{self, Endpoint, WsError};
-use crate::run::CancelError;
+use super::{Role, Shared};
 use crate::run_id::RunId;
 
 /// Largest request body read (only `POST /runs/ID/cancel` has one).
@@ -135,43 +140,57 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>, gu
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => healthz(&shared),
         (&Method::GET, ["metrics"]) => {
-            let mut r = Response::new(Full::new(Bytes::from(shared.metrics.render(&shared.table))));
+            let mut text = shared.metrics.render(&shared.backend);
+            if let (Some(up), Some(table)) = (&shared.upstream, shared.backend.table()) {
+                text.push_str(&up.render(table));
+            }
+            let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
         }
         (&Method::GET, ["ws"]) => upgrade_to(req, Endpoint::Multi, &query, shared, guard),
+        (&Method::GET, ["agent"]) if matches!(shared.backend, Backend::Gateway(_)) => {
+            upgrade_agent(req, &query, shared, guard)
+        }
+        (&Method::GET, ["hosts"]) => match (&shared.backend, authorize(&req, &query, &shared)) {
+            (Backend::Gateway(g), Ok(_)) => json_response(StatusCode::OK, &g.hosts_json()),
+            (Backend::Gateway(_), Err(r)) => r,
+            (Backend::Daemon(_), _) => error(StatusCode::NOT_FOUND, "not-found", "/hosts is served by the gateway"),
+        },
         (&Method::GET, ["runs"]) if upgrade => {
+            let host = param("host").map(str::to_owned);
             let run = parse_since(param("since")).and_then(|since| Ok((WsError::for_run_id(param("runId"))?, since)));
             let endpoint = match run {
-                Ok((run, since)) => Endpoint::Single { run: Ok(run), since },
-                Err(e) => Endpoint::Single { run: Err(e), since: 0 },
+                Ok((run, since)) => Endpoint::Single { run: Ok(run), since, host },
+                Err(e) => Endpoint::Single { run: Err(e), since: 0, host },
             };
             upgrade_to(req, endpoint, &query, shared, guard)
         }
         (&Method::GET, ["api", "v2", "workflows", "runs", id, "stream"]) => {
+            let host = param("host").map(str::to_owned);
             let run = parse_since(param("since")).and_then(|since| Ok((WsError::for_run_id(Some(id))?, since)));
             let endpoint = match run {
-                Ok((run, since)) => Endpoint::Single { run: Ok(run), since },
-                Err(e) => Endpoint::Single { run: Err(e), since: 0 },
+                Ok((run, since)) => Endpoint::Single { run: Ok(run), since, host },
+                Err(e) => Endpoint::Single { run: Err(e), since: 0, host },
             };
             upgrade_to(req, endpoint, &query, shared, guard)
         }
         (&Method::GET, ["runs"]) => match authorize(&req, &query, &shared) {
-            Some(scope) => {
-                let runs: Vec<_> = shared.table.list().into_iter().filter(|r| scope.allows(&r.run_id)).collect();
-                json_response(StatusCode::OK, &json!(runs))
-            }
-            None => unauthorized(),
+            Ok(scope) => json_response(StatusCode::OK, &serde_json::Value::Array(shared.backend.list(&scope))),
+            Err(r) => r,
         },
-        (&Method::GET, ["runs", id]) => with_run(&req, &query, &shared, id, |run| match shared.table.get(run) {
-            Some(info) => json_response(StatusCode::OK, &json!(info)),
-            None => error(StatusCode::NOT_FOUND, "not-found", format!("no run {run}")),
-        }),
+        (&Method::GET, ["runs", id]) => {
+            let host = param("host");
+            with_run(&req, &query, &shared, id, |run| match shared.backend.get(host, run) {
+                Ok(info) => json_response(StatusCode::OK, &info),
+                Err(e) => lookup_error(e),
+            })
+        }
         (&Method::POST, ["runs", id, "cancel"]) => {
             let id = id.to_string();
             cancel(req, &query, &shared, &id).await
         }
-        (_, ["healthz" | "metrics" | "ws" | "runs"])
+        (_, ["healthz" | "metrics" | "ws" | "runs" | "hosts" | "agent"])
         | (_, ["runs", _])
         | (_, ["runs", _, "cancel"])
         | (_, ["api", "v2", "workflows", "runs", _, "stream"]) => {
@@ -191,33 +210,44 @@ fn parse_since(raw: Option<&str>) -> Result<u64, WsError> {
 }
 
 fn healthz(shared: &Shared) -> Response<Body> {
-    let table = &shared.table;
-    let degraded = table.degraded_count();
+    let stats = shared.backend.stats();
+    let ok = stats.degraded == 0;
     let body = json!({
-        "status": if degraded == 0 { "ok" } else { "degraded" },
-        "runs": table.list().len(),
-        "activeRuns": table.active_count(),
+        "status": if ok { "ok" } else { "degraded" },
+        "runs": stats.runs,
+        "activeRuns": stats.active,
         "connections": shared.metrics.connections.load(Ordering::Relaxed),
         "websockets": shared.metrics.websockets.load(Ordering::Relaxed),
-        "subscriptions": table.hub().stats().subscriptions.load(Ordering::Relaxed),
-        "journal": if degraded == 0 { "ok" } else { "degraded" },
-        "degradedRuns": degraded,
+        "subscriptions": stats.subscriptions,
+        "journal": if ok { "ok" } else { "degraded" },
+        "degradedRuns": stats.degraded,
         "version": env!("CARGO_PKG_VERSION"),
     });
     json_response(StatusCode::OK, &body)
 }
 
-/// The token's scope, or `None` (counted as an auth failure; answer 401).
-fn authorize(req: &Request<Incoming>, query: &[(String, String)], shared: &Shared) -> Option<Scope> {
-    let scope = request_token(req.headers(), query).and_then(|t| shared.tokens().check(&t));
-    if scope.is_none() {
-        Metrics::add(&shared.metrics.auth_failures, 1);
+fn lookup_error(e: LookupError) -> Response<Body> {
+    match e {
+        LookupError::NotFound(_) | LookupError::UnknownHost(_) => {
+            error(StatusCode::NOT_FOUND, "not-found", e.to_string())
+        }
+        LookupError::Ambiguous(..) => error(StatusCode::CONFLICT, "ambiguous-run-id", e.to_string()),
     }
-    scope
 }
 
-fn unauthorized() -> Response<Body> {
-    error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong token")
+/// The viewer token's scope, or the answer to send: 401 for no or a wrong
+/// token, 403 for a host (agent) token.
+#[allow(clippy::result_large_err)]
+fn authorize(req: &Request<Incoming>, query: &[(String, String)], shared: &Shared) -> Result<Scope, Response<Body>> {
+    let role = request_token(req.headers(), query).map_or(Role::None, |t| shared.role(&t));
+    match role {
+        Role::Viewer(scope) => Ok(scope),
+        Role::Agent => Err(error(StatusCode::FORBIDDEN, "forbidden", "host (agent) tokens cannot read runs")),
+        Role::None => {
+            Metrics::add(&shared.metrics.auth_failures, 1);
+            Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong token"))
+        }
+    }
 }
 
 /// Authorizes, parses the run ID, checks the scope, then calls `f`.
@@ -228,8 +258,9 @@ fn with_run(
     raw: &str,
     f: impl FnOnce(&RunId) -> Response<Body>,
 ) -> Response<Body> {
-    let Some(scope) = authorize(req, query, shared) else {
-        return unauthorized();
+    let scope = match authorize(req, query, shared) {
+        Ok(s) => s,
+        Err(r) => return r,
     };
     let run = match RunId::parse(raw) {
         Ok(r) => r,
@@ -262,16 +293,19 @@ async fn cancel(req: Request<Incoming>, query: &[(String, String)], shared: &Sha
         return error(StatusCode::BAD_REQUEST, "bad-request", "invalid run ID");
     };
     let reason = reason.unwrap_or_else(|| "cancelled over HTTP".into());
-    tracing::info!(run_id = %run, %reason, "cancel requested over HTTP");
-    match shared.table.cancel(&run, reason) {
-        Ok(info) => json_response(StatusCode::OK, &json!({"runId": run.as_str(), "status": info.status})),
-        Err(CancelError::NotFound(_)) => error(StatusCode::NOT_FOUND, "not-found", format!("no run {run}")),
-        Err(CancelError::Finished(info)) => {
-            let mut body = json!(info);
+    let host = query.iter().find(|(k, _)| k == "host").map(|(_, v)| v.as_str());
+    tracing::info!(run_id = %run, host, %reason, "cancel requested over HTTP");
+    match shared.backend.cancel(host, &run, reason).await {
+        CancelOutcome::Cancelling(body) => json_response(StatusCode::OK, &body),
+        CancelOutcome::NotFound(m) => error(StatusCode::NOT_FOUND, "not-found", m),
+        CancelOutcome::Finished(mut body) => {
+            let status = body["status"].as_str().unwrap_or("finished").to_owned();
             body["code"] = "finished".into();
-            body["message"] = format!("run {run} already {}", info.status.as_str()).into();
+            body["message"] = format!("run {run} already {status}").into();
             json_response(StatusCode::CONFLICT, &body)
         }
+        CancelOutcome::Unavailable(m) => error(StatusCode::SERVICE_UNAVAILABLE, "host-offline", m),
+        CancelOutcome::Timeout(m) => error(StatusCode::GATEWAY_TIMEOUT, "host-timeout", m),
     }
 }
 
@@ -323,15 +357,7 @@ fn upgrade_to(
         }
         drop(guard);
     });
-    let mut r = Response::new(Full::default());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    r
+    switching_protocols(&accept)
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
@@ -343,4 +369,61 @@ fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body>
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response<Body> {
     json_response(status, &json!({"code": code, "message": message.into()}))
+}
+
+/// `/agent` (gateway): a host daemon's link. Only agent tokens get in.
+fn upgrade_agent(
+    req: Request<Incoming>,
+    query: &[(String, String)],
+    shared: Arc<Shared>,
+    guard: Arc<ConnGuard>,
+) -> Response<Body> {
+    let Backend::Gateway(gateway) = &shared.backend else {
+        return error(StatusCode::NOT_FOUND, "not-found", "no endpoint /agent");
+    };
+    let role = request_token(req.headers(), query).map_or(Role::None, |t| shared.role(&t));
+    let refusal = match role {
+        Role::Agent => None,
+        Role::Viewer(_) => Some(WsError::new_pub("forbidden", 4403, "viewer tokens cannot register as a host")),
+        Role::None => {
+            Metrics::add(&shared.metrics.auth_failures, 1);
+            Some(WsError::unauthorized())
+        }
+    };
+    let Some(accept) = accept_key(&req) else {
+        return error(StatusCode::BAD_REQUEST, "bad-request", "not a WebSocket upgrade");
+    };
+    let (gateway, stop) = (gateway.clone(), shared.stop.clone());
+    shared.tracker.spawn(async move {
+        match hyper::upgrade::on(req).await {
+            Ok(upgraded) => match refusal {
+                Some(err) => ws::reject(upgraded, err).await,
+                None => crate::gateway::agent::serve(upgraded, gateway, stop).await,
+            },
+            Err(error) => tracing::debug!(%error, "agent upgrade failed"),
+        }
+        drop(guard);
+    });
+    switching_protocols(&accept)
+}
+
+/// The `Sec-WebSocket-Accept` value for a valid version-13 upgrade request.
+fn accept_key(req: &Request<Incoming>) -> Option<String> {
+    if !is_websocket(req) || req.headers().get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
+        return None;
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY)?;
+    Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+fn switching_protocols(accept: &str) -> Response<Body> {
+    let mut r = Response::new(Full::default());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
 }

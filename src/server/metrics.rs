@@ -6,8 +6,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use super::backend::Backend;
 use crate::event::RunStatus;
-use crate::run::RunTable;
 
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -36,9 +36,8 @@ impl Metrics {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn render(&self, table: &RunTable) -> String {
-        let hub = table.hub().stats();
-        let journal = &table.journal().stats;
+    pub fn render(&self, backend: &Backend) -> String {
+        let stats = backend.stats();
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
@@ -59,7 +58,7 @@ impl Metrics {
             "runtap_subscriptions",
             "gauge",
             "Live run subscriptions (WebSocket and Unix socket).",
-            hub.subscriptions.load(Ordering::Relaxed).to_string(),
+            stats.subscriptions.to_string(),
         );
         metric(
             "runtap_connections_refused_total",
@@ -67,17 +66,12 @@ impl Metrics {
             "Connections refused at max_connections.",
             get(&self.connections_refused).to_string(),
         );
-        metric(
-            "runtap_events_in_total",
-            "counter",
-            "Events journaled and published.",
-            get(&hub.events_published).to_string(),
-        );
+        metric("runtap_events_in_total", "counter", "Events journaled and published.", stats.events_in.to_string());
         metric(
             "runtap_journal_bytes_total",
             "counter",
             "Bytes written to run journals.",
-            get(&journal.bytes_written).to_string(),
+            stats.journal_bytes.to_string(),
         );
         metric(
             "runtap_events_out_total",
@@ -131,14 +125,15 @@ impl Metrics {
             "runtap_journal_errors_total",
             "counter",
             "Failed journal writes (the run continues; its journal is degraded).",
-            get(&journal.write_errors).to_string(),
+            stats.journal_errors.to_string(),
         );
-        let counts = table.count_by_status();
+        let counts = &stats.by_status;
         let _ = writeln!(out, "# HELP runtap_runs Runs known to the daemon, by status.\n# TYPE runtap_runs gauge");
         for status in RunStatus::ALL {
             let n = counts.get(&status).copied().unwrap_or(0);
             let _ = writeln!(out, "runtap_runs{{status=\"{}\"}} {n}", status.as_str());
         }
+        out.push_str(&backend.extra_metrics());
         out
     }
 }

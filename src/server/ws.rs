@@ -24,12 +24,12 @@ use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
 
-use super::Shared;
 use super::auth::Scope;
 use super::metrics::Metrics;
+use super::{Role, Shared};
 use crate::event::Utf8Bytes;
 use crate::feed::{Delivery, Feed, FeedItem, LagPolicy};
 use crate::run_id::RunId;
@@ -49,7 +49,8 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// Which endpoint the session came in on.
 pub enum Endpoint {
     /// `/runs?runId=` and `/api/v2/workflows/runs/ID/stream`: one run; closed (1000) when it ends.
-    Single { run: Result<RunId, WsError>, since: u64 },
+    /// `host` picks the host at a gateway.
+    Single { run: Result<RunId, WsError>, since: u64, host: Option<String> },
     /// `/ws`: subscribe and unsubscribe by message.
     Multi,
 }
@@ -67,11 +68,17 @@ impl WsError {
     fn new(code: &'static str, close: u16, message: impl Into<String>) -> Self {
         WsError { code, close, message: message.into(), last_seq: None }
     }
+    pub fn new_pub(code: &'static str, close: u16, message: impl Into<String>) -> Self {
+        Self::new(code, close, message)
+    }
     pub fn unauthorized() -> Self {
         Self::new("unauthorized", 4401, "missing or wrong token")
     }
     pub fn forbidden(run: &RunId) -> Self {
         Self::new("forbidden", 4403, format!("this token may not see run {run}"))
+    }
+    pub fn host_token() -> Self {
+        Self::new("forbidden", 4403, "host (agent) tokens cannot subscribe to runs")
     }
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new("bad-request", 4400, message)
@@ -87,7 +94,7 @@ impl WsError {
         }
     }
 
-    fn to_json(&self, run: Option<&RunId>) -> Utf8Bytes {
+    pub fn to_json(&self, run: Option<&RunId>) -> Utf8Bytes {
         let mut v = json!({"type": "error", "code": self.code, "message": self.message});
         if let Some(seq) = self.last_seq {
             v["lastSeq"] = seq.into();
@@ -120,10 +127,14 @@ enum ClientMsg {
         run_id: Option<String>,
         #[serde(default)]
         since: u64,
+        #[serde(default)]
+        host: Option<String>,
     },
     #[serde(rename_all = "camelCase")]
     Unsubscribe {
         run_id: Option<String>,
+        #[serde(default)]
+        host: Option<String>,
     },
 }
 
@@ -139,7 +150,7 @@ pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
 pub async fn serve(upgraded: Upgraded, endpoint: Endpoint, token: Option<String>, shared: Arc<Shared>) {
     let cfg = shared.stream_config();
     let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config(cfg.max_frame_bytes)))
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config(cfg.max_frame_bytes)))
             .await;
     let (sink, stream) = ws.split();
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
@@ -176,8 +187,8 @@ struct Session {
     tx: mpsc::Sender<Out>,
     /// Set once authenticated.
     scope: Option<Scope>,
-    /// Subscriptions by run, so a second `subscribe` or `unsubscribe` can stop one.
-    subs: HashMap<RunId, AbortHandle>,
+    /// Subscriptions by (host, run), so a second `subscribe` or `unsubscribe` can stop one.
+    subs: HashMap<(Option<String>, RunId), AbortHandle>,
     feeds: JoinSet<()>,
     limiter: RateLimiter,
     max_depth: usize,
@@ -208,8 +219,8 @@ impl Session {
                 self.send(Out::Text(Utf8Bytes::from_static(r#"{"type":"authenticated"}"#))).await;
             }
         }
-        if let Endpoint::Single { run, since } = endpoint {
-            self.subscribe(run?, since).await?;
+        if let Endpoint::Single { run, since, host } = endpoint {
+            self.subscribe(run?, since, host).await?;
         }
         let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         let stop = self.shared.stop.clone();
@@ -253,12 +264,13 @@ impl Session {
     }
 
     fn authenticate(&mut self, token: &str) -> Result<(), WsError> {
-        match self.shared.tokens().check(token) {
-            Some(scope) => {
+        match self.shared.role(token) {
+            Role::Viewer(scope) => {
                 self.scope = Some(scope);
                 Ok(())
             }
-            None => Err(self.auth_failed()),
+            Role::Agent => Err(WsError::host_token()),
+            Role::None => Err(self.auth_failed()),
         }
     }
 
@@ -290,13 +302,13 @@ impl Session {
                     ClientMsg::Subscribe { .. } | ClientMsg::Unsubscribe { .. } if self.single => {
                         Err(WsError::bad_request("this endpoint streams one run; use /ws to subscribe by message"))
                     }
-                    ClientMsg::Subscribe { run_id, since } => {
+                    ClientMsg::Subscribe { run_id, since, host } => {
                         let run = WsError::for_run_id(run_id.as_deref())?;
-                        self.subscribe(run, since).await
+                        self.subscribe(run, since, host).await
                     }
-                    ClientMsg::Unsubscribe { run_id } => {
+                    ClientMsg::Unsubscribe { run_id, host } => {
                         let run = WsError::for_run_id(run_id.as_deref())?;
-                        if let Some(h) = self.subs.remove(&run) {
+                        if let Some(h) = self.subs.remove(&(host, run.clone())) {
                             h.abort();
                         }
                         let ack = json!({"type": "unsubscribed", "runId": run.as_str()}).to_string();
@@ -318,21 +330,24 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, run: RunId, since: u64) -> Result<(), WsError> {
+    async fn subscribe(&mut self, run: RunId, since: u64, host: Option<String>) -> Result<(), WsError> {
         if !self.scope.as_ref().is_some_and(|s| s.allows(&run)) {
             return Err(WsError::forbidden(&run));
         }
-        if let Some(old) = self.subs.remove(&run) {
+        let key = (host.clone(), run.clone());
+        if let Some(old) = self.subs.remove(&key) {
             old.abort();
         }
         if !self.single {
-            let ack = json!({"type": "subscribed", "runId": run.as_str(), "since": since}).to_string();
-            self.send(Out::Text(ack.into())).await;
+            let mut ack = json!({"type": "subscribed", "runId": run.as_str(), "since": since});
+            if let Some(h) = &host {
+                ack["host"] = json!(h);
+            }
+            self.send(Out::Text(ack.to_string().into())).await;
         }
-        let table = &self.shared.table;
-        let feed = Feed::new(table.journal().clone(), table.hub().clone(), run.clone(), since, true, LagPolicy::Close);
-        let handle = self.feeds.spawn(pump(feed, self.tx.clone(), !self.single, self.shared.metrics.clone()));
-        self.subs.insert(run, handle);
+        let sub = Subscribe { shared: self.shared.clone(), run, since, host, tx: self.tx.clone(), multi: !self.single };
+        let handle = self.feeds.spawn(sub.run());
+        self.subs.insert(key, handle);
         Ok(())
     }
 
@@ -345,6 +360,33 @@ impl Session {
         tracing::debug!(code = err.code, close = err.close, message = %err.message, "closing websocket with error");
         self.send(Out::Text(err.to_json(None))).await;
         self.send(Out::Close(err.close, err.code.to_owned())).await;
+    }
+}
+
+/// One subscription's task: finds the run (at a gateway this may wait for
+/// a host to start it), then moves its feed into the writer queue.
+struct Subscribe {
+    shared: Arc<Shared>,
+    run: RunId,
+    since: u64,
+    host: Option<String>,
+    tx: mpsc::Sender<Out>,
+    multi: bool,
+}
+
+impl Subscribe {
+    async fn run(self) {
+        let source = match self.shared.backend.source(self.host.as_deref(), &self.run).await {
+            Ok(s) => s,
+            Err(e) => {
+                let err = WsError::bad_request(e.to_string());
+                let _ = self.tx.send(Out::Text(err.to_json(Some(&self.run)))).await;
+                let _ = self.tx.send(Out::Close(err.close, err.code.to_owned())).await;
+                return;
+            }
+        };
+        let feed = Feed::new(source.journal, source.hub, self.run, self.since, true, LagPolicy::Close);
+        pump(feed, self.tx, self.multi, self.shared.metrics.clone()).await;
     }
 }
 
@@ -512,6 +554,18 @@ pub fn json_depth(json: &[u8]) -> usize {
         }
     }
     max
+}
+
+/// Refuses an upgraded connection with an error event and its close code
+/// (used where no session follows, e.g. `/agent` with a viewer token).
+pub async fn reject(upgraded: Upgraded, err: WsError) {
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config(1024))).await;
+    let frame = CloseFrame { code: CloseCode::from(err.close), reason: err.code.into() };
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        ws.send(Message::Text(err.to_json(None))).await?;
+        ws.send(Message::Close(Some(frame))).await
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,346 @@
+//! The gateway's side of one host's link (`GET /agent`, agent token).
+//!
+//! Appends each event only if its seq is the next one for its run, so
+//! resends after a reconnect are dropped (exactly-once in effect). Every
+//! `ack_interval` the touched journals are fsynced and only then
+//! acknowledged: an acked event survives a gateway crash.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_util::sync::CancellationToken;
+
+use super::{CancelReply, CancelRequest, Gateway, Host};
+use crate::event::{Event, RunStatus, now_timestamp};
+use crate::hub::Publisher;
+use crate::journal::{JournalError, RunMeta, RunWriter};
+use crate::link::{AgentMsg, GatewayMsg, MAX_LINK_MESSAGE, is_event};
+use crate::run::RunInfo;
+use crate::run_id::RunId;
+
+/// Deadline for the host's `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new session waits for the previous one of the same host to let go.
+const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages taken without waiting before the touched journals are written out.
+const DRAIN_MESSAGES: usize = 1024;
+/// Cancels waiting to be sent down to the host.
+const CANCEL_QUEUE: usize = 64;
+
+static LINK_IDS: AtomicU64 = AtomicU64::new(1);
+
+type Ws = WebSocketStream<TokioIo<Upgraded>>;
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+    #[error("connection closed")]
+    Closed,
+}
+
+pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_LINK_MESSAGE))
+        .max_frame_size(Some(MAX_LINK_MESSAGE))
+}
+
+/// Serves one agent connection until it ends or `stop`.
+pub async fn serve(upgraded: Upgraded, gateway: Gateway, stop: CancellationToken) {
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<AgentMsg>(&t).ok(),
+        _ => None,
+    };
+    let Some(AgentMsg::Hello { host, epoch, runs }) = hello else {
+        return close(&mut ws, 4400, "expected hello").await;
+    };
+    if RunId::parse(&host).is_err() || epoch.is_empty() {
+        return close(&mut ws, 4400, "bad host ID or epoch").await;
+    }
+    let host = match gateway.host_for_session(&host, &epoch) {
+        Ok(h) => h,
+        Err(error) => {
+            tracing::error!(host, %error, "cannot open host state");
+            return close(&mut ws, 1011, "gateway storage error").await;
+        }
+    };
+    // One appender per host: stop an older session and wait for it to let go.
+    let link_stop = stop.child_token();
+    let (cancel_tx, cancel_rx) = mpsc::channel(CANCEL_QUEUE);
+    let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
+    gateway.attach(&host, link_id, cancel_tx, link_stop.clone());
+    let Ok(_guard) = tokio::time::timeout(TAKEOVER_TIMEOUT, host.session.lock()).await else {
+        gateway.detach(&host, link_id);
+        return close(&mut ws, 1013, "previous session still active").await;
+    };
+    gateway.metrics().agent_sessions.fetch_add(1, Ordering::Relaxed);
+    let behind: u64 = {
+        let held = host.cursors();
+        runs.iter().map(|c| c.last_seq.saturating_sub(held.get(&c.run_id).copied().unwrap_or(0))).sum()
+    };
+    tracing::info!(host = %host.id, link_id, runs = runs.len(), behind, "host connected");
+    let mut session = Session {
+        gateway: gateway.clone(),
+        host: host.clone(),
+        writers: HashMap::new(),
+        touched: HashSet::new(),
+        unacked: HashSet::new(),
+        pending: HashMap::new(),
+        next_req: 1,
+    };
+    let result = session.run(&mut ws, cancel_rx, link_stop).await;
+    session.flush_all();
+    gateway.detach(&host, link_id);
+    match result {
+        Ok(()) | Err(SessionError::Closed) => {
+            tracing::info!(host = %host.id, link_id, "host disconnected");
+            close(&mut ws, 1001, "bye").await;
+        }
+        Err(error) => {
+            tracing::warn!(host = %host.id, link_id, %error, "host session failed");
+            close(&mut ws, 4400, "protocol error").await;
+        }
+    }
+}
+
+async fn close(ws: &mut Ws, code: u16, reason: &str) {
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() };
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Close(Some(frame)))).await;
+}
+
+struct Session {
+    gateway: Gateway,
+    host: Arc<Host>,
+    /// Open journals (and hub topics) of the runs this session appends to.
+    writers: HashMap<RunId, (RunWriter, Publisher)>,
+    /// Runs with events written since the last flush to the hub.
+    touched: HashSet<RunId>,
+    /// Runs with events not yet fsynced and acknowledged.
+    unacked: HashSet<RunId>,
+    /// Cancels sent down, by request ID.
+    pending: HashMap<u64, (String, oneshot::Sender<CancelReply>)>,
+    next_req: u64,
+}
+
+impl Session {
+    async fn run(
+        &mut self,
+        ws: &mut Ws,
+        mut cancels: mpsc::Receiver<CancelRequest>,
+        stop: CancellationToken,
+    ) -> Result<(), SessionError> {
+        let welcome = GatewayMsg::Welcome { acked: self.host.cursors() };
+        send(ws, &welcome).await?;
+        let mut tick = tokio::time::interval(self.gateway.config().ack_interval);
+        loop {
+            tokio::select! {
+                msg = ws.next() => {
+                    self.on_message(msg)?;
+                    // Take whatever else has already arrived, then write it out once.
+                    for _ in 0..DRAIN_MESSAGES {
+                        match ws.next().now_or_never() {
+                            Some(msg) => self.on_message(msg)?,
+                            None => break,
+                        }
+                    }
+                    self.flush_all();
+                }
+                _ = tick.tick() => self.ack(ws).await?,
+                Some(req) = cancels.recv() => {
+                    let id = self.next_req;
+                    self.next_req += 1;
+                    let msg = GatewayMsg::Cancel { req_id: id, run_id: req.run.to_string(), reason: req.reason };
+                    self.pending.insert(id, (req.run.to_string(), req.reply));
+                    send(ws, &msg).await?;
+                }
+                _ = stop.cancelled() => {
+                    self.flush_all();
+                    self.ack(ws).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        msg: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) -> Result<(), SessionError> {
+        let text = match msg {
+            None | Some(Ok(Message::Close(_))) | Some(Err(_)) => return Err(SessionError::Closed),
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => return Ok(()),
+        };
+        if is_event(&text) {
+            let event: Event =
+                serde_json::from_str(&text).map_err(|e| SessionError::Protocol(format!("bad event: {e}")))?;
+            return self.on_event(event);
+        }
+        match serde_json::from_str::<AgentMsg>(&text) {
+            Ok(AgentMsg::Run { run_id, meta }) => self.on_run(&run_id, meta),
+            Ok(AgentMsg::CancelResult { req_id, ok, status, code, message }) => {
+                if let Some((_, reply)) = self.pending.remove(&req_id) {
+                    let host = self.host.id.clone();
+                    let _ = reply.send(CancelReply { host, ok, status, code, message });
+                }
+                Ok(())
+            }
+            Ok(AgentMsg::Hello { .. }) => Err(SessionError::Protocol("hello twice".into())),
+            Err(e) => Err(SessionError::Protocol(format!("bad message: {e}"))),
+        }
+    }
+
+    /// A run the host is about to forward: create its journal here if new.
+    fn on_run(&mut self, run_id: &str, meta: RunMeta) -> Result<(), SessionError> {
+        let run = RunId::parse(run_id).map_err(|e| SessionError::Protocol(format!("bad run ID: {e}")))?;
+        if self.writers.contains_key(&run) {
+            return Ok(());
+        }
+        let (writer, last_seq) = match self.host.run_info(&run) {
+            Some(info) => (self.host.journal.open_writer(&run, info.last_seq)?, info.last_seq),
+            None => {
+                let writer = self.host.journal.create_run(&run, &meta)?;
+                self.host.insert_run(RunInfo {
+                    run_id: run.clone(),
+                    status: RunStatus::Queued,
+                    exit_code: None,
+                    signal: None,
+                    reason: None,
+                    pid: None,
+                    command: meta.command,
+                    cwd: meta.cwd,
+                    pty: meta.pty,
+                    created_at: meta.created_at,
+                    started_at: None,
+                    ended_at: None,
+                    last_seq: 0,
+                    journal: "ok".into(),
+                });
+                self.gateway.announce(&self.host.id, &run);
+                (writer, 0)
+            }
+        };
+        let publisher = self.host.hub.open(&run, last_seq);
+        self.writers.insert(run, (writer, publisher));
+        Ok(())
+    }
+
+    fn on_event(&mut self, mut event: Event) -> Result<(), SessionError> {
+        let run = RunId::parse(&event.run_id).map_err(|e| SessionError::Protocol(format!("bad run ID: {e}")))?;
+        let Some((writer, _)) = self.writers.get_mut(&run) else {
+            return Err(SessionError::Protocol(format!("event for run {run} before its `run` message")));
+        };
+        let next = writer.last_seq() + 1;
+        if event.seq < next {
+            self.gateway.metrics().duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if event.seq > next {
+            return Err(SessionError::Protocol(format!("run {run}: got seq {} but expected {next}", event.seq)));
+        }
+        event.host = Some(self.host.id.clone());
+        writer.append_event(&event);
+        self.gateway.metrics().events_received.fetch_add(1, Ordering::Relaxed);
+        let seq = event.seq;
+        let status = event.status();
+        self.host.update_run(&run, |info| {
+            info.last_seq = seq;
+            if let Some(s) = status {
+                info.status = s;
+                match s {
+                    RunStatus::Running => {
+                        info.started_at = Some(event.timestamp.clone());
+                        info.pid = event.pid;
+                    }
+                    s if s.is_final() => {
+                        info.ended_at = Some(event.timestamp.clone());
+                        info.exit_code = event.exit_code;
+                        info.signal = event.signal;
+                        info.reason = event.reason.clone();
+                    }
+                    _ => {}
+                }
+            }
+        });
+        if status.is_some_and(RunStatus::is_final) {
+            // Close the run's topic now, with the final status in its last batch.
+            self.flush(&run, true);
+        } else {
+            self.touched.insert(run.clone());
+        }
+        self.unacked.insert(run);
+        Ok(())
+    }
+
+    fn flush(&mut self, run: &RunId, last: bool) {
+        if let Some((writer, publisher)) = self.writers.get_mut(run) {
+            let batch = writer.finish_batch(last);
+            publisher.publish(batch);
+            if writer.is_degraded() {
+                self.host.update_run(run, |i| i.journal = "degraded".into());
+            }
+        }
+        self.touched.remove(run);
+    }
+
+    fn flush_all(&mut self) {
+        let runs: Vec<RunId> = self.touched.iter().cloned().collect();
+        for run in runs {
+            self.flush(&run, false);
+        }
+    }
+
+    /// fsyncs what was written since the last ack, then acknowledges it.
+    async fn ack(&mut self, ws: &mut Ws) -> Result<(), SessionError> {
+        if self.unacked.is_empty() {
+            return Ok(());
+        }
+        self.flush_all();
+        let runs: Vec<RunId> = self.unacked.drain().collect();
+        let mut syncs = Vec::new();
+        for run in &runs {
+            if let Some((writer, _)) = self.writers.get_mut(run)
+                && let Some(file) = writer.take_sync_job()
+            {
+                syncs.push(tokio::task::spawn_blocking(move || file.sync_data()));
+            }
+        }
+        for s in syncs {
+            if let Ok(Err(error)) = s.await {
+                tracing::error!(host = %self.host.id, %error, "fsync failed; not acknowledging");
+                return Err(SessionError::Journal(JournalError::Io {
+                    what: "fsync journal",
+                    path: self.host.journal.root().to_owned(),
+                    source: error,
+                }));
+            }
+        }
+        let acked =
+            runs.iter().filter_map(|r| self.writers.get(r).map(|(w, _)| (r.to_string(), w.last_seq()))).collect();
+        send(ws, &GatewayMsg::Ack { acked }).await?;
+        self.gateway.metrics().acks_sent.fetch_add(1, Ordering::Relaxed);
+        let _ = now_timestamp;
+        Ok(())
+    }
+}
+
+async fn send(ws: &mut Ws, msg: &GatewayMsg) -> Result<(), SessionError> {
+    let text = serde_json::to_string(msg).map_err(|e| SessionError::Protocol(e.to_string()))?;
+    match tokio::time::timeout(Duration::from_secs(30), ws.send(Message::Text(text.into()))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(SessionError::Closed),
+    }
+}

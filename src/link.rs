@@ -1,0 +1,87 @@
+//! The daemon ↔ gateway link: one WebSocket, opened by the daemon to the
+//! gateway's `/agent` endpoint with an agent token.
+//!
+//! ```text
+//! daemon                                   gateway
+//!   hello {host, epoch, runs:[{runId,lastSeq}]} ->
+//!                                     <- welcome {acked:{runId: seq}}
+//!   run {runId, meta}                  ->   (before a run's first events)
+//!   <raw event JSON, as journaled>     ->   (seq > acked, in order per run)
+//!                                     <- ack {acked:{runId: seq}}   (batched, after fsync)
+//!                                     <- cancel {reqId, runId, reason}
+//!   cancel-result {reqId, ...}         ->
+//! ```
+//!
+//! Delivery is at-least-once on the wire (after a reconnect the daemon
+//! resends from the gateway's `acked`), exactly-once in effect (the gateway
+//! appends an event only if its seq is the next one for that run).
+//! `epoch` names one life of the daemon's state dir: if it changes, the
+//! host's run IDs and seqs start over, and the gateway must not dedupe the
+//! new events against the old ones.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::RunStatus;
+use crate::journal::RunMeta;
+
+/// Largest link message: a `hello` lists every run the host keeps.
+pub const MAX_LINK_MESSAGE: usize = 16 * 1024 * 1024;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunCursor {
+    pub run_id: String,
+    pub last_seq: u64,
+}
+
+/// Daemon → gateway (besides raw events, which start with `{"runId"`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum AgentMsg {
+    Hello {
+        host: String,
+        epoch: String,
+        runs: Vec<RunCursor>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Run {
+        run_id: String,
+        meta: RunMeta,
+    },
+    #[serde(rename_all = "camelCase")]
+    CancelResult {
+        req_id: u64,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<RunStatus>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+}
+
+/// Gateway → daemon.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+pub enum GatewayMsg {
+    Welcome {
+        acked: HashMap<String, u64>,
+    },
+    Ack {
+        acked: HashMap<String, u64>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Cancel {
+        req_id: u64,
+        run_id: String,
+        reason: String,
+    },
+}
+
+/// True for a raw event line (the journal's field order puts `runId` first).
+pub fn is_event(text: &str) -> bool {
+    text.starts_with(r#"{"runId""#)
+}
