@@ -125,6 +125,7 @@ pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
     client.send(&Request::Subscribe { run_id: run_id.clone(), since: 0, follow: true }).await?;
     let mut interrupts = 0;
     let mut final_event: Option<Event> = None;
+    let mut started = false;
     loop {
         let line = tokio::select! {
             line = client.next() => line?,
@@ -142,6 +143,7 @@ pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
         };
         match line {
             Line::Event(ev) => {
+                started |= ev.status() == Some(RunStatus::Running);
                 if ev.status().is_some_and(RunStatus::is_final) {
                     final_event = Some(*ev);
                 } else {
@@ -162,17 +164,25 @@ pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
         eprintln!("runtap: run {run_id} was lost: {}", ev.reason.as_deref().unwrap_or("daemon stopped"));
         return Ok(EXIT_RUNTAP_ERROR);
     }
+    // The job never started: its output cannot say why, so say it here.
+    if ev.status() == Some(RunStatus::Failed) && ev.pid.is_none() && !started {
+        eprintln!("runtap: {}", ev.reason.as_deref().unwrap_or("the command could not be started"));
+    }
     Ok(exit_code(&ev))
 }
 
-/// The process exit code that mirrors how the run ended.
+/// The process exit code that mirrors how the run ended. A cancelled run
+/// never reports success, even if the job caught SIGTERM and exited 0.
 pub fn exit_code(ev: &Event) -> i32 {
-    match (ev.exit_code, ev.signal, ev.status()) {
-        (Some(code), _, _) => code.clamp(0, 255),
-        (None, Some(sig), _) => 128 + sig,
-        (None, None, Some(RunStatus::Succeeded)) => 0,
-        (None, None, Some(RunStatus::Cancelled)) => 130,
-        _ => 1,
+    let cancelled = ev.status() == Some(RunStatus::Cancelled);
+    match (ev.exit_code, ev.signal) {
+        (_, Some(sig)) => 128 + sig,
+        (Some(0), None) if cancelled => 130,
+        (Some(code @ 0..=255), None) => code,
+        (Some(_), None) => EXIT_RUNTAP_ERROR,
+        (None, None) if ev.status() == Some(RunStatus::Succeeded) => 0,
+        (None, None) if cancelled => 130,
+        (None, None) => 1,
     }
 }
 
@@ -290,4 +300,28 @@ pub fn ps_table(runs: &[RunInfo], now: chrono::DateTime<chrono::Utc>) -> String 
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(data: &str, exit_code: Option<i32>, signal: Option<i32>) -> Event {
+        serde_json::from_value(serde_json::json!({
+            "runId": "r", "seq": 9, "type": "status", "data": data,
+            "exitCode": exit_code, "signal": signal, "timestamp": "t"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn exit_codes_mirror_the_run() {
+        assert_eq!(exit_code(&status("succeeded", Some(0), None)), 0);
+        assert_eq!(exit_code(&status("failed", Some(3), None)), 3);
+        assert_eq!(exit_code(&status("failed", None, Some(9))), 137);
+        assert_eq!(exit_code(&status("cancelled", None, Some(15))), 143);
+        assert_eq!(exit_code(&status("cancelled", Some(0), None)), 130, "a cancelled run never reports success");
+        assert_eq!(exit_code(&status("cancelled", None, None)), 130);
+        assert_eq!(exit_code(&status("failed", Some(-1), None)), EXIT_RUNTAP_ERROR);
+    }
 }

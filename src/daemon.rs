@@ -95,7 +95,7 @@ pub async fn run(
     mut reloads: mpsc::UnboundedReceiver<Config>,
 ) -> Result<(), DaemonError> {
     let state_dir = &config.daemon.state_dir;
-    std::fs::create_dir_all(state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
+    create_private_dir(state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
     let journal = Journal::open(state_dir)?;
     let hub = Hub::new(QueueLimits {
         max_bytes: config.stream.subscriber_queue_bytes,
@@ -254,4 +254,11 @@ fn reload(old: Config, new: Config, table: &RunTable, shared: &Shared) -> Config
     table.set_limits(run_limits(&new));
     tracing::info!("config reloaded");
     new
+}
+
+/// Creates the state dir (and parents) with mode 0750: job output and the
+/// token live below it, and must not be readable by other users.
+pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(path)
 }

@@ -24,6 +24,23 @@ fn stdout_and_stderr_are_kept_apart() {
     assert_eq!(text(&out.stderr), "err\n");
 }
 
+/// Launches `true` in `cwd` over the socket and returns the final status reason.
+fn tokio_free_launch_in(d: &Daemon, cwd: &std::path::Path) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let req = serde_json::json!({"type": "launch", "runId": "no-cwd", "command": ["true"], "cwd": cwd});
+    writeln!(s, "{req}").unwrap();
+    writeln!(s, r#"{{"type":"subscribe","runId":"no-cwd"}}"#).unwrap();
+    for line in BufReader::new(s).lines() {
+        let line = line.unwrap();
+        if line.contains(r#""data":"failed""#) {
+            return line;
+        }
+    }
+    panic!("no final status");
+}
+
 #[test]
 fn exit_codes_pass_through_including_signals() {
     let d = Daemon::start();
@@ -33,6 +50,13 @@ fn exit_codes_pass_through_including_signals() {
     assert_eq!(d.run(&["run", "--", "sh", "-c", "kill -TERM $$"]).status.code(), Some(128 + 15));
     let missing = d.run(&["run", "--", "/nonexistent/program"]);
     assert_eq!(missing.status.code(), Some(127), "{missing:?}");
+    assert!(text(&missing.stderr).contains("cannot start"), "says why: {missing:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let gone = dir.path().to_owned();
+    drop(dir);
+    // A launch whose working directory vanished says so (over the socket).
+    let resp = tokio_free_launch_in(&d, &gone);
+    assert!(resp.contains("working directory"), "{resp}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

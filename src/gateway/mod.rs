@@ -459,7 +459,8 @@ pub async fn run(
     mut reloads: mpsc::UnboundedReceiver<Config>,
 ) -> Result<(), GatewayError> {
     let state_dir = config.daemon.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| GatewayError::StateDir { path: state_dir.clone(), source })?;
+    crate::daemon::create_private_dir(&state_dir)
+        .map_err(|source| GatewayError::StateDir { path: state_dir.clone(), source })?;
     let gateway = Gateway::open(&state_dir, config.gateway.clone())?;
     let (viewers, agents) = load_tokens(&config, &state_dir)?;
     let stop_accepting = CancellationToken::new();

@@ -82,6 +82,17 @@ impl Supervisor {
                 StatusChange { status: Some(RunStatus::Cancelled), reason: Some(reason), ..Default::default() };
             return self.finish(change).await;
         }
+        if let Some(cwd) = &self.spec.cwd
+            && !std::path::Path::new(cwd).is_dir()
+        {
+            let change = StatusChange {
+                status: Some(RunStatus::Failed),
+                exit_code: Some(126),
+                reason: Some(format!("cannot start: working directory {cwd:?} does not exist")),
+                ..Default::default()
+            };
+            return self.finish(change).await;
+        }
         let started = match child::spawn(&self.run_id, &self.spec) {
             Ok(started) => started,
             Err(error) => {

@@ -216,10 +216,15 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// SIGTERM first, so the daemon cancels its runs and no job outlives
+    /// the test; SIGKILL if it does not stop in time.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+            if wait_child(&mut child, Duration::from_secs(15)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
     }
 }
