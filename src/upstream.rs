@@ -257,7 +257,13 @@ fn jitter(d: Duration) -> Duration {
     d / 2 + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
 }
 
+/// Makes `ring` the process's TLS crypto provider (for `wss://`). Safe to call twice.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 async fn connect(cfg: &LinkConfig) -> Result<Ws, UpstreamError> {
+    install_tls_provider();
     let url = format!("{}/agent", cfg.url.trim_end_matches('/'));
     let mut req = url.into_client_request().map_err(|e| UpstreamError::Connect(e.to_string()))?;
     let bearer = format!("Bearer {}", cfg.token.expose());
@@ -500,5 +506,40 @@ where
     match tokio::time::timeout(SEND_STALL, sink.send(Message::Text(text.into()))).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(UpstreamError::Closed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_half_to_full() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_secs(2));
+            assert!(j >= Duration::from_secs(1) && j <= Duration::from_secs(2), "{j:?}");
+        }
+    }
+
+    /// wss:// goes through rustls: against a peer that is not TLS it fails
+    /// with an error (it must not panic for want of a crypto provider).
+    #[tokio::test]
+    async fn wss_uses_tls_and_fails_cleanly_against_plain_tcp() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let cfg = LinkConfig {
+            url: format!("wss://{addr}"),
+            host_id: "h".into(),
+            token: crate::server::auth::Token::new("t"),
+            epoch: "e".into(),
+        };
+        let err = connect(&cfg).await.err().expect("not a TLS server");
+        assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
     }
 }

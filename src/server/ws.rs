@@ -138,12 +138,24 @@ enum ClientMsg {
     },
 }
 
+/// tungstenite reads messages up to this, and the session refuses those over
+/// `max_frame_bytes` itself: a message read in full can be answered with
+/// `message-too-large`; one cut off mid-read leaves bytes unread, and the
+/// close then resets the connection, losing the error on the way.
+fn read_limit(max_frame_bytes: usize) -> usize {
+    (max_frame_bytes * 4).max(256 * 1024)
+}
+
+/// After an error close, how long unread client data is still drained so
+/// the close does not turn into a reset that loses the error event.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
+
 pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(Some(max_frame_bytes))
-        .max_frame_size(Some(max_frame_bytes))
+        .max_message_size(Some(read_limit(max_frame_bytes)))
+        .max_frame_size(Some(read_limit(max_frame_bytes)))
 }
 
 /// Runs a session to its end. `token` is the one from the header or query.
@@ -152,7 +164,7 @@ pub async fn serve(upgraded: Upgraded, endpoint: Endpoint, token: Option<String>
     let ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config(cfg.max_frame_bytes)))
             .await;
-    let (sink, stream) = ws.split();
+    let (sink, mut stream) = ws.split();
     let (tx, rx) = mpsc::channel(WRITER_QUEUE);
     let mut writer = tokio::spawn(write_loop(sink, rx, cfg.write_stall_timeout, shared.metrics.clone()));
     shared.metrics.websockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -167,11 +179,13 @@ pub async fn serve(upgraded: Upgraded, endpoint: Endpoint, token: Option<String>
         single: matches!(endpoint, Endpoint::Single { .. }),
     };
     let ended = tokio::select! {
-        r = session.run(stream, endpoint, token) => r,
+        r = session.run(&mut stream, endpoint, token) => r,
         _ = &mut writer => Ok(()),
     };
     if let Err(err) = ended {
         session.fail(err).await;
+        // Keep reading (and dropping) until the client closes, briefly.
+        let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = stream.next().await {} }).await;
     }
     session.feeds.shutdown().await;
     drop(session.tx);
@@ -198,7 +212,7 @@ struct Session {
 impl Session {
     async fn run(
         &mut self,
-        mut stream: SplitStream<Ws>,
+        stream: &mut SplitStream<Ws>,
         endpoint: Endpoint,
         token: Option<String>,
     ) -> Result<(), WsError> {
@@ -279,8 +293,13 @@ impl Session {
         WsError::unauthorized()
     }
 
-    /// Size is enforced by tungstenite; here: rate and nesting depth.
+    /// Size, rate and nesting depth of one client message.
     fn check_message(&mut self, text: &str) -> Result<(), WsError> {
+        let max = self.shared.stream_config().max_frame_bytes;
+        if text.len() > max {
+            Metrics::add(&self.shared.metrics.oversized_messages, 1);
+            return Err(WsError::new("message-too-large", 1009, format!("message over {max} bytes")));
+        }
         if !self.limiter.allow(Instant::now()) {
             Metrics::add(&self.shared.metrics.rate_limited, 1);
             return Err(WsError::new("rate-limited", 4429, "too many messages"));
@@ -317,7 +336,12 @@ impl Session {
                     }
                 }
             }
-            Message::Binary(_) => {
+            Message::Binary(b) => {
+                let max = self.shared.stream_config().max_frame_bytes;
+                if b.len() > max {
+                    Metrics::add(&self.shared.metrics.oversized_messages, 1);
+                    return Err(WsError::new("message-too-large", 1009, format!("message over {max} bytes")));
+                }
                 self.check_message("")?;
                 Err(WsError::bad_request("binary messages are not part of the protocol"))
             }

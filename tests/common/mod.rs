@@ -26,6 +26,8 @@ pub struct Daemon {
     pub addr: String,
     /// Extra environment for the daemon process.
     pub env: Vec<(String, String)>,
+    /// Extra command-line arguments, appended after the harness's own.
+    pub extra_args: Vec<String>,
 }
 
 impl Daemon {
@@ -39,7 +41,14 @@ impl Daemon {
     /// A daemon not started yet (to set `env` first).
     pub fn prepare(config: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
-        Daemon { dir, child: None, extra_config: config.to_owned(), addr: String::new(), env: Vec::new() }
+        Daemon {
+            dir,
+            child: None,
+            extra_config: config.to_owned(),
+            addr: String::new(),
+            env: Vec::new(),
+            extra_args: Vec::new(),
+        }
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -80,6 +89,7 @@ impl Daemon {
             .arg("--socket")
             .arg(self.socket())
             .args(["--listen", "127.0.0.1:0"])
+            .args(&self.extra_args)
             .env("RUST_LOG", "runtap=debug")
             .env_remove("RUNTAP_SOCKET")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -395,4 +405,194 @@ pub async fn http(d: &Daemon, method: &str, path: &str, token: Option<&str>) -> 
     let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
+}
+
+/// A `runtap gateway` on a fixed loopback port (chosen up front), so it can
+/// be killed and restarted at the same address the daemons forward to.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub extra_config: String,
+    /// `127.0.0.1:PORT`, the same across restarts.
+    pub addr: String,
+}
+
+impl Gateway {
+    pub fn start() -> Gateway {
+        Gateway::start_with("")
+    }
+
+    pub fn start_with(config: &str) -> Gateway {
+        let mut g = Gateway::prepare(config);
+        g.spawn();
+        g
+    }
+
+    /// A gateway not started yet; its port is picked now.
+    pub fn prepare(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Gateway { dir, child: None, extra_config: config.to_owned(), addr: format!("127.0.0.1:{port}") }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// (Re)starts the gateway on the same state dir and port; waits until it accepts.
+    pub fn spawn(&mut self) {
+        let config = self.dir.path().join("config.toml");
+        std::fs::write(&config, &self.extra_config).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let ready_before = self.log().matches("runtap gateway ready").count();
+        let child = Command::new(bin())
+            .args(["gateway", "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--listen")
+            .arg(&self.addr)
+            .env("RUST_LOG", "runtap=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if self.log().matches("runtap gateway ready").count() > ready_before {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("gateway exited early with {status}:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "gateway not ready in time:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The viewer token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("token")).unwrap().trim().to_owned()
+    }
+
+    /// The file holding the host (agent) token.
+    pub fn agent_token_path(&self) -> PathBuf {
+        self.state_dir().join("agent-token")
+    }
+
+    pub fn agent_token(&self) -> String {
+        std::fs::read_to_string(self.agent_token_path()).unwrap().trim().to_owned()
+    }
+
+    /// The `--upstream` URL for daemons.
+    pub fn url(&self) -> String {
+        format!("ws://{}", self.addr)
+    }
+
+    pub fn ws_url(&self, path_and_query: &str) -> String {
+        format!("ws://{}{}", self.addr, path_and_query)
+    }
+
+    /// The gateway's journal of one host's run.
+    pub fn events_path(&self, host: &str, run: &str) -> PathBuf {
+        self.state_dir().join("hosts").join(host).join("runs").join(run).join("events.jsonl")
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+        wait_child(&mut child, WAIT).unwrap_or_else(|| panic!("gateway did not stop:\n{}", self.log()))
+    }
+
+    /// A daemon (not started) that forwards to this gateway as `host`.
+    pub fn prepare_host(&self, host: &str) -> Daemon {
+        let mut d = Daemon::prepare("");
+        d.extra_args = upstream_args(&self.url(), host, &self.agent_token_path());
+        d
+    }
+
+    /// A started daemon forwarding to this gateway as `host`.
+    pub fn start_host(&self, host: &str) -> Daemon {
+        let mut d = self.prepare_host(host);
+        d.spawn();
+        d
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+            if wait_child(&mut child, Duration::from_secs(10)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// `--upstream URL --host-id HOST --upstream-token-file FILE`.
+pub fn upstream_args(url: &str, host: &str, token_file: &Path) -> Vec<String> {
+    vec![
+        "--upstream".into(),
+        url.into(),
+        "--host-id".into(),
+        host.into(),
+        "--upstream-token-file".into(),
+        token_file.display().to_string(),
+    ]
+}
+
+/// `http`, to any address.
+pub async fn http_to(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(WAIT, tokio::net::TcpStream::connect(addr)).await.unwrap().unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
+
+/// `http_to` returning the body as JSON.
+pub async fn http_json(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let (status, body) = http_to(addr, method, path, token).await;
+    (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
+}
+
+/// Polls `cond` every 20 ms until it holds; panics with `what()` after WAIT.
+pub async fn wait_until<F, Fut>(what: impl Fn() -> String, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if cond().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting: {}", what());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
