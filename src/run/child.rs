@@ -62,7 +62,7 @@ pub struct Started {
 pub fn spawn(run_id: &RunId, spec: &Spec) -> io::Result<Started> {
     let (program, args) =
         spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
-    let mut cmd = Command::new(program);
+    let mut cmd = Command::new(resolve_program(program, spec)?);
     cmd.args(args).kill_on_drop(false);
     if spec.clear_env {
         cmd.env_clear();
@@ -100,6 +100,40 @@ pub fn spawn(run_id: &RunId, spec: &Spec) -> io::Result<Started> {
     Ok(Started { child, pgid, streams })
 }
 
+/// The program's path, looked up in the job's `PATH` the way `execvp`
+/// would. Doing it here, not in the child, lets std start the job with
+/// `posix_spawn` (vfork semantics) instead of `fork()`: std must fall back
+/// to `fork()` when it has to search a `PATH` the caller overrode, and
+/// forking a large daemon costs a page-table copy per launch.
+fn resolve_program(program: &str, spec: &Spec) -> io::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if program.contains('/') {
+        return Ok(program.into());
+    }
+    let path = match spec.env.get("PATH") {
+        Some(p) => Some(p.clone().into()),
+        None if spec.clear_env => None,
+        None => std::env::var_os("PATH"),
+    }
+    .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let base = spec.cwd.as_deref().map(std::path::Path::new);
+    for dir in std::env::split_paths(&path) {
+        // An empty or relative PATH entry is relative to the job's cwd.
+        let dir = match base {
+            Some(b) if dir.is_relative() => b.join(dir),
+            _ => dir,
+        };
+        let candidate = dir.join(program);
+        if let Ok(meta) = std::fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::NotFound, format!("{program}: command not found in PATH")))
+}
+
 /// Signals a whole process group. Refuses pgid ≤ 1: `kill(-1)` would signal
 /// every process we may signal, and `kill(0)` our own group.
 pub fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
@@ -117,6 +151,16 @@ pub fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolves_bare_names_in_the_jobs_path() {
+        let spec = Spec { env: [("PATH".into(), "/nonexistent:/bin:/usr/bin".into())].into(), ..Spec::default() };
+        let p = resolve_program("sh", &spec).unwrap();
+        assert!(p.is_absolute() && p.ends_with("sh"), "{p:?}");
+        assert_eq!(resolve_program("./x", &spec).unwrap(), std::path::PathBuf::from("./x"));
+        let err = resolve_program("no-such-program-xyz", &spec).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn refuses_dangerous_groups() {
