@@ -79,14 +79,16 @@ pub struct Feed {
     follow: bool,
     lag: LagPolicy,
     state: State,
-    /// The journal reader from the last history phase, kept (with its file
-    /// position) so a replay after a lag continues instead of starting over.
-    reader: Option<HistoryReader>,
+    /// Replay feeds only: where the last history phase stopped in the file
+    /// (`(next seq, byte offset)`), so a replay after a lag continues there
+    /// instead of re-reading the journal from the start. Just two numbers:
+    /// an idle subscriber holds no file or buffer.
+    resume: Option<(u64, u64)>,
 }
 
 impl Feed {
     pub fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool, lag: LagPolicy) -> Self {
-        Feed { journal, hub, run, next: since.saturating_add(1), follow, lag, state: State::Start, reader: None }
+        Feed { journal, hub, run, next: since.saturating_add(1), follow, lag, state: State::Start, resume: None }
     }
 
     pub fn run_id(&self) -> &RunId {
@@ -115,7 +117,9 @@ impl Feed {
                         Some(sub) => State::Live(sub),
                         None => State::Done,
                     };
-                    self.reader = Some(reader);
+                    if self.lag == LagPolicy::Replay {
+                        self.resume = reader.position();
+                    }
                     if self.next <= until {
                         let gap = FeedItem::Gap { from: self.next, to: until };
                         self.next = until + 1;
@@ -150,10 +154,11 @@ impl Feed {
             return Ok(());
         }
         self.state = if snap.last_seq >= self.next {
-            let reader = match self.reader.take() {
-                Some(mut r) if r.next_seq() == self.next => {
-                    r.extend(snap.last_seq);
-                    r
+            let reader = match self.resume.take() {
+                // Lines between the saved offset and `next` were sent live;
+                // the reader skips them.
+                Some((next, offset)) if next <= self.next => {
+                    self.journal.history_at(&self.run, offset, self.next, snap.last_seq).await?
                 }
                 _ => self.journal.history(&self.run, self.next, snap.last_seq).await?,
             };
@@ -296,6 +301,31 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A replay feed that lags again and again delivers everything once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replay_feed_survives_repeated_lags() {
+        let f = fixture(QueueLimits { max_bytes: usize::MAX, max_batches: 3 });
+        let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
+        let mut w = f.journal.create_run(&f.id, &meta).unwrap();
+        let publ = f.hub.open(&f.id, 0);
+        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true, LagPolicy::Replay);
+        let mut seqs = Vec::new();
+        for round in 0..20 {
+            for i in 0..10 {
+                append(&mut w, 1 + i % 2);
+                publ.publish(w.finish_batch(round == 19 && i == 9));
+            }
+            // Read a little each round: always behind, so it lags and replays.
+            if let FeedItem::Frames(d) = feed.next().await.unwrap() {
+                seqs.extend(d.frames().map(|f| f.seq));
+            }
+        }
+        let (rest, end) = collect(&mut feed).await;
+        seqs.extend(rest);
+        assert!(matches!(end, FeedItem::End), "{end:?}");
+        assert_eq!(seqs, (1..=w.last_seq()).collect::<Vec<_>>());
     }
 
     #[tokio::test]

@@ -317,7 +317,24 @@ impl Journal {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(JournalError::NotFound(id.clone())),
             Err(e) => return Err(io_err("open journal", &path)(e)),
         };
-        Ok(HistoryReader { path, file, buf: BytesMut::new(), next: from, until, eof: false })
+        Ok(HistoryReader { path, file, buf: BytesMut::new(), next: from, until, eof: false, consumed: 0 })
+    }
+
+    /// Like `history`, but starting at a byte offset a previous reader
+    /// reported (`HistoryReader::position`), so a replay does not re-read
+    /// the journal from its start.
+    pub async fn history_at(
+        &self,
+        id: &RunId,
+        offset: u64,
+        from: u64,
+        until: u64,
+    ) -> Result<HistoryReader, JournalError> {
+        use tokio::io::AsyncSeekExt;
+        let mut reader = self.history(id, from, until).await?;
+        reader.file.seek(SeekFrom::Start(offset)).await.map_err(io_err("seek journal", &reader.path))?;
+        reader.consumed = offset;
+        Ok(reader)
     }
 }
 
@@ -505,9 +522,18 @@ pub struct HistoryReader {
     next: u64,
     until: u64,
     eof: bool,
+    /// Bytes of the file handed out or skipped: where line `next` starts
+    /// (once `buf` is drained).
+    consumed: u64,
 }
 
 impl HistoryReader {
+    /// `(next seq, byte offset of its line)`, for `Journal::history_at`.
+    /// Only meaningful once everything buffered has been handed out.
+    pub fn position(&self) -> Option<(u64, u64)> {
+        self.buf.is_empty().then_some((self.next, self.consumed))
+    }
+
     /// The next frames (up to [`HISTORY_FRAMES`]), or an empty vec once
     /// `until` (or the end of the file) is reached.
     pub async fn next_frames(&mut self) -> Result<Vec<Frame>, JournalError> {
@@ -525,10 +551,16 @@ impl HistoryReader {
                 continue;
             };
             let line = self.buf.split_to(nl + 1).freeze();
+            self.consumed += line.len() as u64;
             let json = line.slice(..nl);
             let corrupt = |why: &str| JournalError::Corrupt { path: self.path.clone(), why: why.to_owned() };
             let seq = line_seq(&json).ok_or_else(|| corrupt("line without a seq"))?;
             if seq > self.until {
+                // Not ours yet: put it back, so `position` points at it.
+                self.consumed -= line.len() as u64;
+                let mut rest = BytesMut::from(&line[..]);
+                rest.extend_from_slice(&self.buf);
+                self.buf = rest;
                 self.next = self.until + 1;
                 break;
             }
@@ -544,14 +576,6 @@ impl HistoryReader {
     /// The first seq not yet returned.
     pub fn next_seq(&self) -> u64 {
         self.next
-    }
-
-    /// Continues reading, from where this reader is, up to a later `until`
-    /// (the file has grown since). Saves re-reading a long journal from the
-    /// start when a subscriber has to catch up again.
-    pub fn extend(&mut self, until: u64) {
-        self.until = self.until.max(until);
-        self.eof = false;
     }
 }
 

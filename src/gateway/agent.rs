@@ -229,7 +229,7 @@ impl Session {
                     last_seq: 0,
                     journal: "ok".into(),
                 });
-                self.gateway.announce(&self.host.id, &run);
+                self.gateway.announce(&self.host.id, Some(&run));
                 (writer, 0)
             }
         };

@@ -77,6 +77,21 @@ pub struct CancelRequest {
     pub reply: oneshot::Sender<CancelReply>,
 }
 
+/// What a waiting subscription is waiting for.
+enum Arrival {
+    Run(RunId),
+    Host(String),
+}
+
+impl Arrival {
+    fn matches(&self, host: &str, run: Option<&RunId>) -> bool {
+        match self {
+            Arrival::Run(want) => run == Some(want),
+            Arrival::Host(want) => host == want,
+        }
+    }
+}
+
 /// The gateway's default state dir, next to (not inside) the daemon's.
 pub fn default_state_dir(daemon_default: &Path) -> PathBuf {
     let name = daemon_default.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -91,8 +106,9 @@ pub struct Gateway {
 struct Inner {
     state_dir: PathBuf,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
-    /// `(host, run)` for each run a host starts forwarding.
-    arrivals: broadcast::Sender<(String, RunId)>,
+    /// `(host, Some(run))` for each run a host starts forwarding, and
+    /// `(host, None)` when a host is seen for the first time.
+    arrivals: broadcast::Sender<(String, Option<RunId>)>,
     config: Mutex<GatewayConfig>,
     pub metrics: GatewayMetrics,
 }
@@ -270,6 +286,7 @@ impl Gateway {
         let host = Arc::new(Host::open(&self.inner.state_dir, id)?);
         self.write_epoch(&host, epoch)?;
         lock(&self.inner.hosts).insert(id.to_owned(), host.clone());
+        self.announce(id, None);
         Ok(host)
     }
 
@@ -283,8 +300,8 @@ impl Gateway {
         Ok(())
     }
 
-    fn announce(&self, host: &str, run: &RunId) {
-        let _ = self.inner.arrivals.send((host.to_owned(), run.clone()));
+    fn announce(&self, host: &str, run: Option<&RunId>) {
+        let _ = self.inner.arrivals.send((host.to_owned(), run.cloned()));
     }
 
     /// Hosts that hold `run`.
@@ -309,22 +326,25 @@ impl Gateway {
         }
     }
 
+    /// Where a run's stream lives. A run (without `host`) or a host (with
+    /// it) that is not known yet is waited for, as a daemon waits for a run
+    /// that does not exist yet; the caller bounds the wait.
     pub async fn source(&self, host: Option<&str>, run: &RunId) -> Result<Source, LookupError> {
         let mut arrivals = self.inner.arrivals.subscribe();
         loop {
-            match self.resolve(host, run) {
+            let waiting_for = match self.resolve(host, run) {
                 Ok(h) => return Ok(Source { journal: h.journal.clone(), hub: h.hub.clone() }),
-                Err(LookupError::NotFound(_)) if host.is_none() => loop {
-                    match arrivals.recv().await {
-                        Ok((_, r)) if &r == run => break,
-                        Ok(_) => {}
-                        Err(broadcast::error::RecvError::Lagged(_)) => break,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            return Err(LookupError::NotFound(run.to_string()));
-                        }
-                    }
-                },
+                Err(LookupError::NotFound(_)) if host.is_none() => Arrival::Run(run.clone()),
+                Err(LookupError::UnknownHost(h)) => Arrival::Host(h),
                 Err(e) => return Err(e),
+            };
+            loop {
+                match arrivals.recv().await {
+                    Ok((h, r)) if waiting_for.matches(&h, r.as_ref()) => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return Err(LookupError::NotFound(run.to_string())),
+                }
             }
         }
     }

@@ -93,11 +93,24 @@ pub fn spawn(run_id: &RunId, spec: &Spec) -> io::Result<Started> {
     let streams = match pty_reader {
         Some(reader) => Streams::Pty(reader),
         None => match (child.stdout.take(), child.stderr.take()) {
-            (Some(stdout), Some(stderr)) => Streams::Pipes { stdout, stderr },
+            (Some(stdout), Some(stderr)) => {
+                grow_pipe(&stdout);
+                grow_pipe(&stderr);
+                Streams::Pipes { stdout, stderr }
+            }
             _ => return Err(io::Error::other("child pipes missing")),
         },
     };
     Ok(Started { child, pgid, streams })
+}
+
+/// Capacity asked for the job's output pipes (Linux defaults to 64 KiB):
+/// a job that writes fast can run ahead while the daemon is busy elsewhere.
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+fn grow_pipe(fd: &impl std::os::fd::AsFd) {
+    // Best effort: above /proc/sys/fs/pipe-max-size an unprivileged daemon gets EPERM.
+    let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
 }
 
 /// The program's path, looked up in the job's `PATH` the way `execvp`
