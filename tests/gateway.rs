@@ -107,6 +107,18 @@ async fn wait_connected(gw: &Gateway, host: &str, want: bool) {
     .await;
 }
 
+/// A host's journal as the gateway serves it: the same events plus `host`.
+fn with_host(theirs: &[Value], host: &str) -> Vec<Event> {
+    theirs
+        .iter()
+        .map(|v| {
+            let mut e: Event = serde_json::from_value(v.clone()).unwrap();
+            e.host = Some(host.to_owned());
+            e
+        })
+        .collect()
+}
+
 /// The equality check. The host's run must be finished. Waits (bounded) for
 /// the gateway to catch up, then checks its journal file and what it serves
 /// to a subscriber against the host's journal. Returns the host's events.
@@ -144,14 +156,7 @@ async fn assert_same_copy(gw: &Gateway, host: &str, d: &Daemon, run: &str) -> Ve
     }
 
     // What it serves: a subscriber at the gateway gets exactly those.
-    let want: Vec<Event> = theirs
-        .iter()
-        .map(|v| {
-            let mut e: Event = serde_json::from_value(v.clone()).unwrap();
-            e.host = Some(host.to_owned());
-            e
-        })
-        .collect();
+    let want = with_host(&theirs, host);
     let mut ws = ws_connect(&gw.ws_url(&format!("/runs?runId={run}&host={host}&token={}", gw.token())), &[]).await;
     let got = ws_read(&mut ws, |_| false).await;
     assert_eq!(got.error_code(), None, "{host}/{run}: {:?}", got.controls);
@@ -324,6 +329,9 @@ async fn gateway_kill9_mid_run_then_restart_ends_with_equal_copies() {
     assert!(out.status.success(), "{out:?}");
 
     gw.spawn();
+    // A viewer subscribing now, before the hosts are back, still gets all of it.
+    let t = gw.token();
+    let mut early_viewer = ws_connect(&gw.ws_url(&format!("/runs?runId=long&host=h1&token={t}")), &[]).await;
     // The gateway catches up past the outage while the runs still write.
     wait_gateway_seq(&gw, "h1", "long", h1_at_kill + 50).await;
     wait_gateway_seq(&gw, "h2", "long", h2_at_kill + 50).await;
@@ -331,9 +339,11 @@ async fn gateway_kill9_mid_run_then_restart_ends_with_equal_copies() {
     assert_eq!(h1.wait_final("long").await.status(), Some(RunStatus::Succeeded));
     assert_eq!(h2.wait_final("long").await.status(), Some(RunStatus::Succeeded));
 
-    for (host, d, run) in [(("h1"), &h1, "before"), ("h1", &h1, "long"), ("h2", &h2, "long"), ("h2", &h2, "during")] {
+    for (host, d, run) in [("h1", &h1, "before"), ("h1", &h1, "long"), ("h2", &h2, "long"), ("h2", &h2, "during")] {
         assert_same_copy(&gw, host, d, run).await;
     }
+    let got = ws_read(&mut early_viewer, |_| false).await;
+    assert_eq!(got.events, with_host(&journal(&host_journal_path(&h1, "long")), "h1"));
     assert!(host_connected(&gw, "h1").await && host_connected(&gw, "h2").await, "{:?}", hosts(&gw).await);
 }
 
@@ -392,6 +402,8 @@ async fn cut_links_through_a_proxy_then_equal_copies() {
     let stop = tmp.path().join("stop");
     launch(h1, "p", &producer(&stop));
     launch(h2, "p", &producer(&stop));
+    // A viewer on the gateway all along, across the cuts.
+    let mut viewer = ws_connect(&gw.ws_url(&format!("/runs?runId=p&host=h1&token={}", gw.token())), &[]).await;
 
     for cut in 0..3 {
         // The link is up and carrying events again...
@@ -423,6 +435,17 @@ async fn cut_links_through_a_proxy_then_equal_copies() {
     assert_same_copy(&gw, "h2", h2, "p").await;
     assert_same_copy(&gw, "h2", h2, "while-cut").await;
     assert!(proxy.accepted() >= 8, "each host reconnected after each cut: {} connections", proxy.accepted());
+    let got = ws_read(&mut viewer, |_| false).await;
+    assert_eq!(got.events, with_host(&journal(&host_journal_path(h1, "p")), "h1"), "the live viewer across cuts");
+    let (_, metrics) = http(h1, "GET", "/metrics", None).await;
+    let reconnects: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("runtap_upstream_reconnects_total "))
+        .unwrap_or_else(|| panic!("no reconnect metric:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(reconnects >= 3, "{reconnects} reconnects");
 }
 
 // ---------------------------------------------------------------------------
@@ -709,7 +732,7 @@ async fn subscribe_at_the_gateway_before_the_run_exists() {
     wait_connected(&gw, "h1", true).await;
     let t = gw.token();
 
-    let mut with_host = ws_connect(&gw.ws_url(&format!("/runs?runId=early&host=h1&token={t}")), &[]).await;
+    let mut by_host = ws_connect(&gw.ws_url(&format!("/runs?runId=early&host=h1&token={t}")), &[]).await;
     let mut without_host = ws_connect(&gw.ws_url(&format!("/runs?runId=early&token={t}")), &[]).await;
     let mut multi = ws_connect(&gw.ws_url(&format!("/ws?token={t}")), &[]).await;
     ws_send_json(&mut multi, json!({"type": "subscribe", "runId": "early"})).await;
@@ -719,15 +742,8 @@ async fn subscribe_at_the_gateway_before_the_run_exists() {
     launch(&h1, "early", "echo one; sleep 0.3; echo two >&2; sleep 0.3; echo three");
     h1.wait_final("early").await;
     let theirs = assert_same_copy(&gw, "h1", &h1, "early").await;
-    let want: Vec<Event> = theirs
-        .iter()
-        .map(|v| {
-            let mut e: Event = serde_json::from_value(v.clone()).unwrap();
-            e.host = Some("h1".into());
-            e
-        })
-        .collect();
-    for (name, ws) in [("host=h1", &mut with_host), ("no host", &mut without_host)] {
+    let want = with_host(&theirs, "h1");
+    for (name, ws) in [("host=h1", &mut by_host), ("no host", &mut without_host)] {
         let got = ws_read(ws, |_| false).await;
         assert_eq!(got.events, want, "{name}: {got:?}");
         assert_eq!(got.close, Some(1000), "{name}");
@@ -752,4 +768,31 @@ async fn subscribe_with_host_waits_for_a_host_not_seen_yet() {
     let got = ws_read(&mut ws, |_| false).await;
     assert_eq!(got.error_code(), None, "{got:?}");
     assert_eq!(got.events.len(), theirs.len(), "{got:?}");
+}
+
+// ---------------------------------------------------------------------------
+// A host whose state dir is wiped starts a new epoch: its run IDs and seqs
+// start over, and the gateway must not dedupe them against the old ones.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_host_starts_a_new_epoch_at_the_gateway() {
+    let gw = Gateway::start();
+    let mut h1 = gw.start_host("h1");
+    let out = h1.run(&["run", "--id", "r", "--", "sh", "-c", "seq 1 50"]);
+    assert!(out.status.success());
+    assert_same_copy(&gw, "h1", &h1, "r").await;
+    let old_epoch = hosts(&gw).await[0]["epoch"].clone();
+
+    h1.stop();
+    std::fs::remove_dir_all(h1.state_dir()).unwrap();
+    h1.spawn();
+    // The same run ID again, shorter: seqs 1..=N anew.
+    let out = h1.run(&["run", "--id", "r", "--", "sh", "-c", "echo reborn"]);
+    assert!(out.status.success());
+    let theirs = assert_same_copy(&gw, "h1", &h1, "r").await;
+    assert_eq!(theirs[2]["data"], "reborn\n");
+    let hs = hosts(&gw).await;
+    assert_eq!(hs.len(), 1, "{hs:?}");
+    assert_ne!(hs[0]["epoch"], old_epoch, "{hs:?}");
+    assert_eq!(hs[0]["runs"], 1, "the old epoch's runs are archived, not listed: {hs:?}");
 }

@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# Builds runtap, the load generator and the two Node baselines, then runs
+# every benchmark scenario against runtap, the `ws` baseline and the
+# socket.io baseline, and prints the table (also written to
+# bench/results/latest.md; raw results in bench/results/raw.jsonl).
+#
+#   bench/run.sh            full run (< 10 min on 2 cores, with a warm cargo cache)
+#   bench/run.sh --smoke    every scenario, tiny, in well under a minute; no thresholds (CI)
+#   bench/run.sh --only fanout,latency [--servers runtap,ws]   a subset (while profiling)
+#
+# Honours CARGO_TARGET_DIR. Needs cargo, node >= 20 with npm, python3.
+# Everything listens on 127.0.0.1; every process started here is stopped on exit.
+set -euo pipefail
+
+MODE=full
+ONLY=fanout,fanout-stalled,latency,latency-stalled,idle-rss,idle-cpu,bigjob,launches
+SERVER_KINDS=runtap,ws,socketio
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --smoke) MODE=smoke ;;
+        --only) ONLY=${2:?--only needs a list}; shift ;;
+        --servers) SERVER_KINDS=${2:?--servers needs a list}; shift ;;
+        -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+IFS=, read -r -a SERVER_KINDS <<<"$SERVER_KINDS"
+wanted() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH")
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+RESULTS=$BENCH/results
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/runtap-bench.XXXXXX")
+SERVERS=()   # pids of servers still running (each leads its own process group)
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+stop_pid() {
+    local pid=$1 i
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local pid
+    for pid in "${SERVERS[@]}"; do stop_pid "$pid"; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ------------------------------------------------------------------ parameters
+LINE_BYTES=101
+if [[ $MODE == smoke ]]; then
+    FAN_SUBS=10 FAN_LINES=1000
+    LAT_SUBS=10 LAT_LINES=300
+    IDLE_SUBS=100 CPU_SUBS=100 CPU_WINDOW=0.5 SETTLE=0.5
+    BIG_BYTES=$((10 * 1000 * 1000)) BIG_REPS=1
+    LAUNCH_SECS=2
+    TIMEOUT=30
+else
+    FAN_SUBS=1000 FAN_LINES=100000
+    LAT_SUBS=1000 LAT_LINES=5000
+    IDLE_SUBS=10000 CPU_SUBS=1000 CPU_WINDOW=10 SETTLE=2
+    BIG_BYTES=$((1024 * 1024 * 1024)) BIG_REPS=2
+    LAUNCH_SECS=5
+    TIMEOUT=150
+fi
+
+# ------------------------------------------------------------------ build
+started=$(date +%s)
+log "building runtap and the load generator (target dir: $TARGET)"
+(cd "$ROOT" && cargo build --quiet --release --example loadgen --bin runtap)
+RUNTAP=$TARGET/release/runtap
+LOADGEN=$TARGET/release/examples/loadgen
+
+log "installing the Node baselines"
+if [[ ! -f $BENCH/node_modules/.package-lock.json || $BENCH/package-lock.json -nt $BENCH/node_modules/.package-lock.json ]]; then
+    (cd "$BENCH" && npm ci --no-audit --no-fund --loglevel=error >&2)
+fi
+PY=$(python3 -c 'import sys; print(sys.executable)')
+JOB=$BENCH/jobs/lines.py
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+mkdir -p "$RESULTS"
+RAW=$RESULTS/raw.jsonl
+: >"$RAW"
+
+# ------------------------------------------------------------------ servers
+# start_server KIND: sets SERVER_PID, SERVER_ADDR, SERVER_TOKEN, SERVER_SOCKET.
+n_server=0
+start_server() {
+    local kind=$1 dir i
+    n_server=$((n_server + 1))
+    dir=$WORK/$kind-$n_server
+    mkdir -p "$dir"
+    SERVER_SOCKET=$dir/runtap.sock
+    if [[ $kind == runtap ]]; then
+        setsid "$RUNTAP" daemon --state-dir "$dir/state" --socket "$SERVER_SOCKET" --listen 127.0.0.1:0 \
+            >"$dir/out" 2>"$dir/log" </dev/null &
+    else
+        SERVER_TOKEN=bench-token-$RANDOM$RANDOM$RANDOM
+        BENCH_TOKEN=$SERVER_TOKEN setsid node "$BENCH/$kind-server.js" >"$dir/out" 2>"$dir/log" </dev/null &
+    fi
+    SERVER_PID=$!
+    SERVERS+=("$SERVER_PID")
+    SERVER_ADDR=
+    for i in $(seq 100); do
+        if [[ $kind == runtap ]]; then
+            SERVER_ADDR=$(sed 's/\x1b\[[0-9;]*m//g' "$dir/log" 2>/dev/null | grep -m1 'runtap daemon ready' | grep -o 'listen=[^ ]*' | cut -d= -f2 || true)
+        else
+            SERVER_ADDR=$(grep -m1 '^listening ' "$dir/out" 2>/dev/null | cut -d' ' -f2 || true)
+        fi
+        [[ -n $SERVER_ADDR ]] && break
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -z $SERVER_ADDR ]]; then
+        log "$kind did not start:"; cat "$dir/log" >&2; exit 1
+    fi
+    [[ $kind == runtap ]] && SERVER_TOKEN=$(<"$dir/state/token")
+    return 0
+}
+
+stop_server() {
+    stop_pid "$SERVER_PID"
+    local keep=() pid
+    for pid in "${SERVERS[@]}"; do [[ $pid != "$SERVER_PID" ]] && keep+=("$pid"); done
+    SERVERS=("${keep[@]}")
+}
+
+# record SCENARIO SERVER JSON
+record() {
+    printf '{"scenario":"%s","server":"%s","result":%s}\n' "$1" "$2" "${3:-null}" >>"$RAW"
+}
+
+target_args() {
+    local kind=$1 run=$2
+    echo --proto "$kind" --addr "$SERVER_ADDR" --token "$SERVER_TOKEN" --socket "$SERVER_SOCKET" \
+        --server-pid "$SERVER_PID" --run-id "$run"
+}
+
+# stream_scenario NAME KIND SUBS STALLED LINES INTERVAL_US SCAN
+stream_scenario() {
+    local name=$1 kind=$2 subs=$3 stalled=$4 lines=$5 interval=$6 scan=$7 out
+    start_server "$kind"
+    log "$name: $kind, $subs subscribers (+$stalled stalled), $lines lines"
+    # shellcheck disable=SC2046
+    out=$(timeout $((TIMEOUT + 120)) "$LOADGEN" stream $(target_args "$kind" "$name-1") \
+        --subs "$subs" --stalled "$stalled" --expect-lines "$lines" --scan "$scan" --timeout "$TIMEOUT" \
+        -- "$PY" "$JOB" "$lines" "$LINE_BYTES" "$interval") || true
+    log "  $out"
+    record "$name" "$kind" "$out"
+    stop_server
+}
+
+# idle_scenario NAME KIND SUBS CPU_WINDOW
+idle_scenario() {
+    local name=$1 kind=$2 subs=$3 window=$4 out
+    start_server "$kind"
+    log "$name: $kind, $subs idle subscribers"
+    # shellcheck disable=SC2046
+    out=$(timeout $((TIMEOUT + 120)) "$LOADGEN" idle $(target_args "$kind" "$name-1") \
+        --subs "$subs" --settle "$SETTLE" --cpu-window "$window" -- sleep 600) || true
+    log "  $out"
+    record "$name" "$kind" "$out"
+    stop_server
+}
+
+secs_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
+less_than() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+
+bigjob_scenario() {
+    local line job best_pipe= best_runtap= t i s hwm journal
+    line=$(printf 'x%.0s' $(seq $((LINE_BYTES - 1))))
+    job="yes $line | head -c $BIG_BYTES"
+    log "bigjob: $BIG_BYTES bytes into a plain pipe and through runtap run (best of $BIG_REPS)"
+    for i in $(seq "$BIG_REPS"); do
+        t=$(date +%s%N)
+        sh -c "$job" | cat >/dev/null
+        s=$(secs_since "$t")
+        if [[ -z $best_pipe ]] || less_than "$s" "$best_pipe"; then best_pipe=$s; fi
+    done
+    start_server runtap
+    for i in $(seq "$BIG_REPS"); do
+        t=$(date +%s%N)
+        RUNTAP_SOCKET=$SERVER_SOCKET timeout "$TIMEOUT" "$RUNTAP" run --id "bigjob-$i" -- sh -c "$job" | cat >/dev/null
+        s=$(secs_since "$t")
+        if [[ -z $best_runtap ]] || less_than "$s" "$best_runtap"; then best_runtap=$s; fi
+    done
+    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status")
+    journal=$(du -sk "$(dirname "$SERVER_SOCKET")/state" | cut -f1)
+    stop_server
+    log "  pipe ${best_pipe}s, runtap run ${best_runtap}s"
+    record bigjob runtap "{\"bytes\":$BIG_BYTES,\"pipe_s\":$best_pipe,\"runtap_s\":$best_runtap,\"server_hwm_kib\":$hwm,\"state_dir_kib\":$journal}"
+}
+
+launches_scenario() {
+    local out
+    start_server runtap
+    log "launches: \`true\` over the Unix socket for ${LAUNCH_SECS}s"
+    out=$(timeout $((LAUNCH_SECS + 60)) "$LOADGEN" launches --socket "$SERVER_SOCKET" --duration "$LAUNCH_SECS" --reference) || true
+    log "  $out"
+    record launches runtap "$out"
+    stop_server
+}
+
+# Share of the machine busy with something else, over one second: the
+# numbers are only comparable on a quiet machine.
+busy_pct() {
+    local a b
+    a=$(head -1 /proc/stat); sleep 1; b=$(head -1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ");
+        for (i = 2; i <= n; i++) { d = y[i] - x[i]; total += d; if (i == 5 || i == 6) idle += d }
+        printf "%.0f", total ? 100 * (total - idle) / total : 0 }'
+}
+
+# ------------------------------------------------------------------ scenarios
+log "mode: $MODE"
+BUSY_BEFORE=$(busy_pct)
+if ((BUSY_BEFORE > 10)); then
+    log "warning: the machine is already ${BUSY_BEFORE}% busy; results will be noisy"
+fi
+for name in fanout fanout-stalled latency latency-stalled idle-rss idle-cpu; do
+    wanted "$name" || continue
+    for kind in "${SERVER_KINDS[@]}"; do
+        case $name in
+            fanout) stream_scenario "$name" "$kind" "$FAN_SUBS" 0 "$FAN_LINES" 0 ends ;;
+            fanout-stalled) stream_scenario "$name" "$kind" "$FAN_SUBS" 1 "$FAN_LINES" 0 ends ;;
+            latency) stream_scenario "$name" "$kind" "$LAT_SUBS" 0 "$LAT_LINES" 1000 all ;;
+            latency-stalled) stream_scenario "$name" "$kind" "$LAT_SUBS" 1 "$LAT_LINES" 1000 all ;;
+            idle-rss) idle_scenario "$name" "$kind" "$IDLE_SUBS" "$SETTLE" ;;
+            idle-cpu) idle_scenario "$name" "$kind" "$CPU_SUBS" "$CPU_WINDOW" ;;
+        esac
+    done
+done
+if wanted bigjob; then bigjob_scenario; fi
+if wanted launches; then launches_scenario; fi
+
+BUSY_AFTER=$(busy_pct)
+elapsed=$(($(date +%s) - started))
+machine="$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), Linux $(uname -r), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM"
+node "$BENCH/report.js" "$RAW" "$MODE" "$machine" "$elapsed" "$(node --version)" "$BUSY_BEFORE% before, $BUSY_AFTER% after" | tee "$RESULTS/latest.md"
+log "done in ${elapsed}s; table in bench/results/latest.md"
