@@ -213,22 +213,7 @@ impl Session {
             Some(info) => (self.host.journal.open_writer(&run, info.last_seq)?, info.last_seq),
             None => {
                 let writer = self.host.journal.create_run(&run, &meta)?;
-                self.host.insert_run(RunInfo {
-                    run_id: run.clone(),
-                    status: RunStatus::Queued,
-                    exit_code: None,
-                    signal: None,
-                    reason: None,
-                    pid: None,
-                    command: meta.command,
-                    cwd: meta.cwd,
-                    pty: meta.pty,
-                    created_at: meta.created_at,
-                    started_at: None,
-                    ended_at: None,
-                    last_seq: 0,
-                    journal: "ok".into(),
-                });
+                self.host.insert_run(RunInfo::queued(run.clone(), meta));
                 self.gateway.announce(&self.host.id, Some(&run));
                 (writer, 0)
             }

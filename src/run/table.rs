@@ -75,6 +75,28 @@ pub enum CancelError {
     Finished(Box<RunInfo>),
 }
 
+impl RunInfo {
+    /// A run that has just been created from its launch metadata.
+    pub fn queued(run_id: RunId, meta: RunMeta) -> Self {
+        RunInfo {
+            run_id,
+            status: RunStatus::Queued,
+            exit_code: None,
+            signal: None,
+            reason: None,
+            pid: None,
+            command: meta.command,
+            cwd: meta.cwd,
+            pty: meta.pty,
+            created_at: meta.created_at,
+            started_at: None,
+            ended_at: None,
+            last_seq: 0,
+            journal: "ok".into(),
+        }
+    }
+}
+
 /// What `ps` shows for a run found in a journal.
 pub fn info_from_recovered(r: crate::journal::RecoveredRun) -> RunInfo {
     RunInfo {
@@ -208,22 +230,7 @@ impl RunTable {
             // Creating the journal under the lock makes "check then create" atomic;
             // it is two small file creations.
             let writer = self.inner.journal.create_run(&id, &meta)?;
-            let info = RunInfo {
-                run_id: id.clone(),
-                status: RunStatus::Queued,
-                exit_code: None,
-                signal: None,
-                reason: None,
-                pid: None,
-                command: meta.command,
-                cwd: meta.cwd,
-                pty: meta.pty,
-                created_at: meta.created_at,
-                started_at: None,
-                ended_at: None,
-                last_seq: 0,
-                journal: "ok".into(),
-            };
+            let info = RunInfo::queued(id.clone(), meta);
             runs.insert(id.clone(), Entry { info, control: Some(tx) });
             writer
         };

@@ -45,16 +45,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(table: RunTable, config: StreamConfig, tokens: Tokens, stop: CancellationToken) -> Self {
-        Shared {
-            backend: Backend::Daemon(table),
-            metrics: Arc::default(),
-            config: RwLock::new(Arc::new(config)),
-            tokens: RwLock::new(Arc::new(tokens)),
-            agent_tokens: RwLock::new(None),
-            stop,
-            tracker: TaskTracker::new(),
-            upstream: None,
-        }
+        Shared::new_inner(Backend::Daemon(table), config, tokens, stop)
     }
 
     pub fn new_gateway(
