@@ -62,6 +62,10 @@ pub struct Listeners {
 
 impl Listeners {
     pub async fn bind(config: &Config) -> Result<Self, DaemonError> {
+        // Before the socket: by default it lives in the state dir, and binding
+        // would otherwise create that dir with the umask (0755 = readable job output).
+        let state_dir = &config.daemon.state_dir;
+        create_private_dir(state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
         let addr = &config.daemon.listen;
         let tcp =
             TcpListener::bind(addr).await.map_err(|source| DaemonError::BindTcp { addr: addr.clone(), source })?;

@@ -109,7 +109,13 @@ impl Hub {
     }
 
     fn topic(&self, run: &RunId) -> Arc<Topic> {
-        lock(&self.inner.topics)
+        Self::topic_in(&mut lock(&self.inner.topics), run)
+    }
+
+    /// The run's topic, created pending if new. Callers that must keep the
+    /// map locked pass its guard's map (lock order: map, then topic).
+    fn topic_in(topics: &mut HashMap<RunId, Arc<Topic>>, run: &RunId) -> Arc<Topic> {
+        topics
             .entry(run.clone())
             .or_insert_with(|| {
                 Arc::new(Topic {
@@ -122,7 +128,11 @@ impl Hub {
     /// Takes a snapshot of the run and, unless it is closed, starts queueing
     /// every batch published after that snapshot.
     pub fn subscribe(&self, run: &RunId) -> (Snapshot, Option<Subscription>) {
-        let topic = self.topic(run);
+        // The map lock is held until the subscriber is registered, so a
+        // concurrent `unsubscribe` cannot drop the topic from the map in
+        // between (the subscriber would wait on a topic nobody publishes to).
+        let mut topics = lock(&self.inner.topics);
+        let topic = Self::topic_in(&mut topics, run);
         let mut st = lock(&topic.state);
         let snap = Snapshot { last_seq: st.last_seq, phase: st.phase };
         if st.phase == Phase::Closed {
@@ -138,8 +148,10 @@ impl Hub {
 
     /// Opens a run's topic for publishing, adopting early subscribers.
     pub fn open(&self, run: &RunId, last_seq: u64) -> Publisher {
-        let topic = self.topic(run);
+        let mut topics = lock(&self.inner.topics);
+        let topic = Self::topic_in(&mut topics, run);
         {
+            // Still under the map lock (see `subscribe`).
             let mut st = lock(&topic.state);
             st.phase = Phase::Open;
             st.last_seq = last_seq;

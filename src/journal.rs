@@ -34,8 +34,11 @@ use crate::run_id::RunId;
 
 const EVENTS_FILE: &str = "events.jsonl";
 const META_FILE: &str = "meta.json";
-/// Most frames one history read hands out, so a replay interleaves with other work.
+/// Most frames, and bytes, one history read hands out: bounds what a slow
+/// subscriber's pending delivery can hold, and lets a replay interleave
+/// with other work.
 const HISTORY_FRAMES: usize = 1024;
+const HISTORY_BYTES: usize = 1024 * 1024;
 /// Read size when replaying history; large enough that a replay is a few syscalls per MB.
 const READ_CHUNK: usize = 256 * 1024;
 /// How far back from the end recovery looks for the last complete line.
@@ -529,16 +532,18 @@ pub struct HistoryReader {
 
 impl HistoryReader {
     /// `(next seq, byte offset of its line)`, for `Journal::history_at`.
-    /// Only meaningful once everything buffered has been handed out.
+    /// `consumed` counts exactly the lines handed out or skipped, so this
+    /// holds whatever is still buffered beyond them.
     pub fn position(&self) -> Option<(u64, u64)> {
-        self.buf.is_empty().then_some((self.next, self.consumed))
+        Some((self.next, self.consumed))
     }
 
     /// The next frames (up to [`HISTORY_FRAMES`]), or an empty vec once
     /// `until` (or the end of the file) is reached.
     pub async fn next_frames(&mut self) -> Result<Vec<Frame>, JournalError> {
         let mut frames = Vec::new();
-        while frames.len() < HISTORY_FRAMES && self.next <= self.until {
+        let mut bytes = 0;
+        while frames.len() < HISTORY_FRAMES && bytes < HISTORY_BYTES && self.next <= self.until {
             let Some(nl) = memchr::memchr(b'\n', &self.buf) else {
                 if !frames.is_empty() || self.eof {
                     // Hand out what we have; or the file ends before `until`
@@ -567,6 +572,7 @@ impl HistoryReader {
             if seq >= self.next {
                 let json = Utf8Bytes::try_from(json).map_err(|_| corrupt("line is not UTF-8"))?;
                 self.next = seq + 1;
+                bytes += json.len();
                 frames.push(Frame { seq, json });
             }
         }

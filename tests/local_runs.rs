@@ -407,3 +407,30 @@ fn bad_config_names_file_key_and_reason() {
     assert!(err.contains("bad.toml") && err.contains("grace_period"), "{err}");
     assert!(!dir.path().join("s").exists(), "nothing started");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_the_job_exited_keeps_its_outcome_and_ends_leftovers() {
+    let d = Daemon::start_with("[runs]\ndrain_timeout = \"20s\"\n");
+    d.run(&["run", "--detach", "--id", "done-ish", "--", "sh", "-c", "sleep 30 & echo done"]);
+    let pid = d.wait_running("done-ish").await;
+    // The shell exits at once; its background sleep keeps stdout open.
+    let deadline = Instant::now() + WAIT;
+    while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok() {
+        assert!(Instant::now() < deadline, "job did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    d.run(&["cancel", "done-ish"]);
+    let ev = d.wait_final("done-ish").await;
+    assert!(started.elapsed() < Duration::from_secs(10), "the drain was not cut short");
+    assert_eq!((ev.status(), ev.exit_code), (Some(RunStatus::Succeeded), Some(0)));
+    assert!(!group_alive(pid), "leftover processes were not ended");
+}
+
+#[test]
+fn state_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start();
+    let mode = std::fs::metadata(d.state_dir()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o750);
+}

@@ -166,7 +166,17 @@ impl Supervisor {
                     });
                     drain_deadline = Some(Instant::now() + self.timing.drain_timeout);
                 }
-                Some(ctl) = self.control.recv() => self.on_control(ctl, pgid),
+                Some(ctl) = self.control.recv() => {
+                    if outcome.is_some() {
+                        // The job already exited on its own: its outcome
+                        // stands; only stop waiting for leftover output.
+                        tracing::info!(run_id = %self.run_id, "cancel after the job exited: ending leftovers");
+                        let _ = child::signal_group(pgid, Signal::SIGTERM);
+                        stop_readers.cancel();
+                    } else {
+                        self.on_control(ctl, pgid);
+                    }
+                }
                 _ = sleep_until(kill_at) => self.kill(pgid),
                 _ = sleep_until(drain_deadline) => {
                     tracing::info!(run_id = %self.run_id, "output still open after the job exited; closing it");
@@ -243,9 +253,11 @@ impl Supervisor {
     }
 
     fn record_status(&mut self, change: StatusChange, last: bool) {
-        self.table.on_status(&self.run_id, &change);
-        self.writer.append(Payload::Status(change));
+        // Journal and publish first: once the table shows a final status,
+        // retention may delete the run, so the event must be out by then.
+        self.writer.append(Payload::Status(change.clone()));
         self.publish(last);
+        self.table.on_status(&self.run_id, &change);
     }
 
     fn publish(&mut self, last: bool) {

@@ -148,6 +148,10 @@ struct Inner {
     launches: broadcast::Sender<RunId>,
 }
 
+/// Longest cancel reason kept (a status line must stay small enough for
+/// recovery to read back).
+pub const MAX_REASON: usize = 1024;
+
 /// Launch announcements buffered per listener; one that falls further
 /// behind gets `Lagged` and rescans the table.
 const LAUNCH_BACKLOG: usize = 1024;
@@ -242,7 +246,15 @@ impl RunTable {
     }
 
     /// Asks an active run to stop. Harmless if it is already stopping.
-    pub fn cancel(&self, id: &RunId, reason: String) -> Result<RunInfo, CancelError> {
+    /// The reason is cut to [`MAX_REASON`] bytes: it goes into the journal.
+    pub fn cancel(&self, id: &RunId, mut reason: String) -> Result<RunInfo, CancelError> {
+        if reason.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
         let runs = self.runs();
         let entry = runs.get(id).ok_or_else(|| CancelError::NotFound(id.clone()))?;
         match &entry.control {

@@ -36,6 +36,9 @@ use crate::run_id::RunId;
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
+/// Subscriptions one `/ws` session may hold at once: each can pin a
+/// delivery of history in memory while its client is slow.
+const MAX_SUBSCRIPTIONS: usize = 64;
 /// Deliveries queued between subscriptions and the writer. Small on
 /// purpose: the byte bound lives in each subscription's hub queue.
 const WRITER_QUEUE: usize = 16;
@@ -363,9 +366,15 @@ impl Session {
         if !self.scope.as_ref().is_some_and(|s| s.allows(&run)) {
             return Err(WsError::forbidden(&run));
         }
+        // A daemon has one host: `host` must not make two subscriptions to one run.
+        let host = if self.shared.backend.table().is_some() { None } else { host };
         let key = (host.clone(), run.clone());
         if let Some(old) = self.subs.remove(&key) {
             old.abort();
+        }
+        self.subs.retain(|_, h| !h.is_finished());
+        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+            return Err(WsError::bad_request(format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection")));
         }
         if !self.single {
             let mut ack = json!({"type": "subscribed", "runId": run.as_str(), "since": since});
