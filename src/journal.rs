@@ -300,6 +300,16 @@ impl Journal {
         serde_json::from_slice(&bytes).map_err(|e| JournalError::Corrupt { path, why: e.to_string() })
     }
 
+    /// Moves a run's files to `<root>/../archive/<run>.<id>` (the gateway,
+    /// when a host reuses a run ID).
+    pub fn archive_run(&self, id: &RunId) -> Result<(), JournalError> {
+        let archive = self.root.parent().unwrap_or(&self.root).join("archive");
+        fs::create_dir_all(&archive).map_err(io_err("create archive dir", &archive))?;
+        let to = archive.join(format!("{id}.{}", RunId::generate()));
+        let from = self.run_dir(id);
+        fs::rename(&from, &to).map_err(io_err("archive run", &from))
+    }
+
     /// Deletes a finished run's files (retention).
     pub fn remove_run(&self, id: &RunId) -> Result<(), JournalError> {
         let dir = self.run_dir(id);

@@ -26,6 +26,11 @@ use serde::{Deserialize, Serialize};
 use crate::event::RunStatus;
 use crate::journal::RunMeta;
 
+/// Both ends ping this often...
+pub const LINK_PING: std::time::Duration = std::time::Duration::from_secs(20);
+/// ...and drop a link that has been silent (no message, no pong) this long.
+pub const LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Largest link message: a `hello` lists every run the host keeps.
 pub const MAX_LINK_MESSAGE: usize = 16 * 1024 * 1024;
 
@@ -34,6 +39,10 @@ pub const MAX_LINK_MESSAGE: usize = 16 * 1024 * 1024;
 pub struct RunCursor {
     pub run_id: String,
     pub last_seq: u64,
+    /// Which run of that ID (its `createdAt`): an ID can be used again once
+    /// retention deleted the old run, and the two must never be merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
 }
 
 /// Daemon → gateway (besides raw events, which start with `{"runId"`).

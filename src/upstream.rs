@@ -283,6 +283,16 @@ async fn connect(cfg: &LinkConfig) -> Result<Ws, UpstreamError> {
 /// What forwarders hand to the socket writer.
 enum Out {
     Text(Utf8Bytes),
+    Ping,
+}
+
+impl Out {
+    fn message(self) -> Message {
+        match self {
+            Out::Text(t) => Message::Text(t),
+            Out::Ping => Message::Ping(Default::default()),
+        }
+    }
 }
 
 struct Session<'a> {
@@ -307,7 +317,11 @@ impl<'a> Session<'a> {
             .table
             .list()
             .iter()
-            .map(|r| RunCursor { run_id: r.run_id.to_string(), last_seq: r.last_seq })
+            .map(|r| RunCursor {
+                run_id: r.run_id.to_string(),
+                last_seq: r.last_seq,
+                created_at: Some(r.created_at.clone()),
+            })
             .collect();
         let hello = AgentMsg::Hello { host: self.cfg.host_id.clone(), epoch: self.cfg.epoch.clone(), runs };
         send(&mut sink, &hello).await?;
@@ -330,13 +344,13 @@ impl<'a> Session<'a> {
         tracing::info!(host = %self.cfg.host_id, gateway_runs = acked.len(), "gateway link up");
         let (tx, mut rx) = mpsc::channel::<Out>(SEND_QUEUE);
         let writer = tokio::spawn(async move {
-            while let Some(Out::Text(t)) = rx.recv().await {
-                let mut batch = vec![t];
-                while let Ok(Out::Text(t)) = rx.try_recv() {
-                    batch.push(t);
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
                 }
-                for t in batch {
-                    if !matches!(tokio::time::timeout(SEND_STALL, sink.feed(Message::Text(t))).await, Ok(Ok(()))) {
+                for out in batch {
+                    if !matches!(tokio::time::timeout(SEND_STALL, sink.feed(out.message())).await, Ok(Ok(()))) {
                         return;
                     }
                 }
@@ -346,16 +360,33 @@ impl<'a> Session<'a> {
             }
         });
         self.rescan(&tx);
+        let mut ping = tokio::time::interval(crate::link::LINK_PING);
+        let mut heard = Instant::now();
         let result = loop {
+            let silent_until = tokio::time::Instant::from_std(heard + crate::link::LINK_TIMEOUT);
             tokio::select! {
                 _ = stop.cancelled() => break Ok(()),
+                _ = ping.tick() => {
+                    let _ = tx.try_send(Out::Ping);
+                }
+                _ = tokio::time::sleep_until(silent_until) => {
+                    break Err(UpstreamError::Protocol("the gateway went silent (no pong)".into()));
+                }
                 launch = launches.recv() => match launch {
-                    Ok(run) => self.forward(run, &tx),
+                    Ok(run) => {
+                        // A new run, even if an old one had this ID: start at 0.
+                        self.status.acked.lock().unwrap_or_else(|p| p.into_inner()).remove(&run);
+                        self.forward(run, &tx)
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => self.rescan(&tx),
                     Err(broadcast::error::RecvError::Closed) => break Ok(()),
                 },
                 msg = stream.next() => match msg {
-                    Some(Ok(Message::Text(t))) => self.on_message(&t, &tx).await?,
+                    Some(Ok(Message::Text(t))) => {
+                        heard = Instant::now();
+                        self.on_message(&t, &tx).await?
+                    }
+                    Some(Ok(Message::Pong(_) | Message::Ping(_))) => heard = Instant::now(),
                     Some(Ok(Message::Close(_))) | None => break Err(UpstreamError::Closed),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => break Err(UpstreamError::Connect(e.to_string())),

@@ -796,3 +796,30 @@ async fn a_wiped_host_starts_a_new_epoch_at_the_gateway() {
     assert_ne!(hs[0]["epoch"], old_epoch, "{hs:?}");
     assert_eq!(hs[0]["runs"], 1, "the old epoch's runs are archived, not listed: {hs:?}");
 }
+
+/// A host reuses a run ID after its retention deleted the old run: the
+/// gateway must not resume the new run at the old run's seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_id_reused_after_host_retention_is_a_new_run_at_the_gateway() {
+    let gw = Gateway::start();
+    let mut h1 = gw.prepare_host("h1");
+    h1.extra_config = "[journal]\nretention_max_age = \"1s\"\nretention_check_interval = \"200ms\"\n".into();
+    h1.spawn();
+    let out = h1.run(&["run", "--id", "nightly", "--", "sh", "-c", "seq 1 50"]);
+    assert!(out.status.success());
+    assert_same_copy(&gw, "h1", &h1, "nightly").await;
+    // Wait for the host's retention to delete it.
+    let path = host_journal_path(&h1, "nightly");
+    wait_until(
+        || "host retention to delete the run".to_string(),
+        || {
+            let gone = !path.exists();
+            async move { gone }
+        },
+    )
+    .await;
+    let out = h1.run(&["run", "--id", "nightly", "--", "sh", "-c", "echo second"]);
+    assert!(out.status.success());
+    let theirs = assert_same_copy(&gw, "h1", &h1, "nightly").await;
+    assert!(theirs.iter().any(|e| e["data"] == "second\n"), "{theirs:?}");
+}

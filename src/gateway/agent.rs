@@ -24,7 +24,7 @@ use super::{CancelReply, CancelRequest, Gateway, Host};
 use crate::event::{Event, RunStatus, now_timestamp};
 use crate::hub::Publisher;
 use crate::journal::{JournalError, RunMeta, RunWriter};
-use crate::link::{AgentMsg, GatewayMsg, MAX_LINK_MESSAGE, is_event};
+use crate::link::{AgentMsg, GatewayMsg, MAX_LINK_MESSAGE, RunCursor, is_event};
 use crate::run::RunInfo;
 use crate::run_id::RunId;
 
@@ -101,7 +101,7 @@ pub async fn serve(upgraded: Upgraded, gateway: Gateway, stop: CancellationToken
         pending: HashMap::new(),
         next_req: 1,
     };
-    let result = session.run(&mut ws, cancel_rx, link_stop).await;
+    let result = session.run(&mut ws, &runs, cancel_rx, link_stop).await;
     session.flush_all();
     gateway.detach(&host, link_id);
     match result {
@@ -136,23 +136,54 @@ struct Session {
 }
 
 impl Session {
+    /// What the gateway holds per run, leaving out runs whose ID the host
+    /// now uses for a different run (so it sends that one from the start).
+    fn acked_for(&self, hello_runs: &[RunCursor]) -> HashMap<String, u64> {
+        let mut acked = self.host.cursors();
+        for c in hello_runs {
+            let Ok(id) = RunId::parse(&c.run_id) else { continue };
+            if let (Some(theirs), Some(ours)) = (&c.created_at, self.host.run_info(&id))
+                && &ours.created_at != theirs
+            {
+                acked.remove(&c.run_id);
+            }
+        }
+        acked
+    }
+
     async fn run(
         &mut self,
         ws: &mut Ws,
+        hello_runs: &[RunCursor],
         mut cancels: mpsc::Receiver<CancelRequest>,
         stop: CancellationToken,
     ) -> Result<(), SessionError> {
-        let welcome = GatewayMsg::Welcome { acked: self.host.cursors() };
+        let welcome = GatewayMsg::Welcome { acked: self.acked_for(hello_runs) };
         send(ws, &welcome).await?;
         let mut tick = tokio::time::interval(self.gateway.config().ack_interval);
+        let mut ping = tokio::time::interval(crate::link::LINK_PING);
+        let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    if heard.elapsed() > crate::link::LINK_TIMEOUT {
+                        return Err(SessionError::Protocol("the host went silent (no pong)".into()));
+                    }
+                    let ping = tokio::time::timeout(Duration::from_secs(10), ws.send(Message::Ping(Default::default())));
+                    if !matches!(ping.await, Ok(Ok(()))) {
+                        return Err(SessionError::Closed);
+                    }
+                }
                 msg = ws.next() => {
+                    heard = tokio::time::Instant::now();
                     self.on_message(msg)?;
                     // Take whatever else has already arrived, then write it out once.
                     for _ in 0..DRAIN_MESSAGES {
                         match ws.next().now_or_never() {
-                            Some(msg) => self.on_message(msg)?,
+                            Some(msg) => {
+                                heard = tokio::time::Instant::now();
+                                self.on_message(msg)?
+                            }
                             None => break,
                         }
                     }
@@ -206,7 +237,18 @@ impl Session {
     /// A run the host is about to forward: create its journal here if new.
     fn on_run(&mut self, run_id: &str, meta: RunMeta) -> Result<(), SessionError> {
         let run = RunId::parse(run_id).map_err(|e| SessionError::Protocol(format!("bad run ID: {e}")))?;
-        if self.writers.contains_key(&run) {
+        let known = self.host.run_info(&run);
+        if let Some(old) = &known
+            && old.created_at != meta.created_at
+        {
+            // The host reused this ID after its retention deleted the old run.
+            tracing::warn!(host = %self.host.id, run_id = %run, old = %old.created_at, new = %meta.created_at,
+                "run ID reused by the host: archiving the gateway's copy of the old run");
+            self.writers.remove(&run);
+            self.host.hub.remove(&run);
+            self.host.remove_run(&run);
+            self.host.journal.archive_run(&run)?;
+        } else if self.writers.contains_key(&run) {
             return Ok(());
         }
         let (writer, last_seq) = match self.host.run_info(&run) {

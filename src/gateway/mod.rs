@@ -191,6 +191,10 @@ impl Host {
         }
     }
 
+    pub fn remove_run(&self, run: &RunId) {
+        lock(&self.state).runs.remove(run);
+    }
+
     pub fn insert_run(&self, info: RunInfo) {
         lock(&self.state).runs.insert(info.run_id.clone(), info);
     }
