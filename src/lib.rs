@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! child ──> run::supervisor ──> journal (seq, durable) ──> hub (fan-out) ──> feed ──> server::{unix, ws}
+//!                                                                              └──> upstream ──> gateway
 //! ```
 //!
 //! - [`config`]: config file, environment and flags, validated.
@@ -14,7 +15,11 @@
 //! - [`hub`]: live fan-out with a bounded queue per subscriber.
 //! - [`feed`]: the history-then-live hand-off for one subscription.
 //! - [`server`]: the Unix socket, HTTP and WebSocket endpoints, tokens, metrics.
-//! - [`client`]: the CLI's side of the Unix socket.
+//! - [`client`]: the CLI's side of the Unix socket; [`protocol`] its messages.
+//! - [`upstream`]: forwarding to a gateway; [`link`] the daemon ↔ gateway protocol.
+//! - [`gateway`]: `runtap gateway`: every host's journals, served like a daemon.
+//! - [`systemd`] and [`logging`]: sd_notify, watchdog, journald.
+//! - [`run_id`]: the validated run ID type.
 //! - [`sys`]: the few raw OS calls (fd flags, terminal size).
 
 pub mod client;
