@@ -548,7 +548,7 @@ impl HistoryReader {
         Some((self.next, self.consumed))
     }
 
-    /// The next frames (up to [`HISTORY_FRAMES`]), or an empty vec once
+    /// The next frames (up to `HISTORY_FRAMES` and `HISTORY_BYTES`), or an empty vec once
     /// `until` (or the end of the file) is reached.
     pub async fn next_frames(&mut self) -> Result<Vec<Frame>, JournalError> {
         let mut frames = Vec::new();
