@@ -181,6 +181,13 @@ impl Hub {
         Some(Snapshot { last_seq: st.last_seq, phase: st.phase })
     }
 
+    /// Every known run's last published seq.
+    pub fn last_seqs(&self) -> Vec<(RunId, u64)> {
+        let topics: Vec<(RunId, Arc<Topic>)> =
+            lock(&self.inner.topics).iter().map(|(id, t)| (id.clone(), t.clone())).collect();
+        topics.into_iter().map(|(id, t)| (id, lock(&t.state).last_seq)).collect()
+    }
+
     /// Number of live subscriptions across all runs.
     pub fn subscriber_count(&self) -> usize {
         let topics: Vec<_> = lock(&self.inner.topics).values().cloned().collect();

@@ -281,7 +281,8 @@ impl Journal {
         writer.sync_now();
         run.last_seq = writer.last_seq();
         run.status = RunStatus::Lost;
-        run.ended_at = batch.frames.last().map(|_| crate::event::now_timestamp());
+        // The `lost` event's own timestamp (nothing reads this batch otherwise).
+        run.ended_at = batch.frames.last().and_then(|f| line_timestamp(f.bytes()));
         run.last_status = change;
         tracing::warn!(run_id = %id, last_seq = run.last_seq, "run was active when the daemon died; marked lost");
         Ok(Some(run))
@@ -593,6 +594,11 @@ impl HistoryReader {
     pub fn next_seq(&self) -> u64 {
         self.next
     }
+}
+
+/// The `timestamp` of one journal line.
+fn line_timestamp(json: &[u8]) -> Option<String> {
+    serde_json::from_slice::<Event>(json).ok().map(|e| e.timestamp)
 }
 
 /// serde_json writes UTF-8, so this cannot fail for our own events; it is

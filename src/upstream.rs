@@ -123,8 +123,9 @@ impl UpstreamStatus {
 
     /// Events this host has that the gateway has not acknowledged.
     pub fn pending(&self, table: &RunTable) -> u64 {
+        let seqs = table.hub().last_seqs();
         let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
-        table.list().iter().map(|r| r.last_seq.saturating_sub(acked.get(&r.run_id).copied().unwrap_or(0))).sum()
+        seqs.iter().map(|(run, seq)| seq.saturating_sub(acked.get(run).copied().unwrap_or(0))).sum()
     }
 
     /// Called by retention before deleting a run: loud if the gateway lacks some of it.

@@ -434,3 +434,31 @@ fn state_dir_is_private() {
     let mode = std::fs::metadata(d.state_dir()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o750);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_per_socket_connection_are_capped() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let d = Daemon::start();
+    let mut s = tokio::net::UnixStream::connect(d.socket()).await.unwrap();
+    let (r, mut w) = s.split();
+    let mut lines = BufReader::new(r).lines();
+    for i in 0..65 {
+        w.write_all(format!("{{\"type\":\"subscribe\",\"runId\":\"pending-{i}\"}}\n").as_bytes()).await.unwrap();
+    }
+    // The refusal comes from the connection, the confirmations from each
+    // subscription's task: they may arrive in any order.
+    let (mut subscribed, mut refused) = (0, 0);
+    while subscribed + refused < 65 {
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        match v["type"].as_str() {
+            Some("subscribed") => subscribed += 1,
+            Some("error") => {
+                assert_eq!(v["code"], "too-many-subscriptions", "{line}");
+                refused += 1;
+            }
+            _ => panic!("unexpected {line}"),
+        }
+    }
+    assert_eq!((subscribed, refused), (64, 1));
+}

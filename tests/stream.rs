@@ -374,3 +374,16 @@ async fn ten_thousand_idle_connections_are_held() {
         assert!(last.contains("succeeded"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_per_websocket_are_capped() {
+    let d = Daemon::start_with("[stream]\nrate_burst = 200\n");
+    let t = d.token();
+    let mut ws = ws_connect(&d.ws_url(&format!("/ws?token={t}")), &[]).await;
+    for i in 0..65 {
+        ws_send_json(&mut ws, json!({"type": "subscribe", "runId": format!("pending-{i}")})).await;
+    }
+    let got = ws_read(&mut ws, |_| false).await;
+    assert_eq!(got.controls.iter().filter(|c| c["type"] == "subscribed").count(), 64);
+    assert_eq!((got.error_code().as_deref(), got.close), (Some("bad-request"), Some(4400)));
+}

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_util::sync::CancellationToken;
 
 use super::{CancelReply, CancelRequest, Gateway, Host};
-use crate::event::{Event, RunStatus, now_timestamp};
+use crate::event::{Event, RunStatus};
 use crate::hub::Publisher;
 use crate::journal::{JournalError, RunMeta, RunWriter};
 use crate::link::{AgentMsg, GatewayMsg, MAX_LINK_MESSAGE, RunCursor, is_event};
@@ -359,7 +359,6 @@ impl Session {
             runs.iter().filter_map(|r| self.writers.get(r).map(|(w, _)| (r.to_string(), w.last_seq()))).collect();
         send(ws, &GatewayMsg::Ack { acked }).await?;
         self.gateway.metrics().acks_sent.fetch_add(1, Ordering::Relaxed);
-        let _ = now_timestamp;
         Ok(())
     }
 }

@@ -261,8 +261,9 @@ impl Supervisor {
     }
 
     fn publish(&mut self, last: bool) {
+        let was_degraded = self.writer.is_degraded();
         let batch = self.writer.finish_batch(last);
-        if self.writer.is_degraded() {
+        if self.writer.is_degraded() && !was_degraded {
             self.table.mark_degraded(&self.run_id);
         }
         self.publisher.publish(batch);

@@ -181,10 +181,11 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>, gu
         },
         (&Method::GET, ["runs", id]) => {
             let host = param("host");
-            with_run(&req, &query, &shared, id, |run| match shared.backend.get(host, run) {
-                Ok(info) => json_response(StatusCode::OK, &info),
-                Err(e) => lookup_error(e),
-            })
+            match authorized_run(&req, &query, &shared, id).map(|run| shared.backend.get(host, &run)) {
+                Ok(Ok(info)) => json_response(StatusCode::OK, &info),
+                Ok(Err(e)) => lookup_error(e),
+                Err(r) => r,
+            }
         }
         (&Method::POST, ["runs", id, "cancel"]) => {
             let id = id.to_string();
@@ -250,34 +251,29 @@ fn authorize(req: &Request<Incoming>, query: &[(String, String)], shared: &Share
     }
 }
 
-/// Authorizes, parses the run ID, checks the scope, then calls `f`.
-fn with_run(
+/// Authorizes the viewer, parses the run ID and checks the token's scope.
+#[allow(clippy::result_large_err)]
+fn authorized_run(
     req: &Request<Incoming>,
     query: &[(String, String)],
     shared: &Shared,
     raw: &str,
-    f: impl FnOnce(&RunId) -> Response<Body>,
-) -> Response<Body> {
-    let scope = match authorize(req, query, shared) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let run = match RunId::parse(raw) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", format!("invalid run ID {raw:?}: {e}")),
-    };
+) -> Result<RunId, Response<Body>> {
+    let scope = authorize(req, query, shared)?;
+    let run = RunId::parse(raw)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad-request", format!("invalid run ID {raw:?}: {e}")))?;
     if !scope.allows(&run) {
-        return error(StatusCode::FORBIDDEN, "forbidden", format!("this token may not see run {run}"));
+        return Err(error(StatusCode::FORBIDDEN, "forbidden", format!("this token may not see run {run}")));
     }
-    f(&run)
+    Ok(run)
 }
 
 async fn cancel(req: Request<Incoming>, query: &[(String, String)], shared: &Shared, raw: &str) -> Response<Body> {
     let mut reason = query.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.clone());
-    let check = with_run(&req, query, shared, raw, |_| Response::new(Full::default()));
-    if check.status() != StatusCode::OK {
-        return check;
-    }
+    let run = match authorized_run(&req, query, shared, raw) {
+        Ok(run) => run,
+        Err(r) => return r,
+    };
     // An optional JSON body `{"reason": "..."}`.
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -289,9 +285,6 @@ async fn cancel(req: Request<Incoming>, query: &[(String, String)], shared: &Sha
             Err(e) => return error(StatusCode::BAD_REQUEST, "bad-request", format!("malformed JSON body: {e}")),
         }
     }
-    let Ok(run) = RunId::parse(raw) else {
-        return error(StatusCode::BAD_REQUEST, "bad-request", "invalid run ID");
-    };
     let reason = reason.unwrap_or_else(|| "cancelled over HTTP".into());
     let host = query.iter().find(|(k, _)| k == "host").map(|(_, v)| v.as_str());
     tracing::info!(run_id = %run, host, %reason, "cancel requested over HTTP");
@@ -384,7 +377,7 @@ fn upgrade_agent(
     let role = request_token(req.headers(), query).map_or(Role::None, |t| shared.role(&t));
     let refusal = match role {
         Role::Agent => None,
-        Role::Viewer(_) => Some(WsError::new_pub("forbidden", 4403, "viewer tokens cannot register as a host")),
+        Role::Viewer(_) => Some(WsError::new("forbidden", 4403, "viewer tokens cannot register as a host")),
         Role::None => {
             Metrics::add(&shared.metrics.auth_failures, 1);
             Some(WsError::unauthorized())

@@ -27,6 +27,9 @@ use crate::protocol::{LaunchRequest, MAX_REQUEST_BYTES, Request, Response};
 use crate::run::{CancelError, LaunchError, RunTable, Spec};
 use crate::run_id::RunId;
 
+/// Subscriptions one connection may hold at once (each can pin a delivery
+/// of history in memory while its reader is slow).
+const MAX_SUBSCRIPTIONS: usize = 64;
 /// Lines (or line batches) queued for one connection's writer.
 const WRITE_QUEUE: usize = 32;
 
@@ -193,6 +196,11 @@ impl Connection {
                 };
                 if let Some(old) = self.subs.remove(&id) {
                     old.abort();
+                }
+                self.subs.retain(|_, h| !h.is_finished());
+                if self.subs.len() >= MAX_SUBSCRIPTIONS {
+                    let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
+                    return Some(Response::error("too-many-subscriptions", msg));
                 }
                 let feed = Feed::new(
                     self.table.journal().clone(),

@@ -73,11 +73,8 @@ pub struct WsError {
 }
 
 impl WsError {
-    fn new(code: &'static str, close: u16, message: impl Into<String>) -> Self {
+    pub fn new(code: &'static str, close: u16, message: impl Into<String>) -> Self {
         WsError { code, close, message: message.into(), last_seq: None }
-    }
-    pub fn new_pub(code: &'static str, close: u16, message: impl Into<String>) -> Self {
-        Self::new(code, close, message)
     }
     pub fn unauthorized() -> Self {
         Self::new("unauthorized", 4401, "missing or wrong token")
