@@ -99,21 +99,9 @@ impl Daemon {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let log = self.log();
-            if log.matches("runtap daemon ready").count() > ready_before {
-                let line = log.lines().rfind(|l| l.contains("runtap daemon ready")).unwrap();
-                let addr = line.split_whitespace().find_map(|w| w.strip_prefix("listen=")).unwrap();
-                self.addr = addr.to_owned();
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited early with {status}:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "daemon not ready in time:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log_path = self.log_path();
+        let line = wait_ready(self.child.as_mut().unwrap(), &log_path, "runtap daemon ready", ready_before);
+        self.addr = line.split_whitespace().find_map(|w| w.strip_prefix("listen=")).unwrap().to_owned();
     }
 
     /// The viewer token the daemon generated (or was configured with).
@@ -236,6 +224,23 @@ impl Drop for Daemon {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// Waits (bounded) until `log` holds more than `before` lines with `marker`,
+/// the process's own readiness line, and returns the newest one.
+pub fn wait_ready(child: &mut Child, log: &Path, marker: &str, before: usize) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(marker).count() > before {
+            return text.lines().rfind(|l| l.contains(marker)).unwrap().to_owned();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{marker:?} never came: exited with {status}:\n{text}");
+        }
+        assert!(Instant::now() < deadline, "{marker:?} not in time:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -467,17 +472,8 @@ impl Gateway {
             .spawn()
             .unwrap();
         self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if self.log().matches("runtap gateway ready").count() > ready_before {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("gateway exited early with {status}:\n{}", self.log());
-            }
-            assert!(Instant::now() < deadline, "gateway not ready in time:\n{}", self.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log_path = self.log_path();
+        wait_ready(self.child.as_mut().unwrap(), &log_path, "runtap gateway ready", ready_before);
     }
 
     /// The viewer token.
