@@ -8,7 +8,9 @@
 #   bench/run.sh --smoke    every scenario, tiny, in well under a minute; no thresholds (CI)
 #   bench/run.sh --only fanout,latency [--servers runtap,ws]   a subset (while profiling)
 #
-# Honours CARGO_TARGET_DIR. Needs cargo, node >= 20 with npm, python3.
+# Honours CARGO_TARGET_DIR, and RUNTAP_BIN (a runtap binary to measure instead
+# of the one built here, e.g. an older commit's, for before/after figures
+# from the same session). Needs cargo, node >= 20 with npm, python3.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
 
@@ -77,7 +79,7 @@ fi
 started=$(date +%s)
 log "building runtap and the load generator (target dir: $TARGET)"
 (cd "$ROOT" && cargo build --quiet --release --example loadgen --bin runtap)
-RUNTAP=$TARGET/release/runtap
+RUNTAP=${RUNTAP_BIN:-$TARGET/release/runtap}
 LOADGEN=$TARGET/release/examples/loadgen
 
 log "installing the Node baselines"

@@ -44,6 +44,11 @@ impl Delivery {
         let from = self.from;
         self.batches.iter().flat_map(|b| b.frames.iter()).filter(move |f| f.seq >= from)
     }
+
+    /// The shared batches and the first seq in them that is new.
+    pub fn into_parts(self) -> (Vec<Arc<Batch>>, u64) {
+        (self.batches, self.from)
+    }
 }
 
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //!
 //! - `unix`: the local socket (launch, subscribe, cancel, list, status).
 //! - `http`: the TCP listener: HTTP endpoints and WebSocket upgrades.
-//! - `ws`: one WebSocket session.
+//! - `ws`: one WebSocket session; `wire`: its frames on the socket.
 //! - `auth`: tokens and their scopes.
 //! - `metrics`: counters behind `/metrics` and `/healthz`.
 
@@ -11,6 +11,7 @@ pub mod backend;
 pub mod http;
 pub mod metrics;
 pub mod unix;
+pub mod wire;
 pub mod ws;
 
 use std::sync::{Arc, RwLock};

@@ -1,26 +1,26 @@
 //! One WebSocket session: authentication, subscriptions, heartbeat, limits.
 //!
-//! Tasks per session: this one (reads client messages, runs timers), a
-//! writer (owns the socket's write half; feeds every queued frame, then
-//! flushes once), and one per subscription (pulls its `Feed`). The queue
-//! from subscriptions to the writer is short; behind it, each
-//! subscription's hub queue is bounded in bytes. A client that stops reading
-//! therefore fills its own queues and gets `lagged` (1013), while the run
-//! and every other subscriber carry on. A write that makes no progress for
-//! `write_stall_timeout` ends the session.
+//! One task per connection reads client messages, pulls each
+//! subscription's feed and writes frames (see `wire`). It only pulls a feed
+//! while its outbox is short, so the backlog of a client that stops reading
+//! piles up in that subscription's hub queue, which is bounded in bytes:
+//! the client gets `lagged` (1013) while the run and every other subscriber
+//! carry on. A write that makes no progress for `write_stall_timeout` ends
+//! the session.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::BytesMut;
+use futures_util::{SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio::task::{AbortHandle, JoinSet};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -29,30 +29,24 @@ use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
 
 use super::auth::Scope;
 use super::metrics::Metrics;
+use super::wire::{self, ClientIo, Outbox};
 use super::{Role, Shared};
 use crate::event::Utf8Bytes;
 use crate::feed::{Delivery, Feed, FeedItem, LagPolicy};
 use crate::run_id::RunId;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
-
 /// Subscriptions one `/ws` session may hold at once: each can pin a
 /// delivery of history in memory while its client is slow.
 const MAX_SUBSCRIPTIONS: usize = 64;
-/// Deliveries queued between subscriptions and the writer. Small on
-/// purpose: the byte bound lives in each subscription's hub queue.
-const WRITER_QUEUE: usize = 16;
-/// Frames fed to the socket before a flush, so a busy stream still flushes regularly.
-const FRAMES_PER_FLUSH: usize = 512;
+/// The session pulls more from its feeds once less than this is waiting to
+/// be written. The outbox holds shared batches, not copies, so this only
+/// decides how soon a slow client's backlog moves to its bounded hub queue.
+const REFILL_BELOW: usize = 64 * 1024;
 /// tungstenite's read buffer, allocated up front per connection (its default
 /// is 128 KiB). Clients send a few small messages; larger ones still work,
 /// read in several chunks. 4 KiB → 1 KiB took idle RSS per subscriber at
 /// 10 000 from 13.8 to 10.7 KB (BENCHMARKS.md).
 const READ_BUFFER: usize = 1024;
-/// Bytes tungstenite collects before writing to the socket. Its buffer keeps
-/// its capacity, so this is roughly what each busy subscriber costs: at
-/// 64 KiB a 1000-subscriber fan-out held ~130 MB of write buffers.
-const WRITE_BUFFER: usize = 8 * 1024;
 
 /// Which endpoint the session came in on.
 pub enum Endpoint {
@@ -70,11 +64,13 @@ pub struct WsError {
     pub close: u16,
     pub message: String,
     pub last_seq: Option<u64>,
+    /// The run it is about, on `/ws` where a session has several.
+    pub run: Option<RunId>,
 }
 
 impl WsError {
     pub fn new(code: &'static str, close: u16, message: impl Into<String>) -> Self {
-        WsError { code, close, message: message.into(), last_seq: None }
+        WsError { code, close, message: message.into(), last_seq: None, run: None }
     }
     pub fn unauthorized() -> Self {
         Self::new("unauthorized", 4401, "missing or wrong token")
@@ -99,26 +95,21 @@ impl WsError {
         }
     }
 
-    pub fn to_json(&self, run: Option<&RunId>) -> Utf8Bytes {
+    pub fn with_run(mut self, run: RunId) -> Self {
+        self.run = Some(run);
+        self
+    }
+
+    pub fn to_json(&self) -> Utf8Bytes {
         let mut v = json!({"type": "error", "code": self.code, "message": self.message});
         if let Some(seq) = self.last_seq {
             v["lastSeq"] = seq.into();
         }
-        if let Some(run) = run {
+        if let Some(run) = &self.run {
             v["runId"] = run.as_str().into();
         }
         Utf8Bytes::from(v.to_string())
     }
-}
-
-/// What the writer task sends.
-enum Out {
-    Frames(Delivery),
-    Text(Utf8Bytes),
-    Ping,
-    /// Push out anything tungstenite queued itself (pongs).
-    Flush,
-    Close(u16, String),
 }
 
 #[derive(Deserialize)]
@@ -158,75 +149,101 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
+        // tungstenite only writes pongs and close replies here: pass them on at once.
+        .write_buffer_size(0)
         .max_message_size(Some(read_limit(max_frame_bytes)))
         .max_frame_size(Some(read_limit(max_frame_bytes)))
 }
 
+/// Why a session ended without an error of the client's making.
+enum End {
+    /// Send this close frame, then hang up.
+    Close(u16, &'static str),
+    /// The client closed, or the socket broke: send what is left (a close reply) if it goes.
+    PeerGone,
+    /// Writes made no progress for `write_stall_timeout`: hang up at once.
+    Stalled,
+}
+
 /// Runs a session to its end. `token` is the one from the header or query.
 pub async fn serve(upgraded: Upgraded, endpoint: Endpoint, token: Option<String>, shared: Arc<Shared>) {
+    // The listener serves plain TCP, so this holds; frames are written to
+    // the socket itself (see `wire`).
+    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            tracing::error!("websocket is not on a TCP stream; dropping it");
+            return;
+        }
+    };
     let cfg = shared.stream_config();
-    let ws =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config(cfg.max_frame_bytes)))
-            .await;
-    let (sink, mut stream) = ws.split();
-    let (tx, rx) = mpsc::channel(WRITER_QUEUE);
-    let mut writer = tokio::spawn(write_loop(sink, rx, cfg.write_stall_timeout, shared.metrics.clone()));
-    shared.metrics.websockets.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tcp = Arc::new(parts.io.into_inner());
+    let control = Arc::new(Mutex::new(BytesMut::new()));
+    let io = ClientIo::new(tcp.clone(), parts.read_buf, control.clone());
+    let reader = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config(cfg.max_frame_bytes))).await;
+    shared.metrics.websockets.fetch_add(1, Ordering::Relaxed);
     let mut session = Session {
         limiter: RateLimiter::new(cfg.max_messages_per_second, cfg.rate_burst),
         max_depth: cfg.max_json_depth,
         shared: shared.clone(),
-        tx,
+        tcp,
+        reader,
+        control,
+        outbox: Outbox::default(),
         scope: None,
-        subs: HashMap::new(),
-        feeds: JoinSet::new(),
+        subs: Subs::default(),
         single: matches!(endpoint, Endpoint::Single { .. }),
     };
-    let ended = tokio::select! {
-        r = session.run(&mut stream, endpoint, token) => r,
-        _ = &mut writer => Ok(()),
-    };
-    if let Err(err) = ended {
-        session.fail(err).await;
-        // Keep reading (and dropping) until the client closes, briefly.
-        let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = stream.next().await {} }).await;
+    match session.run(endpoint, token).await {
+        Ok(End::Close(code, reason)) => {
+            session.outbox.push_raw(wire::close_frame(code, reason));
+            session.drain(cfg.write_stall_timeout).await;
+        }
+        Ok(End::PeerGone) => {
+            session.pull_control();
+            session.drain(cfg.write_stall_timeout).await;
+        }
+        Ok(End::Stalled) => {}
+        Err(err) => {
+            tracing::debug!(code = err.code, close = err.close, message = %err.message, "closing websocket with error");
+            session.outbox.push_text(&err.to_json());
+            session.outbox.push_raw(wire::close_frame(err.close, err.code));
+            session.drain(cfg.write_stall_timeout).await;
+            // Keep reading (and dropping) until the client closes, briefly,
+            // so that unread client data does not turn the close into a
+            // reset that loses the error on the way.
+            let reader = &mut session.reader;
+            let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = reader.next().await {} }).await;
+        }
     }
-    session.feeds.shutdown().await;
-    drop(session.tx);
-    // The writer gets to deliver the close frame unless the peer is stalled.
-    if tokio::time::timeout(cfg.write_stall_timeout, &mut writer).await.is_err() {
-        writer.abort();
-    }
-    shared.metrics.websockets.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    shared.metrics.websockets.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// One task per connection: it reads client messages, pulls its
+/// subscriptions' feeds, and writes, so an idle subscriber costs one task
+/// and no buffer beyond tungstenite's small read buffer.
 struct Session {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Out>,
+    tcp: Arc<TcpStream>,
+    reader: WebSocketStream<ClientIo>,
+    /// What tungstenite wrote (pongs, close replies), to send between frames.
+    control: Arc<Mutex<BytesMut>>,
+    outbox: Outbox,
     /// Set once authenticated.
     scope: Option<Scope>,
-    /// Subscriptions by (host, run), so a second `subscribe` or `unsubscribe` can stop one.
-    subs: HashMap<(Option<String>, RunId), AbortHandle>,
-    feeds: JoinSet<()>,
+    subs: Subs,
     limiter: RateLimiter,
     max_depth: usize,
     single: bool,
 }
 
 impl Session {
-    async fn run(
-        &mut self,
-        stream: &mut SplitStream<Ws>,
-        endpoint: Endpoint,
-        token: Option<String>,
-    ) -> Result<(), WsError> {
+    async fn run(&mut self, endpoint: Endpoint, token: Option<String>) -> Result<End, WsError> {
         let cfg = self.shared.stream_config();
-        let mut heard = Instant::now();
         match token {
             Some(t) => self.authenticate(&t)?,
             None => {
-                let first = tokio::time::timeout(cfg.auth_timeout, stream.next()).await;
+                let first = tokio::time::timeout(cfg.auth_timeout, self.reader.next()).await;
                 let Ok(Some(Ok(Message::Text(text)))) = first else {
                     return Err(self.auth_failed());
                 };
@@ -235,49 +252,76 @@ impl Session {
                     Ok(ClientMsg::Auth { token }) => self.authenticate(&token)?,
                     _ => return Err(self.auth_failed()),
                 }
-                self.send(Out::Text(Utf8Bytes::from_static(r#"{"type":"authenticated"}"#))).await;
+                self.outbox.push_text(r#"{"type":"authenticated"}"#);
             }
         }
         if let Endpoint::Single { run, since, host } = endpoint {
-            self.subscribe(run?, since, host).await?;
+            self.subscribe(run?, since, host)?;
         }
         let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         let stop = self.shared.stop.clone();
+        let mut heard = Instant::now();
+        // When the outbox last moved, or last was empty: the stall clock.
+        let mut moved = Instant::now();
+        let mut idle = true;
         loop {
-            let deadline = heard + cfg.ping_timeout;
+            if idle {
+                moved = Instant::now();
+            }
+            match self.outbox.write_to(&self.tcp) {
+                Ok(true) => moved = Instant::now(),
+                Ok(false) => {}
+                Err(error) => {
+                    tracing::debug!(%error, "websocket write failed");
+                    return Ok(End::PeerGone);
+                }
+            }
+            idle = self.outbox.is_empty();
+            let refill = self.outbox.bytes() < REFILL_BELOW && !self.subs.is_empty();
             tokio::select! {
-                msg = stream.next() => {
+                msg = self.reader.next() => {
                     heard = Instant::now();
                     match msg {
-                        None | Some(Ok(Message::Close(_))) => return Ok(()),
+                        None => return Ok(End::PeerGone),
+                        Some(Ok(Message::Close(_))) => {
+                            // tungstenite queues the close reply; push it out.
+                            let _ = self.reader.flush().await;
+                            return Ok(End::PeerGone);
+                        }
                         Some(Ok(msg)) => self.on_message(msg).await?,
                         Some(Err(WsProtoError::Capacity(e))) => {
                             Metrics::add(&self.shared.metrics.oversized_messages, 1);
-                            return Err(WsError::new("message-too-large", 1009, format!("{e} (limit {} bytes)", cfg.max_frame_bytes)));
+                            let limit = cfg.max_frame_bytes;
+                            return Err(WsError::new("message-too-large", 1009, format!("{e} (limit {limit} bytes)")));
                         }
                         Some(Err(error)) => {
                             tracing::debug!(%error, "websocket read failed");
-                            return Ok(());
+                            return Ok(End::PeerGone);
                         }
                     }
                 }
-                Some(done) = self.feeds.join_next(), if !self.feeds.is_empty() => {
-                    if self.single && done.is_ok() {
-                        self.send(Out::Close(1000, "run ended".into())).await;
-                        return Ok(());
+                out = std::future::poll_fn(|cx| self.subs.poll_next(cx)), if refill => {
+                    if let Some(end) = self.on_feed(out)? {
+                        return Ok(end);
                     }
                 }
-                _ = ping.tick() => self.send(Out::Ping).await,
-                _ = tokio::time::sleep_until(deadline) => {
+                r = self.tcp.writable(), if !idle => {
+                    if r.is_err() {
+                        return Ok(End::PeerGone);
+                    }
+                }
+                _ = tokio::time::sleep_until(moved + cfg.write_stall_timeout), if !idle => {
+                    Metrics::add(&self.shared.metrics.write_stalls, 1);
+                    tracing::debug!("websocket write made no progress; dropping the peer");
+                    return Ok(End::Stalled);
+                }
+                _ = ping.tick() => self.outbox.push_raw(wire::encode(wire::PING, b"")),
+                _ = tokio::time::sleep_until(heard + cfg.ping_timeout) => {
                     Metrics::add(&self.shared.metrics.heartbeat_timeouts, 1);
                     tracing::debug!("peer did not answer pings; closing");
-                    self.send(Out::Close(1001, "ping timeout".into())).await;
-                    return Ok(());
+                    return Ok(End::Close(1001, "ping timeout"));
                 }
-                _ = stop.cancelled() => {
-                    self.send(Out::Close(1001, "server shutting down".into())).await;
-                    return Ok(());
-                }
+                _ = stop.cancelled() => return Ok(End::Close(1001, "server shutting down")),
             }
         }
     }
@@ -328,15 +372,12 @@ impl Session {
                     }
                     ClientMsg::Subscribe { run_id, since, host } => {
                         let run = WsError::for_run_id(run_id.as_deref())?;
-                        self.subscribe(run, since, host).await
+                        self.subscribe(run, since, host)
                     }
                     ClientMsg::Unsubscribe { run_id, host } => {
                         let run = WsError::for_run_id(run_id.as_deref())?;
-                        if let Some(h) = self.subs.remove(&(host, run.clone())) {
-                            h.abort();
-                        }
-                        let ack = json!({"type": "unsubscribed", "runId": run.as_str()}).to_string();
-                        self.send(Out::Text(ack.into())).await;
+                        self.subs.remove(&(host, run.clone()));
+                        self.outbox.push_text(&json!({"type": "unsubscribed", "runId": run.as_str()}).to_string());
                         Ok(())
                     }
                 }
@@ -352,24 +393,23 @@ impl Session {
             }
             Message::Ping(_) => {
                 self.check_message("")?;
-                self.send(Out::Flush).await;
+                // tungstenite has queued the pong; have it written to `control`.
+                let _ = self.reader.flush().await;
+                self.pull_control();
                 Ok(())
             }
             Message::Pong(_) | Message::Frame(_) | Message::Close(_) => Ok(()),
         }
     }
 
-    async fn subscribe(&mut self, run: RunId, since: u64, host: Option<String>) -> Result<(), WsError> {
+    fn subscribe(&mut self, run: RunId, since: u64, host: Option<String>) -> Result<(), WsError> {
         if !self.scope.as_ref().is_some_and(|s| s.allows(&run)) {
             return Err(WsError::forbidden(&run));
         }
         // A daemon has one host: `host` must not make two subscriptions to one run.
         let host = if self.shared.backend.table().is_some() { None } else { host };
         let key = (host.clone(), run.clone());
-        if let Some(old) = self.subs.remove(&key) {
-            old.abort();
-        }
-        self.subs.retain(|_, h| !h.is_finished());
+        self.subs.remove(&key);
         if self.subs.len() >= MAX_SUBSCRIPTIONS {
             return Err(WsError::bad_request(format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection")));
         }
@@ -378,165 +418,181 @@ impl Session {
             if let Some(h) = &host {
                 ack["host"] = json!(h);
             }
-            self.send(Out::Text(ack.to_string().into())).await;
+            self.outbox.push_text(&ack.to_string());
         }
-        let sub = Subscribe { shared: self.shared.clone(), run, since, host, tx: self.tx.clone(), multi: !self.single };
-        let handle = self.feeds.spawn(sub.run());
-        self.subs.insert(key, handle);
+        self.subs.insert(key, subscription(self.shared.clone(), run, since, host));
         Ok(())
     }
 
-    async fn send(&self, out: Out) {
-        // If the writer is gone the session is ending anyway.
-        let _ = self.tx.send(out).await;
+    /// Queues what a subscription produced; `Some` ends the session.
+    fn on_feed(&mut self, out: SubOut) -> Result<Option<End>, WsError> {
+        match out {
+            SubOut::Frames(delivery) => {
+                let (batches, from) = delivery.into_parts();
+                let (mut events, mut bytes) = (0, 0);
+                for batch in batches {
+                    let (e, b) = self.outbox.push_batch(batch, from);
+                    events += e;
+                    bytes += b;
+                }
+                Metrics::add(&self.shared.metrics.events_out, events);
+                Metrics::add(&self.shared.metrics.bytes_out, bytes);
+            }
+            SubOut::Text(text) => self.outbox.push_text(&text),
+            SubOut::End { .. } if self.single => return Ok(Some(End::Close(1000, "run ended"))),
+            SubOut::End { run, last_seq } => {
+                let end = json!({"type": "end", "runId": run.as_str(), "lastSeq": last_seq});
+                self.outbox.push_text(&end.to_string());
+            }
+            SubOut::Fail(err) => {
+                if err.code == "lagged" {
+                    Metrics::add(&self.shared.metrics.lagged_disconnects, 1);
+                }
+                return Err(err);
+            }
+        }
+        Ok(None)
     }
 
-    async fn fail(&self, err: WsError) {
-        tracing::debug!(code = err.code, close = err.close, message = %err.message, "closing websocket with error");
-        self.send(Out::Text(err.to_json(None))).await;
-        self.send(Out::Close(err.close, err.code.to_owned())).await;
+    /// Moves what tungstenite wrote into the outbox.
+    fn pull_control(&mut self) {
+        self.outbox.push_raw(wire::take_control(&self.control));
+    }
+
+    /// Writes out what is queued, for at most `limit`.
+    async fn drain(&mut self, limit: Duration) {
+        let (outbox, tcp) = (&mut self.outbox, &self.tcp);
+        let _ = tokio::time::timeout(limit, async {
+            while outbox.write_to(tcp).is_ok() && !outbox.is_empty() {
+                if tcp.writable().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
     }
 }
 
-/// One subscription's task: finds the run (at a gateway this may wait for
-/// a host to start it), then moves its feed into the writer queue.
-struct Subscribe {
-    shared: Arc<Shared>,
-    run: RunId,
-    since: u64,
-    host: Option<String>,
-    tx: mpsc::Sender<Out>,
-    multi: bool,
+/// What a subscription hands the session.
+enum SubOut {
+    Frames(Delivery),
+    /// A message of the session's own (a journal gap notice).
+    Text(Utf8Bytes),
+    /// The run is over and all of it was delivered.
+    End {
+        run: RunId,
+        last_seq: u64,
+    },
+    /// The subscription failed; the session closes with this error.
+    Fail(WsError),
 }
 
-impl Subscribe {
-    async fn run(self) {
-        let source = match self.shared.backend.source(self.host.as_deref(), &self.run).await {
-            Ok(s) => s,
-            Err(e) => {
-                let err = WsError::bad_request(e.to_string());
-                let _ = self.tx.send(Out::Text(err.to_json(Some(&self.run)))).await;
-                let _ = self.tx.send(Out::Close(err.close, err.code.to_owned())).await;
-                return;
+impl SubOut {
+    fn is_last(&self) -> bool {
+        matches!(self, SubOut::End { .. } | SubOut::Fail(_))
+    }
+}
+
+type SubKey = (Option<String>, RunId);
+type SubStream = Pin<Box<dyn Stream<Item = SubOut> + Send>>;
+
+/// The session's subscriptions, polled in turn so that one busy run cannot
+/// starve the others on the same connection.
+#[derive(Default)]
+struct Subs {
+    list: Vec<(SubKey, SubStream)>,
+    turn: usize,
+}
+
+impl Subs {
+    fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    fn insert(&mut self, key: SubKey, stream: SubStream) {
+        self.list.push((key, stream));
+    }
+
+    fn remove(&mut self, key: &SubKey) {
+        self.list.retain(|(k, _)| k != key);
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
+        let mut left = self.list.len();
+        while left > 0 && !self.list.is_empty() {
+            left -= 1;
+            let i = self.turn % self.list.len();
+            self.turn = self.turn.wrapping_add(1);
+            match self.list[i].1.as_mut().poll_next(cx) {
+                Poll::Ready(Some(out)) => {
+                    if out.is_last() {
+                        drop(self.list.swap_remove(i));
+                    }
+                    return Poll::Ready(out);
+                }
+                // Streams end with `End` or `Fail` and are removed then; a
+                // stream that ends anyway is removed, and all are polled again.
+                Poll::Ready(None) => {
+                    drop(self.list.swap_remove(i));
+                    left = self.list.len();
+                }
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}
+
+// `Feeding` is the state a subscription lives in; boxing it would cost an
+// extra allocation per subscriber for the sake of the short `Resolve`.
+#[allow(clippy::large_enum_variant)]
+enum SubState {
+    Resolve { shared: Arc<Shared>, run: RunId, since: u64, host: Option<String> },
+    Feeding(Feed),
+    Done,
+}
+
+/// One subscription as a stream: finds the run (at a gateway this may wait
+/// for a host to start it), then follows its feed to the end.
+fn subscription(shared: Arc<Shared>, run: RunId, since: u64, host: Option<String>) -> SubStream {
+    let start = SubState::Resolve { shared, run, since, host };
+    Box::pin(futures_util::stream::unfold(start, |state| async move {
+        let mut feed = match state {
+            SubState::Done => return None,
+            SubState::Feeding(feed) => feed,
+            SubState::Resolve { shared, run, since, host } => {
+                match shared.backend.source(host.as_deref(), &run).await {
+                    Ok(source) => Feed::new(source.journal, source.hub, run, since, true, LagPolicy::Close),
+                    Err(e) => {
+                        return Some((SubOut::Fail(WsError::bad_request(e.to_string()).with_run(run)), SubState::Done));
+                    }
+                }
             }
         };
-        let feed = Feed::new(source.journal, source.hub, self.run, self.since, true, LagPolicy::Close);
-        pump(feed, self.tx, self.multi, self.shared.metrics.clone()).await;
-    }
-}
-
-/// Moves one subscription's feed into the writer queue until the run ends.
-async fn pump(mut feed: Feed, tx: mpsc::Sender<Out>, announce_end: bool, metrics: Arc<Metrics>) {
-    loop {
-        let item = match feed.next().await {
-            Ok(item) => item,
-            Err(error) => {
-                tracing::warn!(run_id = %feed.run_id(), %error, "reading history failed");
-                let err = WsError::new("journal", 1011, error.to_string());
-                let _ = tx.send(Out::Text(err.to_json(Some(feed.run_id())))).await;
-                let _ = tx.send(Out::Close(err.close, err.code.to_owned())).await;
-                return;
-            }
-        };
-        let out = match item {
-            FeedItem::Frames(d) => Out::Frames(d),
-            FeedItem::Gap { from, to } => {
+        let out = match feed.next().await {
+            Ok(FeedItem::Frames(d)) => SubOut::Frames(d),
+            Ok(FeedItem::Gap { from, to }) => {
                 let msg = format!("events {from}..={to} are missing from the degraded journal");
-                Out::Text(WsError::new("journal-gap", 0, msg).to_json(Some(feed.run_id())))
+                SubOut::Text(WsError::new("journal-gap", 0, msg).with_run(feed.run_id().clone()).to_json())
             }
-            FeedItem::Lagged { last_seq } => {
-                Metrics::add(&metrics.lagged_disconnects, 1);
+            Ok(FeedItem::Lagged { last_seq }) => {
                 let mut err = WsError::new("lagged", 1013, "subscriber too slow; reconnect with since=lastSeq");
                 err.last_seq = Some(last_seq);
-                let _ = tx.send(Out::Text(err.to_json(Some(feed.run_id())))).await;
-                let _ = tx.send(Out::Close(1013, "lagged".into())).await;
-                return;
+                SubOut::Fail(err.with_run(feed.run_id().clone()))
             }
-            FeedItem::End => {
-                if announce_end {
-                    let end = json!({"type": "end", "runId": feed.run_id().as_str(), "lastSeq": feed.last_seq()});
-                    let _ = tx.send(Out::Text(end.to_string().into())).await;
-                }
-                return;
+            Ok(FeedItem::End) => SubOut::End { run: feed.run_id().clone(), last_seq: feed.last_seq() },
+            Err(error) => {
+                tracing::warn!(run_id = %feed.run_id(), %error, "reading history failed");
+                SubOut::Fail(WsError::new("journal", 1011, error.to_string()).with_run(feed.run_id().clone()))
             }
         };
-        if tx.send(out).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Owns the write half: feeds every queued item, then flushes once.
-async fn write_loop(
-    mut sink: SplitSink<Ws, Message>,
-    mut rx: mpsc::Receiver<Out>,
-    stall: Duration,
-    metrics: Arc<Metrics>,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        let mut fed = 0usize;
-        let mut close = None;
-        while let Some(out) = next.take() {
-            let r = match out {
-                Out::Frames(d) => {
-                    let (mut events, mut bytes) = (0u64, 0u64);
-                    let mut r = Ok(());
-                    for f in d.frames() {
-                        events += 1;
-                        bytes += f.json.len() as u64;
-                        r = feed(&mut sink, Message::Text(f.json.clone()), stall).await;
-                        if r.is_err() {
-                            break;
-                        }
-                    }
-                    fed += events as usize;
-                    Metrics::add(&metrics.events_out, events);
-                    Metrics::add(&metrics.bytes_out, bytes);
-                    r
-                }
-                Out::Text(t) => feed(&mut sink, Message::Text(t), stall).await,
-                Out::Ping => feed(&mut sink, Message::Ping(Default::default()), stall).await,
-                Out::Flush => Ok(()),
-                Out::Close(code, reason) => {
-                    close = Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() });
-                    Ok(())
-                }
-            };
-            if let Err(stalled) = r {
-                if stalled {
-                    Metrics::add(&metrics.write_stalls, 1);
-                    tracing::debug!("websocket write made no progress; dropping the peer");
-                }
-                return;
-            }
-            if close.is_some() || fed >= FRAMES_PER_FLUSH {
-                break;
-            }
-            next = rx.try_recv().ok();
-        }
-        if let Some(frame) = close {
-            let _ = tokio::time::timeout(stall, sink.send(Message::Close(Some(frame)))).await;
-            return;
-        }
-        match tokio::time::timeout(stall, sink.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => return,
-            Err(_) => {
-                Metrics::add(&metrics.write_stalls, 1);
-                return;
-            }
-        }
-    }
-}
-
-/// Err(true) on a stall, Err(false) on a closed or broken socket.
-async fn feed(sink: &mut SplitSink<Ws, Message>, msg: Message, stall: Duration) -> Result<(), bool> {
-    match tokio::time::timeout(stall, sink.feed(msg)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(false),
-        Err(_) => Err(true),
-    }
+        let next = if out.is_last() { SubState::Done } else { SubState::Feeding(feed) };
+        Some((out, next))
+    }))
 }
 
 /// Token bucket: `rate` messages per second, bursts up to `burst`.
@@ -598,7 +654,7 @@ pub async fn reject(upgraded: Upgraded, err: WsError) {
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config(1024))).await;
     let frame = CloseFrame { code: CloseCode::from(err.close), reason: err.code.into() };
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        ws.send(Message::Text(err.to_json(None))).await?;
+        ws.send(Message::Text(err.to_json())).await?;
         ws.send(Message::Close(Some(frame))).await
     })
     .await;
