@@ -5,6 +5,7 @@
 //! that need the fields (the CLI, tests) deserialize [`Event`].
 
 use base64::Engine as _;
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -172,6 +173,70 @@ impl Batch {
     }
 }
 
+/// Appends `s` as the inside of a JSON string, escaped exactly as
+/// `serde_json` escapes it, so hand-built events are byte-identical to
+/// serialized ones. serde_json looks up every byte in a table; output is
+/// most of what a busy daemon serializes (10–13 % of its CPU on a 1 GiB
+/// job), so this tests eight bytes at a time and copies clean runs whole.
+pub fn escape_json_into(out: &mut BytesMut, s: &str) {
+    let bytes = s.as_bytes();
+    let mut clean_from = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // Skip to the next byte that needs escaping, a word at a time.
+        while let Some(word) = bytes.get(i..i + 8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(word);
+            let mask = escape_mask(u64::from_le_bytes(w));
+            if mask != 0 {
+                // The lowest flagged byte is always a real one (see `escape_mask`).
+                i += (mask.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        while i < bytes.len() && !needs_escape(bytes[i]) {
+            i += 1;
+        }
+        let Some(&byte) = bytes.get(i) else { break };
+        out.extend_from_slice(&bytes[clean_from..i]);
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.extend_from_slice(&[HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]);
+            }
+        }
+        i += 1;
+        clean_from = i;
+    }
+    out.extend_from_slice(&bytes[clean_from..]);
+}
+
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// High bit set in each byte of `w` that is a control character, `"` or
+/// `\`. Bytes above a flagged one may be flagged falsely (a borrow carries
+/// into them), never bytes below it: the lowest flag is exact.
+fn escape_mask(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x;
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let quote = zero_byte(w ^ (ONES * u64::from(b'"')));
+    let backslash = zero_byte(w ^ (ONES * u64::from(b'\\')));
+    (control | quote | backslash) & HIGH
+}
+
 /// RFC 3339 UTC with microseconds, as the spec's examples show.
 pub fn now_timestamp() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -209,6 +274,22 @@ mod tests {
         assert!(json.contains(r#""encoding":"base64""#), "{json}");
         let back: Event = serde_json::from_str(&json).unwrap();
         assert_eq!(back.output_bytes().unwrap(), bytes);
+    }
+
+    #[test]
+    fn escaping_matches_serde_json() {
+        let mut cases: Vec<String> = (0u8..0x80).map(|b| format!("ab{}cdefghijklmnop", b as char)).collect();
+        cases.extend((0u8..0x80).map(|b| (b as char).to_string().repeat(19)));
+        cases.push("€ \"quoted\" back\\slash\ttab\u{1}\u{1f}\u{7f} é\r\n".repeat(37));
+        cases.push(String::new());
+        cases.push("x".repeat(100) + "\n");
+        for s in cases {
+            let mut out = BytesMut::new();
+            out.extend_from_slice(b"\"");
+            escape_json_into(&mut out, &s);
+            out.extend_from_slice(b"\"");
+            assert_eq!(std::str::from_utf8(&out).unwrap(), serde_json::to_string(&s).unwrap(), "{s:?}");
+        }
     }
 
     #[test]
