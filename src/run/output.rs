@@ -1,7 +1,7 @@
 //! Turning a byte stream from the child into output events.
 //!
 //! Rules (the issue's, and what terminals users expect):
-//! - read at most [`MAX_CHUNK`] at a time, and no event carries more;
+//! - no event carries more than [`MAX_CHUNK`] bytes;
 //! - an event carries whole lines when it can; a partial line is held for
 //!   `line_hold` (tens of ms) or until the buffer reaches `MAX_CHUNK`;
 //! - a cut that is not at a newline never splits a UTF-8 character, so text
@@ -10,27 +10,46 @@
 
 use std::time::Duration;
 
+use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{EventType, OutputData};
+use crate::event::EventType;
 
-/// Largest read from the child and largest event payload (before encoding).
+/// Largest event payload (before encoding).
 pub const MAX_CHUNK: usize = 64 * 1024;
+/// Largest read from the child. A job that fills every read gets bigger
+/// ones, up to this: each read is one message to the supervisor and one
+/// journal batch, so a fast job costs fewer wake-ups per byte, while a
+/// quiet one keeps a small buffer.
+const MAX_READ: usize = 1024 * 1024;
+/// Reads that fit in one allocation of the read buffer. Pieces handed to
+/// the supervisor keep their allocation alive until journaled; with room
+/// for several reads the buffer is usually free again when it is full, and
+/// is reused instead of a fresh one being faulted in.
+const READS_PER_BUFFER: usize = 4;
 
 /// A message from a stream reader to its run's supervisor.
 #[derive(Debug)]
 pub enum Output {
-    Data { stream: EventType, data: OutputData },
-    Eof { stream: EventType },
+    /// Event-sized pieces, in order, from one read.
+    Data {
+        stream: EventType,
+        pieces: Vec<Bytes>,
+    },
+    Eof {
+        stream: EventType,
+    },
 }
 
-/// Splits a byte stream into event-sized pieces. Pure logic, no I/O.
+/// Splits a byte stream into event-sized pieces. Pure logic, no I/O. The
+/// pieces are cut off the front of the buffer the child's output was read
+/// into, so they are not copied.
 #[derive(Default)]
 pub struct Chunker {
-    buf: Vec<u8>,
+    buf: BytesMut,
 }
 
 impl Chunker {
@@ -42,14 +61,22 @@ impl Chunker {
         !self.buf.is_empty()
     }
 
+    /// Makes room to read `n` more bytes (see [`READS_PER_BUFFER`]).
+    fn reserve(&mut self, n: usize) {
+        if self.buf.capacity() - self.buf.len() >= n || self.buf.try_reclaim(n) {
+            return;
+        }
+        self.buf.reserve(n * READS_PER_BUFFER);
+    }
+
     /// Takes the next ready piece. With `force`, a partial line is taken too
     /// (minus an incomplete trailing character, unless `eof`).
-    pub fn take(&mut self, force: bool, eof: bool) -> Option<Vec<u8>> {
+    pub fn take(&mut self, force: bool, eof: bool) -> Option<Bytes> {
         if self.buf.is_empty() {
             return None;
         }
         let limit = self.buf.len().min(MAX_CHUNK);
-        let cut = match self.buf[..limit].iter().rposition(|&b| b == b'\n') {
+        let cut = match memchr::memrchr(b'\n', &self.buf[..limit]) {
             Some(nl) => nl + 1,
             None if eof => limit,
             None if force || self.buf.len() >= MAX_CHUNK => match utf8_cut(&self.buf[..limit]) {
@@ -59,8 +86,7 @@ impl Chunker {
             },
             None => return None,
         };
-        let rest = self.buf.split_off(cut);
-        Some(std::mem::replace(&mut self.buf, rest))
+        Some(self.buf.split_to(cut).freeze())
     }
 }
 
@@ -97,13 +123,15 @@ pub async fn pump<R: AsyncRead + Unpin>(
     stop: CancellationToken,
 ) {
     let mut chunker = Chunker::default();
-    let mut scratch = vec![0u8; MAX_CHUNK];
+    let mut read_size = MAX_CHUNK;
     let mut hold_until: Option<Instant> = None;
     loop {
+        chunker.reserve(read_size);
+        let mut room = (&mut chunker.buf).limit(read_size);
         let read = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            r = reader.read(&mut scratch) => r,
+            r = reader.read_buf(&mut room) => r,
             _ = sleep_until(hold_until) => {
                 hold_until = None;
                 if !send_ready(&mut chunker, true, false, stream, &tx).await {
@@ -115,7 +143,9 @@ pub async fn pump<R: AsyncRead + Unpin>(
         match read {
             Ok(0) => break,
             Ok(n) => {
-                chunker.push(&scratch[..n]);
+                if n == read_size {
+                    read_size = (read_size * 2).min(MAX_READ);
+                }
                 if !send_ready(&mut chunker, false, false, stream, &tx).await {
                     return;
                 }
@@ -140,7 +170,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Sends every ready piece; false if the supervisor is gone.
+/// Sends every ready piece, as one message; false if the supervisor is gone.
 async fn send_ready(
     chunker: &mut Chunker,
     force: bool,
@@ -148,13 +178,8 @@ async fn send_ready(
     stream: EventType,
     tx: &mpsc::Sender<Output>,
 ) -> bool {
-    while let Some(piece) = chunker.take(force, eof) {
-        let data = OutputData::from_bytes(piece);
-        if tx.send(Output::Data { stream, data }).await.is_err() {
-            return false;
-        }
-    }
-    true
+    let pieces: Vec<Bytes> = std::iter::from_fn(|| chunker.take(force, eof)).collect();
+    pieces.is_empty() || tx.send(Output::Data { stream, pieces }).await.is_ok()
 }
 
 #[cfg(test)]
@@ -162,7 +187,7 @@ mod tests {
     use super::*;
 
     fn drain(c: &mut Chunker, force: bool, eof: bool) -> Vec<Vec<u8>> {
-        std::iter::from_fn(|| c.take(force, eof)).collect()
+        std::iter::from_fn(|| c.take(force, eof)).map(|b| b.to_vec()).collect()
     }
 
     #[test]
@@ -227,15 +252,11 @@ mod tests {
         let mut got = Vec::new();
         while let Some(msg) = rx.recv().await {
             match msg {
-                Output::Data { data, .. } => {
-                    let bytes = match data.encoding {
-                        Some(_) => {
-                            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &data.text).unwrap()
-                        }
-                        None => data.text.into_bytes(),
-                    };
-                    assert!(bytes.len() <= MAX_CHUNK);
-                    got.extend(bytes);
+                Output::Data { pieces, .. } => {
+                    for piece in pieces {
+                        assert!(piece.len() <= MAX_CHUNK);
+                        got.extend_from_slice(&piece);
+                    }
                 }
                 Output::Eof { .. } => break,
             }

@@ -20,8 +20,10 @@ use crate::hub::Publisher;
 use crate::journal::RunWriter;
 use crate::run_id::RunId;
 
-/// Output messages taken per journal batch: one write and one fan-out each.
-const BATCH_MESSAGES: usize = 256;
+/// Output bytes after which the supervisor stops taking queued messages
+/// into the current journal batch (one write and one fan-out each): keeps
+/// batches, and what a subscriber queue holds per batch, bounded by size.
+const BATCH_BYTES: usize = 1024 * 1024;
 /// Queue between stream readers and this task. Small: it only has to cover
 /// one journal write; beyond it the job waits on its pipe.
 const OUTPUT_QUEUE: usize = 64;
@@ -144,18 +146,16 @@ impl Supervisor {
         let mut drain_deadline: Option<Instant> = None;
         let mut fsync = tokio::time::interval(self.timing.fsync_interval);
         fsync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut msgs = Vec::with_capacity(BATCH_MESSAGES);
         while outcome.is_none() || open_streams > 0 {
             let kill_at = self.cancel.as_ref().filter(|c| !c.killed).map(|c| c.kill_at);
             tokio::select! {
-                n = rx.recv_many(&mut msgs, BATCH_MESSAGES), if open_streams > 0 => {
-                    if n == 0 {
-                        open_streams = 0; // every reader is gone
-                    } else {
-                        let ended = self.record_output(&mut msgs);
+                msg = rx.recv(), if open_streams > 0 => match msg {
+                    None => open_streams = 0, // every reader is gone
+                    Some(msg) => {
+                        let ended = self.record_output(msg, &mut rx);
                         open_streams = open_streams.saturating_sub(ended);
                     }
-                }
+                },
                 status = child.wait(), if outcome.is_none() => {
                     outcome = Some(match status {
                         Ok(status) => status.into(),
@@ -194,16 +194,23 @@ impl Supervisor {
         self.final_status(outcome)
     }
 
-    /// Journals and publishes one batch of output; returns how many streams ended.
-    fn record_output(&mut self, msgs: &mut Vec<Output>) -> usize {
+    /// Journals `first` and whatever else is queued (up to [`BATCH_BYTES`])
+    /// as one batch and publishes it; returns how many streams ended.
+    fn record_output(&mut self, first: Output, rx: &mut mpsc::Receiver<Output>) -> usize {
         let mut ended = 0;
-        for msg in msgs.drain(..) {
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(msg) = next {
             match msg {
-                Output::Data { stream, data } => {
-                    self.writer.append(Payload::Output { stream, data });
+                Output::Data { stream, pieces } => {
+                    for piece in pieces {
+                        bytes += piece.len();
+                        self.writer.append_output(stream, &piece);
+                    }
                 }
                 Output::Eof { .. } => ended += 1,
             }
+            next = if bytes < BATCH_BYTES { rx.try_recv().ok() } else { None };
         }
         self.publish(false);
         ended
