@@ -22,7 +22,7 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::feed::{Feed, FeedItem, LagPolicy};
+use crate::feed::{Delivery, Feed, FeedItem, LagPolicy};
 use crate::protocol::{LaunchRequest, MAX_REQUEST_BYTES, Request, Response};
 use crate::run::{CancelError, LaunchError, RunTable, Spec};
 use crate::run_id::RunId;
@@ -32,6 +32,21 @@ use crate::run_id::RunId;
 const MAX_SUBSCRIPTIONS: usize = 64;
 /// Lines (or line batches) queued for one connection's writer.
 const WRITE_QUEUE: usize = 32;
+/// Buffers handed to one `writev` (Linux's `IOV_MAX` is 1024).
+const MAX_IOVECS: usize = 512;
+
+/// What a connection's writer sends: a control line, or journaled frames
+/// sent from the shared batch buffers as they are, one line each.
+enum Out {
+    Line(Bytes),
+    Frames(Delivery),
+}
+
+impl From<Vec<u8>> for Out {
+    fn from(line: Vec<u8>) -> Self {
+        Out::Line(Bytes::from(line))
+    }
+}
 
 /// Knobs from the config that launches need.
 #[derive(Clone, Copy, Debug)]
@@ -128,23 +143,9 @@ struct Connection {
 
 impl Connection {
     async fn serve(mut self, stream: UnixStream, shutdown: CancellationToken) {
-        let (read, mut write) = stream.into_split();
-        let (tx, mut rx) = mpsc::channel::<Bytes>(WRITE_QUEUE);
-        let writer = tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                if write.write_all(&first).await.is_err() {
-                    return;
-                }
-                while let Ok(more) = rx.try_recv() {
-                    if write.write_all(&more).await.is_err() {
-                        return;
-                    }
-                }
-                if write.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::channel::<Out>(WRITE_QUEUE);
+        let writer = tokio::spawn(write_loop(write, rx));
         let codec = AnyDelimiterCodec::new_with_max_length(b"\n".to_vec(), Vec::new(), MAX_REQUEST_BYTES);
         let mut lines = FramedRead::new(read, codec);
         loop {
@@ -159,7 +160,7 @@ impl Connection {
                 Some(Ok(line)) => self.handle(&line, &tx),
                 Some(Err(AnyDelimiterCodecError::MaxChunkLengthExceeded)) => {
                     let msg = format!("request line over {MAX_REQUEST_BYTES} bytes");
-                    let _ = tx.send(Bytes::from(Response::error("message-too-large", msg).to_line())).await;
+                    let _ = tx.send(Response::error("message-too-large", msg).to_line().into()).await;
                     break;
                 }
                 Some(Err(AnyDelimiterCodecError::Io(error))) => {
@@ -168,7 +169,7 @@ impl Connection {
                 }
             };
             if let Some(answer) = answer
-                && tx.send(Bytes::from(answer.to_line())).await.is_err()
+                && tx.send(answer.to_line().into()).await.is_err()
             {
                 break;
             }
@@ -182,7 +183,7 @@ impl Connection {
     }
 
     /// Answers one request line; `None` when the answer is sent elsewhere.
-    fn handle(&mut self, line: &[u8], tx: &mpsc::Sender<Bytes>) -> Option<Response> {
+    fn handle(&mut self, line: &[u8], tx: &mpsc::Sender<Out>) -> Option<Response> {
         let request: Request = match serde_json::from_slice(line) {
             Ok(r) => r,
             Err(e) => return Some(Response::error("bad-request", format!("malformed request: {e}"))),
@@ -302,9 +303,62 @@ fn not_found(id: &RunId) -> Response {
     }
 }
 
+/// Writes whatever is queued for the connection with as few `writev`
+/// calls as it takes: frames go out straight from the journal's batch
+/// buffers, never copied into a line buffer first.
+async fn write_loop(mut write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
+    let mut queued: Vec<Out> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        queued.push(first);
+        while queued.len() < WRITE_QUEUE
+            && let Ok(more) = rx.try_recv()
+        {
+            queued.push(more);
+        }
+        let mut parts: Vec<&[u8]> = Vec::new();
+        for out in &queued {
+            match out {
+                Out::Line(line) => parts.push(line),
+                Out::Frames(delivery) => {
+                    for f in delivery.frames() {
+                        parts.extend([f.bytes(), b"\n"]);
+                    }
+                }
+            }
+        }
+        if write_all_vectored(&mut write, &parts).await.is_err() {
+            return;
+        }
+        queued.clear();
+    }
+}
+
+async fn write_all_vectored(write: &mut tokio::net::unix::OwnedWriteHalf, parts: &[&[u8]]) -> io::Result<()> {
+    let mut next = 0; // first part not completely written
+    let mut offset = 0; // bytes of parts[next] already written
+    while next < parts.len() {
+        let slices: Vec<io::IoSlice<'_>> = std::iter::once(&parts[next][offset..])
+            .chain(parts[next + 1..].iter().copied())
+            .take(MAX_IOVECS)
+            .map(io::IoSlice::new)
+            .collect();
+        let mut n = write.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while next < parts.len() && n >= parts[next].len() - offset {
+            n -= parts[next].len() - offset;
+            next += 1;
+            offset = 0;
+        }
+        offset += n;
+    }
+    Ok(())
+}
+
 /// Sends a subscription's frames, as lines, until the run ends.
-async fn stream_feed(mut feed: Feed, hello: Response, tx: mpsc::Sender<Bytes>) {
-    if tx.send(Bytes::from(hello.to_line())).await.is_err() {
+async fn stream_feed(mut feed: Feed, hello: Response, tx: mpsc::Sender<Out>) {
+    if tx.send(hello.to_line().into()).await.is_err() {
         return;
     }
     loop {
@@ -312,34 +366,28 @@ async fn stream_feed(mut feed: Feed, hello: Response, tx: mpsc::Sender<Bytes>) {
             Ok(item) => item,
             Err(error) => {
                 tracing::warn!(run_id = %feed.run_id(), %error, "reading history failed");
-                let _ = tx.send(Bytes::from(Response::error("journal", error.to_string()).to_line())).await;
+                let _ = tx.send(Response::error("journal", error.to_string()).to_line().into()).await;
                 return;
             }
         };
         let out = match item {
-            FeedItem::Frames(delivery) => {
-                let mut buf = Vec::with_capacity(delivery.frames().map(|f| f.json.len() + 1).sum());
-                for f in delivery.frames() {
-                    buf.extend_from_slice(f.bytes());
-                    buf.push(b'\n');
-                }
-                buf
-            }
+            FeedItem::Frames(delivery) => Out::Frames(delivery),
             FeedItem::Gap { from, to } => Response::error(
                 "journal-gap",
                 format!("events {from}..={to} of run {} are missing from its degraded journal", feed.run_id()),
             )
-            .to_line(),
+            .to_line()
+            .into(),
             FeedItem::Lagged { last_seq } => {
-                Response::error("lagged", format!("subscriber too slow; last seq sent {last_seq}")).to_line()
+                Response::error("lagged", format!("subscriber too slow; last seq sent {last_seq}")).to_line().into()
             }
             FeedItem::End => {
                 let end = Response::End { run_id: feed.run_id().to_string(), last_seq: feed.last_seq() };
-                let _ = tx.send(Bytes::from(end.to_line())).await;
+                let _ = tx.send(end.to_line().into()).await;
                 return;
             }
         };
-        if tx.send(Bytes::from(out)).await.is_err() {
+        if tx.send(out).await.is_err() {
             return;
         }
     }
