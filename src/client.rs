@@ -7,11 +7,14 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use base64::Engine as _;
+use serde::Deserializer;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::event::{Event, EventType, RunStatus};
+use crate::event::{Encoding, Event, EventType, RunStatus};
 use crate::protocol::{LaunchRequest, Request, Response};
 use crate::run::RunInfo;
 
@@ -41,9 +44,25 @@ pub enum Line {
 }
 
 pub struct Client {
-    reader: BufReader<OwnedReadHalf>,
+    reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
+    /// Bytes read from the daemon; `buf[start..]` is not yet handed out.
+    /// Lines are parsed where they were read, with no copy.
     buf: Vec<u8>,
+    start: usize,
+}
+
+/// Socket read size: big reads let a client that fell behind catch up in
+/// few syscalls and write its output in big pieces.
+const READ_BUFFER: usize = 1024 * 1024;
+
+/// What `Client::next_streamed` yields.
+pub enum Streamed {
+    /// An output event, written to the [`OutputSink`].
+    Output,
+    /// A status event.
+    Event(Box<Event>),
+    Control(Response),
 }
 
 impl Client {
@@ -51,7 +70,7 @@ impl Client {
         let stream =
             UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
         let (r, w) = stream.into_split();
-        Ok(Client { reader: BufReader::with_capacity(256 * 1024, r), writer: w, buf: Vec::new() })
+        Ok(Client { reader: r, writer: w, buf: Vec::with_capacity(READ_BUFFER), start: 0 })
     }
 
     pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
@@ -63,19 +82,70 @@ impl Client {
 
     /// The next line; events are recognised by their leading `runId` field.
     pub async fn next(&mut self) -> Result<Line, ClientError> {
-        self.buf.clear();
-        if self.reader.read_until(b'\n', &mut self.buf).await? == 0 {
-            return Err(ClientError::Closed);
-        }
-        let line = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
-        let bad = |e: serde_json::Error| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(line)));
+        let line = self.next_line().await?;
         if line.starts_with(br#"{"runId""#) {
-            Ok(Line::Event(Box::new(serde_json::from_slice(line).map_err(bad)?)))
+            Ok(Line::Event(Box::new(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?)))
         } else {
-            Ok(Line::Control(serde_json::from_slice(line).map_err(bad)?))
+            Ok(Line::Control(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?))
         }
     }
 
+    /// Like `next`, but output events go straight to `sink`: their data is
+    /// unescaped into the sink's buffer, with no `Event` built per chunk.
+    /// The sink is flushed whenever the client is about to wait for the
+    /// daemon, so output is as live as it arrives and as batched as it can be.
+    pub async fn next_streamed(&mut self, sink: &mut OutputSink) -> Result<Streamed, ClientError> {
+        if !self.has_line() {
+            sink.flush()?;
+        }
+        let line = self.next_line().await?;
+        if !line.starts_with(br#"{"runId""#) {
+            return Ok(Streamed::Control(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?));
+        }
+        let mut de = serde_json::Deserializer::from_slice(line);
+        let head = OutputSeed(&mut sink.data).deserialize(&mut de).map_err(|e| bad_line(e, line))?;
+        match head.kind {
+            Some(stream @ (EventType::Stdout | EventType::Stderr)) => {
+                sink.take_data(stream, head.encoding, head.seq)?;
+                Ok(Streamed::Output)
+            }
+            _ => {
+                sink.data.clear();
+                Ok(Streamed::Event(Box::new(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?)))
+            }
+        }
+    }
+
+    fn has_line(&self) -> bool {
+        memchr::memchr(b'\n', &self.buf[self.start..]).is_some()
+    }
+
+    /// The next line, without its newline, borrowed from the read buffer.
+    async fn next_line(&mut self) -> Result<&[u8], ClientError> {
+        let mut scanned = self.start;
+        loop {
+            if let Some(nl) = memchr::memchr(b'\n', &self.buf[scanned..]) {
+                let line = self.start..scanned + nl;
+                self.start = scanned + nl + 1;
+                return Ok(&self.buf[line]);
+            }
+            if self.start == self.buf.len() {
+                self.buf.clear();
+                self.start = 0;
+            }
+            scanned = self.buf.len();
+            if self.start > 0 && self.buf.capacity() - self.buf.len() < READ_BUFFER / 4 {
+                // Move the partial line to the front instead of growing.
+                self.buf.drain(..self.start);
+                scanned -= self.start;
+                self.start = 0;
+            }
+            self.buf.reserve(READ_BUFFER / 4);
+            if self.reader.read_buf(&mut self.buf).await? == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
     /// Sends a request and returns its control answer; `error` answers become `Refused`.
     pub async fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         self.send(req).await?;
@@ -88,6 +158,150 @@ impl Client {
                 Line::Control(r) => return Ok(r),
             }
         }
+    }
+}
+
+fn bad_line(e: serde_json::Error, line: &[u8]) -> ClientError {
+    ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(line)))
+}
+
+/// The fields of an event that say where its output goes; `data` itself
+/// is unescaped into the sink by [`OutputSeed`].
+struct OutputHead {
+    seq: u64,
+    kind: Option<EventType>,
+    encoding: Option<Encoding>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum Field {
+    Seq,
+    Type,
+    Encoding,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+/// Decodes one event line, appending its `data` string to the vector.
+struct OutputSeed<'a>(&'a mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for OutputSeed<'_> {
+    type Value = OutputHead;
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<OutputHead, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for OutputSeed<'_> {
+    type Value = OutputHead;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OutputHead, A::Error> {
+        let mut head = OutputHead { seq: 0, kind: None, encoding: None };
+        while let Some(key) = map.next_key::<Field>()? {
+            match key {
+                Field::Seq => head.seq = map.next_value()?,
+                Field::Type => head.kind = Some(map.next_value()?),
+                Field::Encoding => head.encoding = map.next_value()?,
+                Field::Data => map.next_value_seed(DataSeed(&mut *self.0))?,
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(head)
+    }
+}
+
+/// A JSON string appended to the vector as it is decoded.
+struct DataSeed<'a>(&'a mut Vec<u8>);
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        de.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for DataSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<(), E> {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Where `runtap run` and `logs` write the job's output: stdout and stderr
+/// each get exactly their own events' bytes, in event order. Output of one
+/// stream is gathered while events of that stream follow each other and
+/// written when the stream changes or the client would wait for the
+/// daemon: a few big writes instead of a write and a flush per event.
+#[derive(Default)]
+pub struct OutputSink {
+    /// Bytes not yet written, all of `stream`.
+    pending: Vec<u8>,
+    stream: Option<EventType>,
+    /// The current event's `data`, as decoded from JSON (base64 or text).
+    data: Vec<u8>,
+}
+
+/// Pending output written even while more is ready, to bound the buffer.
+const SINK_FLUSH: usize = 1024 * 1024;
+
+impl OutputSink {
+    /// Moves the decoded `data` of an output event into the pending bytes.
+    fn take_data(&mut self, stream: EventType, encoding: Option<Encoding>, seq: u64) -> Result<(), ClientError> {
+        if self.stream != Some(stream) {
+            self.flush()?;
+            self.stream = Some(stream);
+        }
+        match encoding {
+            Some(Encoding::Base64) => {
+                let bad = |e| ClientError::Protocol(format!("bad base64 in event {seq}: {e}"));
+                base64::engine::general_purpose::STANDARD.decode_vec(&self.data, &mut self.pending).map_err(bad)?;
+            }
+            None if self.pending.is_empty() => std::mem::swap(&mut self.pending, &mut self.data),
+            None => self.pending.extend_from_slice(&self.data),
+        }
+        self.data.clear();
+        if self.pending.len() >= SINK_FLUSH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes out what is pending.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match self.stream {
+            Some(EventType::Stdout) => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(&self.pending)?;
+                out.flush()?;
+            }
+            Some(EventType::Stderr) => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(&self.pending)?;
+                err.flush()?;
+            }
+            _ => {}
+        }
+        self.pending.clear();
+        Ok(())
     }
 }
 
@@ -126,11 +340,13 @@ pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
     let mut interrupts = 0;
     let mut final_event: Option<Event> = None;
     let mut started = false;
+    let mut sink = OutputSink::default();
     loop {
         let line = tokio::select! {
-            line = client.next() => line?,
+            line = client.next_streamed(&mut sink) => line?,
             _ = tokio::signal::ctrl_c() => {
                 interrupts += 1;
+                sink.flush()?;
                 if interrupts > 1 {
                     eprintln!("runtap: interrupted again; leaving run {run_id} to the daemon");
                     return Ok(130);
@@ -142,21 +358,22 @@ pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
             }
         };
         match line {
-            Line::Event(ev) => {
+            Streamed::Output => {}
+            Streamed::Event(ev) => {
                 started |= ev.status() == Some(RunStatus::Running);
                 if ev.status().is_some_and(RunStatus::is_final) {
                     final_event = Some(*ev);
-                } else {
-                    write_output(&ev)?;
                 }
             }
-            Line::Control(Response::End { .. }) => break,
-            Line::Control(Response::Error { code, message, .. }) if code != "finished" => {
+            Streamed::Control(Response::End { .. }) => break,
+            Streamed::Control(Response::Error { code, message, .. }) if code != "finished" => {
+                sink.flush()?;
                 eprintln!("runtap: {message}");
             }
-            Line::Control(_) => {}
+            Streamed::Control(_) => {}
         }
     }
+    sink.flush()?;
     let Some(ev) = final_event else {
         return Err(ClientError::Protocol("stream ended without a final status".into()));
     };
@@ -186,35 +403,24 @@ pub fn exit_code(ev: &Event) -> i32 {
     }
 }
 
-fn write_output(ev: &Event) -> Result<(), ClientError> {
-    let bytes = ev.output_bytes().map_err(|e| ClientError::Protocol(format!("bad base64 in event {}: {e}", ev.seq)))?;
-    match ev.kind {
-        EventType::Stdout => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)?;
-            out.flush()?;
-        }
-        EventType::Stderr => {
-            let mut err = std::io::stderr().lock();
-            err.write_all(&bytes)?;
-            err.flush()?;
-        }
-        EventType::Status => {}
-    }
-    Ok(())
-}
-
 /// `runtap logs`: print a run's output from its journal.
 pub async fn logs(socket: &Path, id: &str, since: u64, follow: bool) -> Result<i32, ClientError> {
     let mut client = Client::connect(socket).await?;
     client.call(&Request::Status { run_id: id.to_owned() }).await?;
     client.send(&Request::Subscribe { run_id: id.to_owned(), since, follow }).await?;
+    let mut sink = OutputSink::default();
     loop {
-        match client.next().await? {
-            Line::Event(ev) => write_output(&ev)?,
-            Line::Control(Response::End { .. }) => return Ok(0),
-            Line::Control(Response::Error { message, .. }) => eprintln!("runtap: {message}"),
-            Line::Control(_) => {}
+        match client.next_streamed(&mut sink).await? {
+            Streamed::Output | Streamed::Event(_) => {}
+            Streamed::Control(Response::End { .. }) => {
+                sink.flush()?;
+                return Ok(0);
+            }
+            Streamed::Control(Response::Error { message, .. }) => {
+                sink.flush()?;
+                eprintln!("runtap: {message}");
+            }
+            Streamed::Control(_) => {}
         }
     }
 }
