@@ -17,6 +17,7 @@
 //! as the spec asks for network subscribers.
 
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use crate::event::{Batch, Frame};
 use crate::hub::{Hub, Phase, Recv, Subscription};
@@ -69,7 +70,7 @@ pub enum FeedItem {
 
 enum State {
     Start,
-    History { reader: HistoryReader, until: u64, live: Option<Subscription> },
+    History { reader: Box<HistoryReader>, until: u64, live: Option<Subscription> },
     Live(Subscription),
     Done,
 }
@@ -109,14 +110,28 @@ impl Feed {
     /// should not drop a pending `next()` and then call it again.
     pub async fn next(&mut self) -> Result<FeedItem, JournalError> {
         loop {
+            if let Some(item) = self.step().await? {
+                return Ok(item);
+            }
+            if let Some(item) = std::future::poll_fn(|cx| self.poll_live(cx)).await {
+                return Ok(item);
+            }
+        }
+    }
+
+    /// Works through the phases that read the journal. Ok(None) once the
+    /// feed is live: from then on `poll_live` yields, with no future held
+    /// while waiting (what an idle WebSocket subscriber costs).
+    pub async fn step(&mut self) -> Result<Option<FeedItem>, JournalError> {
+        loop {
             match std::mem::replace(&mut self.state, State::Done) {
-                State::Done => return Ok(FeedItem::End),
+                State::Done => return Ok(Some(FeedItem::End)),
                 State::Start => self.start().await?,
                 State::History { mut reader, until, live } => {
                     let frames = reader.next_frames().await?;
                     if let Some(item) = self.deliver(vec![Arc::new(Batch { frames, last: false })]) {
                         self.state = State::History { reader, until, live };
-                        return Ok(item);
+                        return Ok(Some(item));
                     }
                     self.state = match live {
                         Some(sub) => State::Live(sub),
@@ -128,25 +143,43 @@ impl Feed {
                     if self.next <= until {
                         let gap = FeedItem::Gap { from: self.next, to: until };
                         self.next = until + 1;
-                        return Ok(gap);
+                        return Ok(Some(gap));
                     }
                 }
-                State::Live(mut sub) => match sub.recv().await {
-                    Recv::Batches(batches) => {
-                        self.state = State::Live(sub);
-                        if let Some(item) = self.deliver(batches) {
-                            return Ok(item);
-                        }
+                State::Live(sub) => {
+                    self.state = State::Live(sub);
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// The live phase: Ready(Some) with the next item, Ready(None) when the
+    /// feed is not live (any more), and `step` has to run.
+    pub fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<FeedItem>> {
+        loop {
+            let State::Live(sub) = &mut self.state else {
+                return Poll::Ready(None);
+            };
+            let item = match ready!(sub.poll_recv(cx)) {
+                Recv::Batches(batches) => self.deliver(batches),
+                Recv::Closed => {
+                    self.state = State::Done;
+                    Some(FeedItem::End)
+                }
+                Recv::Lagged => match self.lag {
+                    LagPolicy::Replay => {
+                        self.state = State::Start;
+                        None
                     }
-                    Recv::Closed => return Ok(FeedItem::End),
-                    Recv::Lagged => match self.lag {
-                        LagPolicy::Replay => {
-                            drop(sub);
-                            self.state = State::Start;
-                        }
-                        LagPolicy::Close => return Ok(FeedItem::Lagged { last_seq: self.last_seq() }),
-                    },
+                    LagPolicy::Close => {
+                        self.state = State::Done;
+                        Some(FeedItem::Lagged { last_seq: self.last_seq() })
+                    }
                 },
+            };
+            if item.is_some() {
+                return Poll::Ready(item);
             }
         }
     }
@@ -167,7 +200,7 @@ impl Feed {
                 }
                 _ => self.journal.history(&self.run, self.next, snap.last_seq).await?,
             };
-            State::History { reader, until: snap.last_seq, live }
+            State::History { reader: Box::new(reader), until: snap.last_seq, live }
         } else {
             match live {
                 Some(sub) => State::Live(sub),

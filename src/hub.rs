@@ -13,8 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use tokio::sync::Notify;
+use std::task::{Context, Poll, Waker};
 
 use crate::event::Batch;
 use crate::run_id::RunId;
@@ -81,8 +80,6 @@ struct TopicState {
 
 struct SubQueue {
     state: Mutex<QueueState>,
-    /// Wakes the one consumer; a permit is stored if it is not waiting yet.
-    notify: Notify,
 }
 
 #[derive(Default)]
@@ -91,6 +88,23 @@ struct QueueState {
     bytes: usize,
     lagged: bool,
     closed: bool,
+    /// The one consumer, if it is waiting. Kept here rather than in a
+    /// `Notify` so that waiting needs no future: an idle WebSocket
+    /// subscriber polls its queue directly and holds no waiter state.
+    waker: Option<Waker>,
+}
+
+impl QueueState {
+    /// Marks the queue changed; the caller wakes the returned waker after unlocking.
+    fn changed(&mut self) -> Option<Waker> {
+        self.waker.take()
+    }
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
+    }
 }
 
 /// A poisoned lock only means another thread panicked mid-update of plain
@@ -138,7 +152,7 @@ impl Hub {
         if st.phase == Phase::Closed {
             return (snap, None);
         }
-        let queue = Arc::new(SubQueue { state: Mutex::default(), notify: Notify::new() });
+        let queue = Arc::new(SubQueue { state: Mutex::default() });
         st.subs.push(queue.clone());
         drop(st);
         self.inner.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -218,8 +232,11 @@ impl Hub {
 
 fn close_all(st: &mut TopicState) {
     for q in st.subs.drain(..) {
-        lock(&q.state).closed = true;
-        q.notify.notify_one();
+        let mut qs = lock(&q.state);
+        qs.closed = true;
+        let waker = qs.changed();
+        drop(qs);
+        wake(waker);
     }
 }
 
@@ -255,8 +272,9 @@ impl Publisher {
                 qs.bytes += bytes;
                 true
             };
+            let waker = qs.changed();
             drop(qs);
-            q.notify.notify_one();
+            wake(waker);
             keep
         });
         if closing {
@@ -291,22 +309,26 @@ impl Subscription {
     /// Waits for queued batches and takes all of them at once, so a writer
     /// can send them with a single flush.
     pub async fn recv(&mut self) -> Recv {
-        loop {
-            {
-                let mut qs = lock(&self.queue.state);
-                if !qs.batches.is_empty() {
-                    qs.bytes = 0;
-                    return Recv::Batches(qs.batches.drain(..).collect());
-                }
-                if qs.lagged {
-                    return Recv::Lagged;
-                }
-                if qs.closed {
-                    return Recv::Closed;
-                }
-            }
-            self.queue.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// `recv` without a future, for callers that poll many subscriptions.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Recv> {
+        let mut qs = lock(&self.queue.state);
+        if !qs.batches.is_empty() {
+            qs.bytes = 0;
+            return Poll::Ready(Recv::Batches(qs.batches.drain(..).collect()));
         }
+        if qs.lagged {
+            return Poll::Ready(Recv::Lagged);
+        }
+        if qs.closed {
+            return Poll::Ready(Recv::Closed);
+        }
+        if !qs.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            qs.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 

@@ -343,8 +343,11 @@ fn upgrade_to(
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let token = request_token(req.headers(), query);
     let task_shared = shared.clone();
+    // Taken out of the request here so that the session task does not
+    // carry the whole request (hundreds of bytes per idle subscriber).
+    let upgrade = hyper::upgrade::on(req);
     shared.tracker.spawn(async move {
-        match hyper::upgrade::on(req).await {
+        match upgrade.await {
             Ok(upgraded) => ws::serve(upgraded, endpoint, token, task_shared).await,
             Err(error) => tracing::debug!(%error, "websocket upgrade failed"),
         }

@@ -246,6 +246,9 @@ pub struct ClientIo {
 
 impl ClientIo {
     pub fn new(tcp: Arc<TcpStream>, early: Bytes, control: Arc<Mutex<BytesMut>>) -> Self {
+        // `early` is a view into hyper's read buffer (8 KiB or more); keeping
+        // the view would keep that buffer for the life of the connection.
+        let early = if early.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&early) };
         ClientIo { tcp, early, control }
     }
 }

@@ -11,11 +11,11 @@
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::{SinkExt, Stream, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -33,6 +33,7 @@ use super::wire::{self, ClientIo, Outbox};
 use super::{Role, Shared};
 use crate::event::Utf8Bytes;
 use crate::feed::{Delivery, Feed, FeedItem, LagPolicy};
+use crate::journal::JournalError;
 use crate::run_id::RunId;
 
 /// Subscriptions one `/ws` session may hold at once: each can pin a
@@ -45,8 +46,9 @@ const REFILL_BELOW: usize = 64 * 1024;
 /// tungstenite's read buffer, allocated up front per connection (its default
 /// is 128 KiB). Clients send a few small messages; larger ones still work,
 /// read in several chunks. 4 KiB → 1 KiB took idle RSS per subscriber at
-/// 10 000 from 13.8 to 10.7 KB (BENCHMARKS.md).
-const READ_BUFFER: usize = 1024;
+/// 10 000 from 13.8 to 10.7 KB (BENCHMARKS.md); 256 bytes holds an auth or
+/// subscribe message whole.
+const READ_BUFFER: usize = 256;
 
 /// Which endpoint the session came in on.
 pub enum Endpoint {
@@ -166,20 +168,34 @@ enum End {
 }
 
 /// Runs a session to its end. `token` is the one from the header or query.
-pub async fn serve(upgraded: Upgraded, endpoint: Endpoint, token: Option<String>, shared: Arc<Shared>) {
+///
+/// Not an `async fn`: its arguments would stay in the session's future for
+/// its whole life, and an idle subscriber is mostly that future. Only the
+/// socket and a box with the start-up arguments are carried in.
+pub fn serve(
+    upgraded: Upgraded,
+    endpoint: Endpoint,
+    token: Option<String>,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send + 'static {
     // The listener serves plain TCP, so this holds; frames are written to
     // the socket itself (see `wire`).
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => {
+    let socket = upgraded.downcast::<TokioIo<TcpStream>>().ok().map(|p| (p.io.into_inner(), p.read_buf));
+    let start = Box::new((endpoint, token));
+    async move {
+        let Some((tcp, early)) = socket else {
             tracing::error!("websocket is not on a TCP stream; dropping it");
             return;
-        }
-    };
+        };
+        session(tcp, early, start, shared).await;
+    }
+}
+
+async fn session(tcp: TcpStream, early: bytes::Bytes, start: Box<(Endpoint, Option<String>)>, shared: Arc<Shared>) {
     let cfg = shared.stream_config();
-    let tcp = Arc::new(parts.io.into_inner());
+    let tcp = Arc::new(tcp);
     let control = Arc::new(Mutex::new(BytesMut::new()));
-    let io = ClientIo::new(tcp.clone(), parts.read_buf, control.clone());
+    let io = ClientIo::new(tcp.clone(), early, control.clone());
     let reader = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config(cfg.max_frame_bytes))).await;
     shared.metrics.websockets.fetch_add(1, Ordering::Relaxed);
     let mut session = Session {
@@ -192,9 +208,13 @@ pub async fn serve(upgraded: Upgraded, endpoint: Endpoint, token: Option<String>
         outbox: Outbox::default(),
         scope: None,
         subs: Subs::default(),
-        single: matches!(endpoint, Endpoint::Single { .. }),
+        single: matches!(start.0, Endpoint::Single { .. }),
     };
-    match session.run(endpoint, token).await {
+    let ended = match session.start(*start).await {
+        Ok(()) => session.run().await,
+        Err(err) => Err(err),
+    };
+    match ended {
         Ok(End::Close(code, reason)) => {
             session.outbox.push_raw(wire::close_frame(code, reason));
             session.drain(cfg.write_stall_timeout).await;
@@ -238,12 +258,12 @@ struct Session {
 }
 
 impl Session {
-    async fn run(&mut self, endpoint: Endpoint, token: Option<String>) -> Result<End, WsError> {
-        let cfg = self.shared.stream_config();
+    /// Authentication, and the subscription of a single-run endpoint.
+    async fn start(&mut self, (endpoint, token): (Endpoint, Option<String>)) -> Result<(), WsError> {
         match token {
             Some(t) => self.authenticate(&t)?,
             None => {
-                let first = tokio::time::timeout(cfg.auth_timeout, self.reader.next()).await;
+                let first = tokio::time::timeout(self.shared.stream_config().auth_timeout, self.reader.next()).await;
                 let Ok(Some(Ok(Message::Text(text)))) = first else {
                     return Err(self.auth_failed());
                 };
@@ -258,12 +278,23 @@ impl Session {
         if let Endpoint::Single { run, since, host } = endpoint {
             self.subscribe(run?, since, host)?;
         }
-        let mut ping = tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+        Ok(())
+    }
+
+    async fn run(&mut self) -> Result<End, WsError> {
+        let cfg = self.shared.stream_config();
         let stop = self.shared.stop.clone();
+        let stall = cfg.write_stall_timeout;
         let mut heard = Instant::now();
+        let mut next_ping = heard + cfg.ping_interval;
         // When the outbox last moved, or last was empty: the stall clock.
-        let mut moved = Instant::now();
+        let mut moved = heard;
         let mut idle = true;
+        // One timer for pings, the heartbeat and write stalls: it fires at
+        // the earliest deadline that might have passed, and each firing
+        // checks them all. Three timers would cost each idle session ~250 bytes more.
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
         loop {
             if idle {
                 moved = Instant::now();
@@ -277,6 +308,9 @@ impl Session {
                 }
             }
             idle = self.outbox.is_empty();
+            if !idle && timer.deadline() > moved + stall {
+                timer.as_mut().reset(moved + stall);
+            }
             let refill = self.outbox.bytes() < REFILL_BELOW && !self.subs.is_empty();
             tokio::select! {
                 msg = self.reader.next() => {
@@ -305,21 +339,32 @@ impl Session {
                         return Ok(end);
                     }
                 }
-                r = self.tcp.writable(), if !idle => {
+                r = std::future::poll_fn(|cx| self.tcp.poll_write_ready(cx)), if !idle => {
                     if r.is_err() {
                         return Ok(End::PeerGone);
                     }
                 }
-                _ = tokio::time::sleep_until(moved + cfg.write_stall_timeout), if !idle => {
-                    Metrics::add(&self.shared.metrics.write_stalls, 1);
-                    tracing::debug!("websocket write made no progress; dropping the peer");
-                    return Ok(End::Stalled);
-                }
-                _ = ping.tick() => self.outbox.push_raw(wire::encode(wire::PING, b"")),
-                _ = tokio::time::sleep_until(heard + cfg.ping_timeout) => {
-                    Metrics::add(&self.shared.metrics.heartbeat_timeouts, 1);
-                    tracing::debug!("peer did not answer pings; closing");
-                    return Ok(End::Close(1001, "ping timeout"));
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= heard + cfg.ping_timeout {
+                        Metrics::add(&self.shared.metrics.heartbeat_timeouts, 1);
+                        tracing::debug!("peer did not answer pings; closing");
+                        return Ok(End::Close(1001, "ping timeout"));
+                    }
+                    if !idle && now >= moved + stall {
+                        Metrics::add(&self.shared.metrics.write_stalls, 1);
+                        tracing::debug!("websocket write made no progress; dropping the peer");
+                        return Ok(End::Stalled);
+                    }
+                    if now >= next_ping {
+                        self.outbox.push_raw(wire::encode(wire::PING, b""));
+                        next_ping = now + cfg.ping_interval;
+                    }
+                    let mut next = next_ping.min(heard + cfg.ping_timeout);
+                    if !idle {
+                        next = next.min(moved + stall);
+                    }
+                    timer.as_mut().reset(next);
                 }
                 _ = stop.cancelled() => return Ok(End::Close(1001, "server shutting down")),
             }
@@ -420,7 +465,7 @@ impl Session {
             }
             self.outbox.push_text(&ack.to_string());
         }
-        self.subs.insert(key, subscription(self.shared.clone(), run, since, host));
+        self.subs.insert(key, Sub::new(self.shared.clone(), run, since, host));
         Ok(())
     }
 
@@ -494,13 +539,12 @@ impl SubOut {
 }
 
 type SubKey = (Option<String>, RunId);
-type SubStream = Pin<Box<dyn Stream<Item = SubOut> + Send>>;
 
 /// The session's subscriptions, polled in turn so that one busy run cannot
 /// starve the others on the same connection.
 #[derive(Default)]
 struct Subs {
-    list: Vec<(SubKey, SubStream)>,
+    list: Vec<(SubKey, Sub)>,
     turn: usize,
 }
 
@@ -513,8 +557,10 @@ impl Subs {
         self.list.len()
     }
 
-    fn insert(&mut self, key: SubKey, stream: SubStream) {
-        self.list.push((key, stream));
+    fn insert(&mut self, key: SubKey, sub: Sub) {
+        // Most sessions hold one subscription; a Vec's first growth would make room for four.
+        self.list.reserve_exact(1);
+        self.list.push((key, sub));
     }
 
     fn remove(&mut self, key: &SubKey) {
@@ -522,77 +568,113 @@ impl Subs {
     }
 
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
-        let mut left = self.list.len();
-        while left > 0 && !self.list.is_empty() {
-            left -= 1;
+        for _ in 0..self.list.len() {
             let i = self.turn % self.list.len();
             self.turn = self.turn.wrapping_add(1);
-            match self.list[i].1.as_mut().poll_next(cx) {
-                Poll::Ready(Some(out)) => {
-                    if out.is_last() {
-                        drop(self.list.swap_remove(i));
-                    }
-                    return Poll::Ready(out);
-                }
-                // Streams end with `End` or `Fail` and are removed then; a
-                // stream that ends anyway is removed, and all are polled again.
-                Poll::Ready(None) => {
+            if let Poll::Ready(out) = self.list[i].1.poll(cx) {
+                if out.is_last() {
                     drop(self.list.swap_remove(i));
-                    left = self.list.len();
                 }
-                Poll::Pending => {}
+                return Poll::Ready(out);
             }
         }
         Poll::Pending
     }
 }
 
-// `Feeding` is the state a subscription lives in; boxing it would cost an
-// extra allocation per subscriber for the sake of the short `Resolve`.
-#[allow(clippy::large_enum_variant)]
-enum SubState {
-    Resolve { shared: Arc<Shared>, run: RunId, since: u64, host: Option<String> },
-    Feeding(Feed),
+/// What a step through the journal gives back: the feed, and what it found.
+type Stepped = Result<(Feed, Result<Option<FeedItem>, JournalError>), WsError>;
+
+/// One subscription. While it follows the live stream it is just its feed,
+/// polled directly: an idle subscriber holds no future. Finding the run (at
+/// a gateway this may wait for a host to start it) and reading history
+/// run as a boxed future that hands the feed back.
+enum Sub {
+    Live(Feed),
+    Busy(Pin<Box<dyn Future<Output = Stepped> + Send>>),
     Done,
 }
 
-/// One subscription as a stream: finds the run (at a gateway this may wait
-/// for a host to start it), then follows its feed to the end.
-fn subscription(shared: Arc<Shared>, run: RunId, since: u64, host: Option<String>) -> SubStream {
-    let start = SubState::Resolve { shared, run, since, host };
-    Box::pin(futures_util::stream::unfold(start, |state| async move {
-        let mut feed = match state {
-            SubState::Done => return None,
-            SubState::Feeding(feed) => feed,
-            SubState::Resolve { shared, run, since, host } => {
-                match shared.backend.source(host.as_deref(), &run).await {
-                    Ok(source) => Feed::new(source.journal, source.hub, run, since, true, LagPolicy::Close),
-                    Err(e) => {
-                        return Some((SubOut::Fail(WsError::bad_request(e.to_string()).with_run(run)), SubState::Done));
+impl Sub {
+    fn new(shared: Arc<Shared>, run: RunId, since: u64, host: Option<String>) -> Self {
+        Sub::Busy(Box::pin(async move {
+            let source = match shared.backend.source(host.as_deref(), &run).await {
+                Ok(source) => source,
+                Err(e) => return Err(WsError::bad_request(e.to_string()).with_run(run)),
+            };
+            let mut feed = Feed::new(source.journal, source.hub, run, since, true, LagPolicy::Close);
+            let item = feed.step().await;
+            Ok((feed, item))
+        }))
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
+        loop {
+            let (feed, item) = match self {
+                Sub::Live(feed) => match feed.poll_live(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(item)) => {
+                        let out = SubOut::from_item(feed, Ok(item));
+                        if out.is_last() {
+                            *self = Sub::Done;
+                        }
+                        return Poll::Ready(out);
                     }
+                    // Not live (any more): back to the journal.
+                    Poll::Ready(None) => {
+                        let Sub::Live(mut feed) = std::mem::replace(self, Sub::Done) else {
+                            return Poll::Pending;
+                        };
+                        *self = Sub::Busy(Box::pin(async move {
+                            let item = feed.step().await;
+                            Ok((feed, item))
+                        }));
+                        continue;
+                    }
+                },
+                Sub::Busy(fut) => match ready!(fut.as_mut().poll(cx)) {
+                    Ok(stepped) => stepped,
+                    Err(err) => {
+                        *self = Sub::Done;
+                        return Poll::Ready(SubOut::Fail(err));
+                    }
+                },
+                // A finished subscription is removed on its last item, before this.
+                Sub::Done => return Poll::Pending,
+            };
+            match item {
+                Ok(None) => *self = Sub::Live(feed),
+                item => {
+                    let out = SubOut::from_item(&feed, item.map(|i| i.unwrap_or(FeedItem::End)));
+                    *self = if out.is_last() { Sub::Done } else { Sub::Live(feed) };
+                    return Poll::Ready(out);
                 }
             }
-        };
-        let out = match feed.next().await {
+        }
+    }
+}
+
+impl SubOut {
+    fn from_item(feed: &Feed, item: Result<FeedItem, JournalError>) -> SubOut {
+        let run = || feed.run_id().clone();
+        match item {
             Ok(FeedItem::Frames(d)) => SubOut::Frames(d),
             Ok(FeedItem::Gap { from, to }) => {
                 let msg = format!("events {from}..={to} are missing from the degraded journal");
-                SubOut::Text(WsError::new("journal-gap", 0, msg).with_run(feed.run_id().clone()).to_json())
+                SubOut::Text(WsError::new("journal-gap", 0, msg).with_run(run()).to_json())
             }
             Ok(FeedItem::Lagged { last_seq }) => {
                 let mut err = WsError::new("lagged", 1013, "subscriber too slow; reconnect with since=lastSeq");
                 err.last_seq = Some(last_seq);
-                SubOut::Fail(err.with_run(feed.run_id().clone()))
+                SubOut::Fail(err.with_run(run()))
             }
-            Ok(FeedItem::End) => SubOut::End { run: feed.run_id().clone(), last_seq: feed.last_seq() },
+            Ok(FeedItem::End) => SubOut::End { run: run(), last_seq: feed.last_seq() },
             Err(error) => {
                 tracing::warn!(run_id = %feed.run_id(), %error, "reading history failed");
-                SubOut::Fail(WsError::new("journal", 1011, error.to_string()).with_run(feed.run_id().clone()))
+                SubOut::Fail(WsError::new("journal", 1011, error.to_string()).with_run(run()))
             }
-        };
-        let next = if out.is_last() { SubState::Done } else { SubState::Feeding(feed) };
-        Some((out, next))
-    }))
+        }
+    }
 }
 
 /// Token bucket: `rate` messages per second, bursts up to `burst`.
@@ -687,5 +769,23 @@ mod tests {
         assert_eq!(WsError::for_run_id(Some("")).unwrap_err().code, "missing-run-id");
         let e = WsError::for_run_id(Some("../x")).unwrap_err();
         assert_eq!((e.code, e.close), ("bad-request", 4400));
+    }
+}
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn future_size<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle subscriber is mostly its session's future plus its feed
+    /// (issue 6: at most 4 KiB of RSS per idle subscriber, all told).
+    #[test]
+    fn an_idle_session_stays_small() {
+        let session = future_size(serve);
+        assert!(session <= 2048, "session future is {session} bytes");
+        let feed = std::mem::size_of::<Feed>();
+        assert!(feed <= 256, "Feed is {feed} bytes");
     }
 }
