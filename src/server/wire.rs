@@ -166,19 +166,22 @@ impl Outbox {
     pub fn write_to(&mut self, tcp: &TcpStream) -> io::Result<bool> {
         let mut progress = false;
         while !self.queue.is_empty() {
-            let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
-            let mut lens = [0usize; FRAMES_PER_WRITE];
-            for (i, piece) in self.pieces().take(FRAMES_PER_WRITE).enumerate() {
-                if let Piece::Text(p) = piece {
-                    lens[i] = header(TEXT, p.len(), &mut headers[i]);
-                }
+            // Sized to what is queued: a fixed array for the largest write
+            // would be zeroed on every call, ~12 KiB per subscriber per event.
+            let mut headers: Vec<([u8; 10], usize)> = Vec::with_capacity(self.queue.len().min(FRAMES_PER_WRITE));
+            for piece in self.pieces().take(FRAMES_PER_WRITE) {
+                let mut h = [0u8; 10];
+                let n = match piece {
+                    Piece::Text(p) => header(TEXT, p.len(), &mut h),
+                    Piece::Raw(_) => 0,
+                };
+                headers.push((h, n));
             }
-            let mut slices = [IoSlice::new(&[]); 2 * FRAMES_PER_WRITE];
-            let mut n = 0;
+            let mut slices = Vec::with_capacity(2 * headers.len());
             let mut skip = self.offset;
-            for (i, piece) in self.pieces().take(FRAMES_PER_WRITE).enumerate() {
+            for (piece, (h, n)) in self.pieces().zip(&headers) {
                 let (head, body) = match piece {
-                    Piece::Text(p) => (&headers[i][..lens[i]], p),
+                    Piece::Text(p) => (&h[..*n], p),
                     Piece::Raw(r) => (&[][..], r),
                 };
                 // Only the front piece can be partly written.
@@ -187,12 +190,11 @@ impl Outbox {
                 skip = 0;
                 for part in [&head[head_skip..], &body[body_skip..]] {
                     if !part.is_empty() {
-                        slices[n] = IoSlice::new(part);
-                        n += 1;
+                        slices.push(IoSlice::new(part));
                     }
                 }
             }
-            match tcp.try_write_vectored(&slices[..n]) {
+            match tcp.try_write_vectored(&slices) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => {
                     self.advance(written);
