@@ -295,6 +295,11 @@ impl Session {
         // checks them all. Three timers would cost each idle session ~250 bytes more.
         let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(timer);
+        // Made once: every `cancelled()` future registers with the one
+        // `Notify` all sessions share, and making one per loop turn had
+        // every session take that lock twice per event.
+        let stopped = stop.cancelled();
+        tokio::pin!(stopped);
         loop {
             if idle {
                 moved = Instant::now();
@@ -366,7 +371,7 @@ impl Session {
                     }
                     timer.as_mut().reset(next);
                 }
-                _ = stop.cancelled() => return Ok(End::Close(1001, "server shutting down")),
+                () = &mut stopped => return Ok(End::Close(1001, "server shutting down")),
             }
         }
     }
