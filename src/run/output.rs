@@ -10,38 +10,33 @@
 
 use std::time::Duration;
 
+use std::future::Future as _;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use bytes::{BufMut as _, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::sync::mpsc;
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::time::{Instant, Sleep};
 
 use crate::event::EventType;
 
 /// Largest event payload (before encoding).
 pub const MAX_CHUNK: usize = 64 * 1024;
 /// Largest read from the child. A job that fills every read gets bigger
-/// ones, up to this: each read is one message to the supervisor and one
-/// journal batch, so a fast job costs fewer wake-ups per byte, while a
-/// quiet one keeps a small buffer.
+/// ones, up to this: each read is one journal batch, so a fast job costs
+/// fewer wake-ups per byte, while a quiet one keeps a small buffer.
 const MAX_READ: usize = 1024 * 1024;
 /// Reads that fit in one allocation of the read buffer. Pieces handed to
-/// the supervisor keep their allocation alive until journaled; with room
+/// the journal keep their allocation alive until it is written; with room
 /// for several reads the buffer is usually free again when it is full, and
 /// is reused instead of a fresh one being faulted in.
 const READS_PER_BUFFER: usize = 4;
 
-/// A message from a stream reader to its run's supervisor.
+/// Event-sized pieces of one stream, in order, from one read.
 #[derive(Debug)]
-pub enum Output {
-    /// Event-sized pieces, in order, from one read.
-    Data {
-        stream: EventType,
-        pieces: Vec<Bytes>,
-    },
-    Eof {
-        stream: EventType,
-    },
+pub struct Output {
+    pub stream: EventType,
+    pub pieces: Vec<Bytes>,
 }
 
 /// Splits a byte stream into event-sized pieces. Pure logic, no I/O. The
@@ -111,75 +106,132 @@ fn utf8_cut(bytes: &[u8]) -> usize {
     len
 }
 
-/// Reads one of the child's streams until EOF (or `stop`, after the drain
-/// deadline) and sends its pieces to the supervisor. The channel is bounded:
-/// if the journal cannot keep up the child blocks on its pipe, as it would
-/// writing to a slow disk itself.
-pub async fn pump<R: AsyncRead + Unpin>(
-    mut reader: R,
+/// A job's output streams, read by the run's supervisor itself: no task
+/// and no message per read, and no queue of reads (up to 8 MiB with a
+/// reader task per stream). It keeps the job's back-pressure: while the
+/// journal is busy nobody reads, and the job waits on its full pipe, as it
+/// would writing to a slow disk itself.
+pub struct Readers {
+    streams: Vec<StreamReader>,
+    /// Where the next poll starts, so that one busy stream cannot starve the other.
+    turn: usize,
+}
+
+struct StreamReader {
+    reader: Box<dyn AsyncRead + Unpin + Send>,
     stream: EventType,
-    tx: mpsc::Sender<Output>,
+    chunker: Chunker,
+    read_size: usize,
     line_hold: Duration,
-    stop: CancellationToken,
-) {
-    let mut chunker = Chunker::default();
-    let mut read_size = MAX_CHUNK;
-    let mut hold_until: Option<Instant> = None;
-    loop {
-        chunker.reserve(read_size);
-        let mut room = (&mut chunker.buf).limit(read_size);
-        let read = tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            r = reader.read_buf(&mut room) => r,
-            _ = sleep_until(hold_until) => {
-                hold_until = None;
-                if !send_ready(&mut chunker, true, false, stream, &tx).await {
-                    return;
-                }
-                continue;
+    /// Fires when a partial line has been held for `line_hold`; armed
+    /// only while one is.
+    hold: Pin<Box<Sleep>>,
+    holding: bool,
+    done: bool,
+}
+
+impl Readers {
+    pub fn new(streams: Vec<(Box<dyn AsyncRead + Unpin + Send>, EventType)>, line_hold: Duration) -> Self {
+        let streams = streams
+            .into_iter()
+            .map(|(reader, stream)| StreamReader {
+                reader,
+                stream,
+                chunker: Chunker::default(),
+                read_size: MAX_CHUNK,
+                line_hold,
+                hold: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                holding: false,
+                done: false,
+            })
+            .collect();
+        Readers { streams, turn: 0 }
+    }
+
+    /// True once every stream has ended (or was stopped) and was flushed.
+    pub fn is_done(&self) -> bool {
+        self.streams.iter().all(|s| s.done)
+    }
+
+    /// The next ready pieces of any stream; None once all have ended.
+    /// Cancel-safe: all state lives in `self`.
+    pub async fn next(&mut self) -> Option<Output> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Output>> {
+        let n = self.streams.len();
+        for k in 0..n {
+            let i = (self.turn + k) % n;
+            if let Poll::Ready(Some(out)) = self.streams[i].poll_output(cx) {
+                self.turn = (i + 1) % n;
+                return Poll::Ready(Some(out));
             }
-        };
-        match read {
-            Ok(0) => break,
-            Ok(n) => {
-                if n == read_size {
-                    read_size = (read_size * 2).min(MAX_READ);
+        }
+        if self.is_done() { Poll::Ready(None) } else { Poll::Pending }
+    }
+
+    /// Stops reading (the drain deadline passed) and returns whatever is
+    /// buffered, partial lines included.
+    pub fn stop(&mut self) -> Vec<Output> {
+        self.streams.iter_mut().filter(|s| !s.done).filter_map(StreamReader::end).collect()
+    }
+}
+
+impl StreamReader {
+    /// Ready(Some) with pieces; Ready(None) once ended; Pending while
+    /// nothing is ready.
+    fn poll_output(&mut self, cx: &mut Context<'_>) -> Poll<Option<Output>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            if self.holding && self.hold.as_mut().poll(cx).is_ready() {
+                self.holding = false;
+                if let Some(out) = self.take(true, false) {
+                    return Poll::Ready(Some(out));
                 }
-                if !send_ready(&mut chunker, false, false, stream, &tx).await {
-                    return;
-                }
-                hold_until = chunker.has_partial().then(|| hold_until.unwrap_or_else(|| Instant::now() + line_hold));
             }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => {
-                tracing::warn!(?stream, %error, "reading job output failed; treating as end of stream");
-                break;
+            self.chunker.reserve(self.read_size);
+            let mut room = (&mut self.chunker.buf).limit(self.read_size);
+            // The read future borrows only `self`; dropping it when pending loses nothing.
+            match ready!(std::pin::pin!(self.reader.read_buf(&mut room)).poll(cx)) {
+                Ok(0) => return Poll::Ready(self.end()),
+                Ok(n) => {
+                    if n == self.read_size {
+                        self.read_size = (self.read_size * 2).min(MAX_READ);
+                    }
+                    let out = self.take(false, false);
+                    if !self.chunker.has_partial() {
+                        self.holding = false;
+                    } else if !self.holding {
+                        self.holding = true;
+                        self.hold.as_mut().reset(Instant::now() + self.line_hold);
+                    }
+                    if out.is_some() {
+                        return Poll::Ready(out);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => {
+                    tracing::warn!(stream = ?self.stream, %error, "reading job output failed; treating as end of stream");
+                    return Poll::Ready(self.end());
+                }
             }
         }
     }
-    if send_ready(&mut chunker, true, true, stream, &tx).await {
-        let _ = tx.send(Output::Eof { stream }).await;
-    }
-}
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
+    /// Marks the stream ended and takes everything still buffered.
+    fn end(&mut self) -> Option<Output> {
+        self.done = true;
+        self.holding = false;
+        self.take(true, true)
     }
-}
 
-/// Sends every ready piece, as one message; false if the supervisor is gone.
-async fn send_ready(
-    chunker: &mut Chunker,
-    force: bool,
-    eof: bool,
-    stream: EventType,
-    tx: &mpsc::Sender<Output>,
-) -> bool {
-    let pieces: Vec<Bytes> = std::iter::from_fn(|| chunker.take(force, eof)).collect();
-    pieces.is_empty() || tx.send(Output::Data { stream, pieces }).await.is_ok()
+    fn take(&mut self, force: bool, eof: bool) -> Option<Output> {
+        let pieces: Vec<Bytes> = std::iter::from_fn(|| self.chunker.take(force, eof)).collect();
+        (!pieces.is_empty()).then_some(Output { stream: self.stream, pieces })
+    }
 }
 
 #[cfg(test)]
@@ -232,7 +284,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn pump_reassembles_exact_bytes() {
+    async fn readers_reassemble_exact_bytes() {
         let mut input = Vec::new();
         for i in 0..5000u32 {
             input.extend_from_slice(format!("line {i} ").as_bytes());
@@ -241,27 +293,23 @@ mod tests {
                 input.push(b'\n');
             }
         }
-        let (tx, mut rx) = mpsc::channel(16);
-        let task = tokio::spawn(pump(
-            std::io::Cursor::new(input.clone()),
-            EventType::Stdout,
-            tx,
-            Duration::from_millis(20),
-            CancellationToken::new(),
-        ));
-        let mut got = Vec::new();
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                Output::Data { pieces, .. } => {
-                    for piece in pieces {
-                        assert!(piece.len() <= MAX_CHUNK);
-                        got.extend_from_slice(&piece);
-                    }
+        let streams: Vec<(Box<dyn AsyncRead + Unpin + Send>, EventType)> = vec![
+            (Box::new(std::io::Cursor::new(input.clone())), EventType::Stdout),
+            (Box::new(std::io::Cursor::new(input.clone())), EventType::Stderr),
+        ];
+        let mut readers = Readers::new(streams, Duration::from_millis(20));
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(Output { stream, pieces }) = readers.next().await {
+            for piece in pieces {
+                assert!(piece.len() <= MAX_CHUNK);
+                match stream {
+                    EventType::Stdout => out.extend_from_slice(&piece),
+                    _ => err.extend_from_slice(&piece),
                 }
-                Output::Eof { .. } => break,
             }
         }
-        task.await.unwrap();
-        assert_eq!(got, input);
+        assert!(readers.is_done());
+        assert_eq!(out, input);
+        assert_eq!(err, input);
     }
 }

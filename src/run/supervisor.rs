@@ -10,7 +10,6 @@ use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
 
 use super::child::{self, Outcome, Spec, Started, Streams};
 use super::output::{self, Output};
@@ -19,17 +18,6 @@ use crate::event::{EventType, Payload, RunStatus, StatusChange};
 use crate::hub::Publisher;
 use crate::journal::RunWriter;
 use crate::run_id::RunId;
-
-/// Output bytes after which the supervisor stops taking queued messages
-/// into the current journal batch (one write and one fan-out each): keeps
-/// batches, and what a subscriber queue holds per batch, bounded by size.
-const BATCH_BYTES: usize = 1024 * 1024;
-/// Queue between stream readers and this task, in reads (up to 1 MiB
-/// each). Small: it only has to cover one journal write; beyond it the
-/// job waits on its pipe. At 64 a job writing faster than the journal
-/// could keep 64 MiB queued (daemon peak RSS 130–170 MB on a 1 GiB
-/// binary job, against 70–85 MB with 64 KiB reads).
-const OUTPUT_QUEUE: usize = 8;
 
 /// Timing knobs, from `[runs]` and `[journal]` in the config.
 #[derive(Clone, Copy, Debug)]
@@ -129,36 +117,24 @@ impl Supervisor {
             StatusChange { status: Some(RunStatus::Running), pid: Some(pid), ..Default::default() },
             false,
         );
-        let (tx, mut rx) = mpsc::channel(OUTPUT_QUEUE);
-        let stop_readers = CancellationToken::new();
-        let mut open_streams: usize = 0;
-        let mut spawn_pump = |reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>, stream| {
-            open_streams += 1;
-            tokio::spawn(output::pump(reader, stream, tx.clone(), self.timing.line_hold, stop_readers.clone()));
-        };
-        match streams {
-            Streams::Pipes { stdout, stderr } => {
-                spawn_pump(Box::new(stdout), EventType::Stdout);
-                spawn_pump(Box::new(stderr), EventType::Stderr);
+        let mut readers = match streams {
+            Streams::Pipes { stdout, stderr } => output::Readers::new(
+                vec![(Box::new(stdout), EventType::Stdout), (Box::new(stderr), EventType::Stderr)],
+                self.timing.line_hold,
+            ),
+            Streams::Pty(reader) => {
+                output::Readers::new(vec![(Box::new(reader), EventType::Stdout)], self.timing.line_hold)
             }
-            Streams::Pty(reader) => spawn_pump(Box::new(reader), EventType::Stdout),
-        }
-        drop(tx);
+        };
 
         let mut outcome: Option<Outcome> = None;
         let mut drain_deadline: Option<Instant> = None;
         let mut fsync = tokio::time::interval(self.timing.fsync_interval);
         fsync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        while outcome.is_none() || open_streams > 0 {
+        while outcome.is_none() || !readers.is_done() {
             let kill_at = self.cancel.as_ref().filter(|c| !c.killed).map(|c| c.kill_at);
             tokio::select! {
-                msg = rx.recv(), if open_streams > 0 => match msg {
-                    None => open_streams = 0, // every reader is gone
-                    Some(msg) => {
-                        let ended = self.record_output(msg, &mut rx);
-                        open_streams = open_streams.saturating_sub(ended);
-                    }
-                },
+                Some(out) = readers.next(), if !readers.is_done() => self.record_output([out]),
                 status = child.wait(), if outcome.is_none() => {
                     outcome = Some(match status {
                         Ok(status) => status.into(),
@@ -175,7 +151,7 @@ impl Supervisor {
                         // stands; only stop waiting for leftover output.
                         tracing::info!(run_id = %self.run_id, "cancel after the job exited: ending leftovers");
                         let _ = child::signal_group(pgid, Signal::SIGTERM);
-                        stop_readers.cancel();
+                        self.record_output(readers.stop());
                     } else {
                         self.on_control(ctl, pgid);
                     }
@@ -183,7 +159,7 @@ impl Supervisor {
                 _ = sleep_until(kill_at) => self.kill(pgid),
                 _ = sleep_until(drain_deadline) => {
                     tracing::info!(run_id = %self.run_id, "output still open after the job exited; closing it");
-                    stop_readers.cancel();
+                    self.record_output(readers.stop());
                     drain_deadline = None;
                 }
                 _ = fsync.tick() => self.start_sync(),
@@ -197,26 +173,14 @@ impl Supervisor {
         self.final_status(outcome)
     }
 
-    /// Journals `first` and whatever else is queued (up to [`BATCH_BYTES`])
-    /// as one batch and publishes it; returns how many streams ended.
-    fn record_output(&mut self, first: Output, rx: &mut mpsc::Receiver<Output>) -> usize {
-        let mut ended = 0;
-        let mut bytes = 0;
-        let mut next = Some(first);
-        while let Some(msg) = next {
-            match msg {
-                Output::Data { stream, pieces } => {
-                    for piece in pieces {
-                        bytes += piece.len();
-                        self.writer.append_output(stream, &piece);
-                    }
-                }
-                Output::Eof { .. } => ended += 1,
+    /// Journals output as one batch and publishes it.
+    fn record_output(&mut self, outputs: impl IntoIterator<Item = Output>) {
+        for Output { stream, pieces } in outputs {
+            for piece in pieces {
+                self.writer.append_output(stream, &piece);
             }
-            next = if bytes < BATCH_BYTES { rx.try_recv().ok() } else { None };
         }
         self.publish(false);
-        ended
     }
 
     fn on_control(&mut self, ctl: Control, pgid: nix::unistd::Pid) {
