@@ -5,6 +5,7 @@
 //! itself failed (daemon unreachable, launch refused, connection lost).
 
 use std::io::Write;
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -329,8 +330,22 @@ pub struct OutputSink {
 
 /// Pending output written even while more is ready, to bound the buffer.
 const SINK_FLUSH: usize = 1024 * 1024;
+/// Capacity asked for stdout and stderr when they are pipes (Linux
+/// defaults to 64 KiB): a 1 MiB write into a 64 KiB pipe blocks 16 times,
+/// and each block is a context switch for runtap and its reader.
+const OUTPUT_PIPE_SIZE: i32 = SINK_FLUSH as i32;
 
 impl OutputSink {
+    /// A sink for this process's stdout and stderr, with their pipes grown.
+    pub fn new() -> Self {
+        for fd in [std::io::stdout().as_fd(), std::io::stderr().as_fd()] {
+            // Best effort: not a pipe (a terminal, a file), or above
+            // /proc/sys/fs/pipe-max-size, and it stays as it is.
+            let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE));
+        }
+        OutputSink::default()
+    }
+
     /// Moves the decoded `data` of an output event into the pending bytes.
     fn take_data(&mut self, stream: EventType, encoding: Option<Encoding>, seq: u64) -> Result<(), ClientError> {
         if self.stream != Some(stream) {
@@ -410,7 +425,7 @@ pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
     let mut interrupts = 0;
     let mut final_event: Option<Event> = None;
     let mut started = false;
-    let mut sink = OutputSink::default();
+    let mut sink = OutputSink::new();
     loop {
         let line = tokio::select! {
             line = client.next_streamed(&mut sink) => line?,
@@ -478,7 +493,7 @@ pub async fn logs(socket: &Path, id: &str, since: u64, follow: bool) -> Result<i
     let mut client = Client::connect(socket).await?;
     client.call(&Request::Status { run_id: id.to_owned() }).await?;
     client.send(&Request::Subscribe { run_id: id.to_owned(), since, follow }).await?;
-    let mut sink = OutputSink::default();
+    let mut sink = OutputSink::new();
     loop {
         match client.next_streamed(&mut sink).await? {
             Streamed::Output | Streamed::Event(_) => {}
