@@ -35,6 +35,32 @@ const WRITE_QUEUE: usize = 32;
 /// Buffers handed to one `writev` (Linux's `IOV_MAX` is 1024).
 const MAX_IOVECS: usize = 512;
 
+/// Send buffer asked for each connection (the kernel default is ~208 KiB):
+/// a journal batch of a fast job (up to 1 MiB) then goes out in one
+/// `writev` instead of one per ~208 KiB the client has read, each after a
+/// wake-up. 1 GiB through `runtap run`: daemon context switches 20 600 ->
+/// 14 000, the client's 7 100 -> 3 900.
+const SEND_BUFFER: usize = 2 * 1024 * 1024;
+
+/// Best effort: above `net.core.wmem_max` the kernel caps it, and a failure
+/// only leaves the default. No safe wrapper: nix's `socket` feature is off.
+#[allow(unsafe_code)]
+fn set_send_buffer(stream: &UnixStream, bytes: usize) {
+    use std::os::fd::AsRawFd as _;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: SO_SNDBUF reads one c_int through the pointer, which is valid
+    // for the call; the fd is the open socket that `stream` owns.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 /// What a connection's writer sends: a control line, or journaled frames
 /// sent from the shared batch buffers as they are, one line each.
 enum Out {
@@ -124,6 +150,7 @@ pub async fn serve(
                 }
             },
         };
+        set_send_buffer(&stream, SEND_BUFFER);
         let uid = stream.peer_cred().ok().map(|c| c.uid());
         tracing::debug!(peer_uid = ?uid, "unix connection");
         let conn = Connection { table: table.clone(), defaults, uid, subs: HashMap::new(), tasks: JoinSet::new() };
