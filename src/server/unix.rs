@@ -43,22 +43,9 @@ const MAX_IOVECS: usize = 512;
 const SEND_BUFFER: usize = 2 * 1024 * 1024;
 
 /// Best effort: above `net.core.wmem_max` the kernel caps it, and a failure
-/// only leaves the default. No safe wrapper: nix's `socket` feature is off.
-#[allow(unsafe_code)]
+/// only leaves the default.
 fn set_send_buffer(stream: &UnixStream, bytes: usize) {
-    use std::os::fd::AsRawFd as _;
-    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: SO_SNDBUF reads one c_int through the pointer, which is valid
-    // for the call; the fd is the open socket that `stream` owns.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&raw const size).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+    let _ = nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::SndBuf, &bytes);
 }
 
 /// What a connection's writer sends: a control line, or journaled frames
