@@ -462,3 +462,19 @@ async fn subscriptions_per_socket_connection_are_capped() {
     }
     assert_eq!((subscribed, refused), (64, 1));
 }
+
+/// A run is over when its job has exited and its output has ended, not at
+/// the next timer tick: with the fsync interval at 30 s, twenty quick runs
+/// take a fraction of a second. (A select branch that stopped on the
+/// readers' end once left runs waiting for another branch to fire: about
+/// 200 ms each here, and up to the fsync interval.)
+#[test]
+fn a_run_ends_with_its_job_not_on_a_timer_tick() {
+    let d = Daemon::start_with("[journal]\nfsync_interval = \"30s\"\n");
+    let started = Instant::now();
+    for _ in 0..10 {
+        assert!(d.run(&["run", "--", "true"]).status.success());
+        assert!(d.run(&["run", "--", "sh", "-c", "echo out; echo err >&2"]).status.success());
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "20 runs took {:?}", started.elapsed());
+}

@@ -134,7 +134,14 @@ impl Supervisor {
         while outcome.is_none() || !readers.is_done() {
             let kill_at = self.cancel.as_ref().filter(|c| !c.killed).map(|c| c.kill_at);
             tokio::select! {
-                Some(out) = readers.next(), if !readers.is_done() => self.record_output([out]),
+                // None when the last stream ends: the loop condition then
+                // sees it at once (a `Some(out)` pattern would disable this
+                // branch and leave the loop waiting on the next fsync tick).
+                out = readers.next(), if !readers.is_done() => {
+                    if let Some(out) = out {
+                        self.record_output([out]);
+                    }
+                }
                 status = child.wait(), if outcome.is_none() => {
                     outcome = Some(match status {
                         Ok(status) => status.into(),
