@@ -32,6 +32,7 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a partial line is held back, hoping for its newline, before it is flushed.
 pub const DEFAULT_LINE_HOLD: Duration = Duration::from_millis(20);
+pub const DEFAULT_COALESCE: Duration = Duration::from_millis(2);
 /// PTY width for `--pty` runs.
 pub const DEFAULT_PTY_COLS: u16 = 160;
 /// PTY height for `--pty` runs.
@@ -158,6 +159,8 @@ pub struct RunsConfig {
     pub drain_timeout: Duration,
     #[serde(deserialize_with = "de_duration")]
     pub line_hold: Duration,
+    #[serde(deserialize_with = "de_duration")]
+    pub coalesce: Duration,
     pub pty_cols: u16,
     pub pty_rows: u16,
     /// What daemon shutdown does to active runs.
@@ -245,6 +248,7 @@ impl Default for RunsConfig {
             grace_period: DEFAULT_GRACE_PERIOD,
             drain_timeout: DEFAULT_DRAIN_TIMEOUT,
             line_hold: DEFAULT_LINE_HOLD,
+            coalesce: DEFAULT_COALESCE,
             pty_cols: DEFAULT_PTY_COLS,
             pty_rows: DEFAULT_PTY_ROWS,
             shutdown_policy: ShutdownPolicy::Cancel,

@@ -82,7 +82,7 @@ fn run_limits(config: &Config) -> RunLimits {
         timing: Timing {
             grace_period: config.runs.grace_period,
             drain_timeout: config.runs.drain_timeout,
-            line_hold: config.runs.line_hold,
+            pacing: crate::run::output::Pacing { line_hold: config.runs.line_hold, coalesce: config.runs.coalesce },
             fsync_interval: config.journal.fsync_interval,
             pty_size: (config.runs.pty_cols, config.runs.pty_rows),
         },

@@ -106,6 +106,16 @@ fn utf8_cut(bytes: &[u8]) -> usize {
     len
 }
 
+/// How output is cut into events over time (`[runs]` in the config).
+#[derive(Clone, Copy, Debug)]
+pub struct Pacing {
+    /// A partial line waits this long for its newline.
+    pub line_hold: Duration,
+    /// Complete lines that follow an event within this long are sent
+    /// together when it has passed (see `runs.coalesce` in config.toml).
+    pub coalesce: Duration,
+}
+
 /// A job's output streams, read by the run's supervisor itself: no task
 /// and no message per read, and no queue of reads (up to 8 MiB with a
 /// reader task per stream). It keeps the job's back-pressure: while the
@@ -123,6 +133,13 @@ struct StreamReader {
     chunker: Chunker,
     read_size: usize,
     line_hold: Duration,
+    /// Complete lines that arrive within this long of the last event wait
+    /// for its end and go out together (zero: every read at once).
+    coalesce: Duration,
+    last_event: Option<Instant>,
+    /// Fires at the end of the coalescing window; armed only while lines wait.
+    batch: Pin<Box<Sleep>>,
+    batching: bool,
     /// Fires when a partial line has been held for `line_hold`; armed
     /// only while one is.
     hold: Pin<Box<Sleep>>,
@@ -131,7 +148,7 @@ struct StreamReader {
 }
 
 impl Readers {
-    pub fn new(streams: Vec<(Box<dyn AsyncRead + Unpin + Send>, EventType)>, line_hold: Duration) -> Self {
+    pub fn new(streams: Vec<(Box<dyn AsyncRead + Unpin + Send>, EventType)>, pacing: Pacing) -> Self {
         let streams = streams
             .into_iter()
             .map(|(reader, stream)| StreamReader {
@@ -139,7 +156,11 @@ impl Readers {
                 stream,
                 chunker: Chunker::default(),
                 read_size: MAX_CHUNK,
-                line_hold,
+                line_hold: pacing.line_hold,
+                coalesce: pacing.coalesce,
+                last_event: None,
+                batch: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                batching: false,
                 hold: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 holding: false,
                 done: false,
@@ -186,8 +207,15 @@ impl StreamReader {
             return Poll::Ready(None);
         }
         loop {
+            if self.batching && self.batch.as_mut().poll(cx).is_ready() {
+                self.batching = false;
+                if let Some(out) = self.take(false, false) {
+                    return Poll::Ready(Some(out));
+                }
+            }
             if self.holding && self.hold.as_mut().poll(cx).is_ready() {
                 self.holding = false;
+                self.batching = false;
                 if let Some(out) = self.take(true, false) {
                     return Poll::Ready(Some(out));
                 }
@@ -201,7 +229,7 @@ impl StreamReader {
                     if n == self.read_size {
                         self.read_size = (self.read_size * 2).min(MAX_READ);
                     }
-                    let out = self.take(false, false);
+                    let out = if self.batching || self.wait_for_more() { None } else { self.take(false, false) };
                     if !self.chunker.has_partial() {
                         self.holding = false;
                     } else if !self.holding {
@@ -221,16 +249,38 @@ impl StreamReader {
         }
     }
 
+    /// Whether complete lines just read should wait for the end of the
+    /// coalescing window (armed here) rather than go out now. The first
+    /// lines after a quiet spell go at once; a full chunk never waits.
+    fn wait_for_more(&mut self) -> bool {
+        let Some(last) = self.last_event else { return false };
+        let until = last + self.coalesce;
+        if self.coalesce.is_zero() || self.chunker.buf.len() >= MAX_CHUNK || Instant::now() >= until {
+            return false;
+        }
+        if memchr::memchr(b'\n', &self.chunker.buf).is_none() {
+            return false; // only a partial line: `line_hold` decides
+        }
+        self.batching = true;
+        self.batch.as_mut().reset(until);
+        true
+    }
+
     /// Marks the stream ended and takes everything still buffered.
     fn end(&mut self) -> Option<Output> {
         self.done = true;
         self.holding = false;
+        self.batching = false;
         self.take(true, true)
     }
 
     fn take(&mut self, force: bool, eof: bool) -> Option<Output> {
         let pieces: Vec<Bytes> = std::iter::from_fn(|| self.chunker.take(force, eof)).collect();
-        (!pieces.is_empty()).then_some(Output { stream: self.stream, pieces })
+        if pieces.is_empty() {
+            return None;
+        }
+        self.last_event = Some(Instant::now());
+        Some(Output { stream: self.stream, pieces })
     }
 }
 
@@ -297,7 +347,8 @@ mod tests {
             (Box::new(std::io::Cursor::new(input.clone())), EventType::Stdout),
             (Box::new(std::io::Cursor::new(input.clone())), EventType::Stderr),
         ];
-        let mut readers = Readers::new(streams, Duration::from_millis(20));
+        let pacing = Pacing { line_hold: Duration::from_millis(20), coalesce: Duration::from_millis(2) };
+        let mut readers = Readers::new(streams, pacing);
         let (mut out, mut err) = (Vec::new(), Vec::new());
         while let Some(Output { stream, pieces }) = readers.next().await {
             for piece in pieces {
@@ -311,5 +362,35 @@ mod tests {
         assert!(readers.is_done());
         assert_eq!(out, input);
         assert_eq!(err, input);
+    }
+
+    /// Lines right after an event wait out the window and go together; the
+    /// first line after a quiet spell goes at once.
+    #[tokio::test(start_paused = true)]
+    async fn lines_within_the_window_are_coalesced() {
+        use tokio::io::AsyncWriteExt;
+        let (mut job, pipe) = tokio::io::duplex(1024);
+        let pacing = Pacing { line_hold: Duration::from_millis(20), coalesce: Duration::from_millis(5) };
+        let mut readers = Readers::new(vec![(Box::new(pipe), EventType::Stdout)], pacing);
+        let text = |o: Option<Output>| o.map(|o| o.pieces.concat()).unwrap_or_default();
+
+        job.write_all(b"one\n").await.unwrap();
+        let t0 = Instant::now();
+        assert_eq!(text(readers.next().await), b"one\n");
+        assert_eq!(t0.elapsed(), Duration::ZERO, "first line goes at once");
+
+        job.write_all(b"two\n").await.unwrap();
+        tokio::time::advance(Duration::from_millis(1)).await;
+        job.write_all(b"three\n").await.unwrap();
+        assert_eq!(text(readers.next().await), b"two\nthree\n");
+        assert_eq!(t0.elapsed(), Duration::from_millis(5), "sent when the window ends");
+
+        tokio::time::advance(Duration::from_millis(50)).await;
+        job.write_all(b"four\n").await.unwrap();
+        let t1 = Instant::now();
+        assert_eq!(text(readers.next().await), b"four\n");
+        assert_eq!(t1.elapsed(), Duration::ZERO, "after a quiet spell, at once again");
+        drop(job);
+        assert!(readers.next().await.is_none());
     }
 }

@@ -24,7 +24,7 @@ use crate::run_id::RunId;
 pub struct Timing {
     pub grace_period: Duration,
     pub drain_timeout: Duration,
-    pub line_hold: Duration,
+    pub pacing: output::Pacing,
     pub fsync_interval: Duration,
     pub pty_size: (u16, u16),
 }
@@ -120,10 +120,10 @@ impl Supervisor {
         let mut readers = match streams {
             Streams::Pipes { stdout, stderr } => output::Readers::new(
                 vec![(Box::new(stdout), EventType::Stdout), (Box::new(stderr), EventType::Stderr)],
-                self.timing.line_hold,
+                self.timing.pacing,
             ),
             Streams::Pty(reader) => {
-                output::Readers::new(vec![(Box::new(reader), EventType::Stdout)], self.timing.line_hold)
+                output::Readers::new(vec![(Box::new(reader), EventType::Stdout)], self.timing.pacing)
             }
         };
 
