@@ -18,16 +18,111 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_runtap")
 }
 
-pub struct Daemon {
+/// What the daemon and gateway harnesses share: a `runtap` process on a
+/// temp state dir, with its config file and its log.
+pub struct Instance {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub extra_config: String,
+    /// `daemon` or `gateway`: the subcommand, the log's name, the ready line.
+    kind: &'static str,
+}
+
+impl Instance {
+    fn new(kind: &'static str, config: &str) -> Instance {
+        Instance { dir: tempfile::tempdir().unwrap(), child: None, extra_config: config.to_owned(), kind }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("{}.log", self.kind))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The viewer token it generated (or was configured with).
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("token")).unwrap().trim().to_owned()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// (Re)starts the process on the same state dir, with `args` after the
+    /// harness's own; waits until it is ready and returns its ready line.
+    fn launch(&mut self, args: impl FnOnce(&mut Command)) -> String {
+        std::fs::write(self.config_path(), &self.extra_config).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
+        let marker = format!("runtap {} ready", self.kind);
+        let ready_before = self.log().matches(&marker).count();
+        let mut cmd = Command::new(bin());
+        cmd.args([self.kind, "--config"]).arg(self.config_path()).arg("--state-dir").arg(self.state_dir());
+        args(&mut cmd);
+        cmd.env("RUST_LOG", "runtap=debug").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        self.child = Some(cmd.spawn().unwrap());
+        let log_path = self.log_path();
+        wait_ready(self.child.as_mut().unwrap(), &log_path, &marker, ready_before)
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+        wait_child(&mut child, WAIT).unwrap_or_else(|| panic!("{} did not stop:\n{}", self.kind, self.log()))
+    }
+
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Instance {
+    /// SIGTERM first, so a daemon cancels its runs and no job outlives the
+    /// test; SIGKILL if it does not stop in time.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
+            if wait_child(&mut child, Duration::from_secs(15)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+pub struct Daemon {
+    process: Instance,
     /// The HTTP/WebSocket address, read from the daemon's ready line.
     pub addr: String,
     /// Extra environment for the daemon process.
     pub env: Vec<(String, String)>,
     /// Extra command-line arguments, appended after the harness's own.
     pub extra_args: Vec<String>,
+}
+
+impl std::ops::Deref for Daemon {
+    type Target = Instance;
+    fn deref(&self) -> &Instance {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Instance {
+        &mut self.process
+    }
 }
 
 impl Daemon {
@@ -40,73 +135,30 @@ impl Daemon {
 
     /// A daemon not started yet (to set `env` first).
     pub fn prepare(config: &str) -> Daemon {
-        let dir = tempfile::tempdir().unwrap();
         Daemon {
-            dir,
-            child: None,
-            extra_config: config.to_owned(),
+            process: Instance::new("daemon", config),
             addr: String::new(),
             env: Vec::new(),
             extra_args: Vec::new(),
         }
     }
 
-    pub fn config_path(&self) -> PathBuf {
-        self.dir.path().join("config.toml")
-    }
-
     pub fn start() -> Daemon {
         Daemon::start_with("")
-    }
-
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
     }
 
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("runtap.sock")
     }
 
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("daemon.log")
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
     /// (Re)starts the daemon process on the same state dir and waits until it accepts.
     pub fn spawn(&mut self) {
-        let config = self.dir.path().join("config.toml");
-        std::fs::write(&config, &self.extra_config).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let ready_before = self.log().matches("runtap daemon ready").count();
-        let child = Command::new(bin())
-            .args(["daemon", "--config"])
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--socket")
-            .arg(self.socket())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(&self.extra_args)
-            .env("RUST_LOG", "runtap=debug")
-            .env_remove("RUNTAP_SOCKET")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let log_path = self.log_path();
-        let line = wait_ready(self.child.as_mut().unwrap(), &log_path, "runtap daemon ready", ready_before);
+        let (socket, extra_args, env) = (self.socket(), self.extra_args.clone(), self.env.clone());
+        let line = self.process.launch(|cmd| {
+            cmd.arg("--socket").arg(socket).args(["--listen", "127.0.0.1:0"]).args(extra_args);
+            cmd.env_remove("RUNTAP_SOCKET").envs(env);
+        });
         self.addr = line.split_whitespace().find_map(|w| w.strip_prefix("listen=")).unwrap().to_owned();
-    }
-
-    /// The viewer token the daemon generated (or was configured with).
-    pub fn token(&self) -> String {
-        std::fs::read_to_string(self.state_dir().join("token")).unwrap().trim().to_owned()
     }
 
     pub fn ws_url(&self, path_and_query: &str) -> String {
@@ -115,23 +167,6 @@ impl Daemon {
 
     pub fn http_url(&self, path_and_query: &str) -> String {
         format!("http://{}{}", self.addr, path_and_query)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
-        wait_child(&mut child, WAIT).unwrap_or_else(|| panic!("daemon did not stop:\n{}", self.log()))
-    }
-
-    pub fn kill9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
     }
 
     /// A `runtap` CLI command pointed at this daemon.
@@ -209,20 +244,6 @@ impl Daemon {
         match tokio::time::timeout(WAIT, c.next()).await.unwrap().unwrap() {
             Line::Control(r) => r,
             Line::Event(e) => panic!("unexpected event {e:?}"),
-        }
-    }
-}
-
-impl Drop for Daemon {
-    /// SIGTERM first, so the daemon cancels its runs and no job outlives
-    /// the test; SIGKILL if it does not stop in time.
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
-            if wait_child(&mut child, Duration::from_secs(15)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
         }
     }
 }
@@ -415,11 +436,22 @@ pub async fn http(d: &Daemon, method: &str, path: &str, token: Option<&str>) -> 
 /// A `runtap gateway` on a fixed loopback port (chosen up front), so it can
 /// be killed and restarted at the same address the daemons forward to.
 pub struct Gateway {
-    pub dir: tempfile::TempDir,
-    pub child: Option<Child>,
-    pub extra_config: String,
+    process: Instance,
     /// `127.0.0.1:PORT`, the same across restarts.
     pub addr: String,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = Instance;
+    fn deref(&self) -> &Instance {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Gateway {
+    fn deref_mut(&mut self) -> &mut Instance {
+        &mut self.process
+    }
 }
 
 impl Gateway {
@@ -435,50 +467,16 @@ impl Gateway {
 
     /// A gateway not started yet; its port is picked now.
     pub fn prepare(config: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Gateway { dir, child: None, extra_config: config.to_owned(), addr: format!("127.0.0.1:{port}") }
-    }
-
-    pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("gateway.log")
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        Gateway { process: Instance::new("gateway", config), addr: format!("127.0.0.1:{port}") }
     }
 
     /// (Re)starts the gateway on the same state dir and port; waits until it accepts.
     pub fn spawn(&mut self) {
-        let config = self.dir.path().join("config.toml");
-        std::fs::write(&config, &self.extra_config).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
-        let ready_before = self.log().matches("runtap gateway ready").count();
-        let child = Command::new(bin())
-            .args(["gateway", "--config"])
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--listen")
-            .arg(&self.addr)
-            .env("RUST_LOG", "runtap=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let log_path = self.log_path();
-        wait_ready(self.child.as_mut().unwrap(), &log_path, "runtap gateway ready", ready_before);
-    }
-
-    /// The viewer token.
-    pub fn token(&self) -> String {
-        std::fs::read_to_string(self.state_dir().join("token")).unwrap().trim().to_owned()
+        let addr = self.addr.clone();
+        self.process.launch(|cmd| {
+            cmd.arg("--listen").arg(addr);
+        });
     }
 
     /// The file holding the host (agent) token.
@@ -504,19 +502,6 @@ impl Gateway {
         self.state_dir().join("hosts").join(host).join("runs").join(run).join("events.jsonl")
     }
 
-    pub fn kill9(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    pub fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().unwrap();
-        signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
-        wait_child(&mut child, WAIT).unwrap_or_else(|| panic!("gateway did not stop:\n{}", self.log()))
-    }
-
     /// A daemon (not started) that forwards to this gateway as `host`.
     pub fn prepare_host(&self, host: &str) -> Daemon {
         let mut d = Daemon::prepare("");
@@ -529,18 +514,6 @@ impl Gateway {
         let mut d = self.prepare_host(host);
         d.spawn();
         d
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
-            if wait_child(&mut child, Duration::from_secs(10)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
     }
 }
 
