@@ -229,7 +229,12 @@ impl StreamReader {
                     if n == self.read_size {
                         self.read_size = (self.read_size * 2).min(MAX_READ);
                     }
-                    let out = if self.batching || self.wait_for_more() { None } else { self.take(false, false) };
+                    let out = if self.wait_for_more() {
+                        None
+                    } else {
+                        self.batching = false;
+                        self.take(false, false)
+                    };
                     if !self.chunker.has_partial() {
                         self.holding = false;
                     } else if !self.holding {
@@ -253,13 +258,17 @@ impl StreamReader {
     /// coalescing window (armed here) rather than go out now. The first
     /// lines after a quiet spell go at once; a full chunk never waits.
     fn wait_for_more(&mut self) -> bool {
-        let Some(last) = self.last_event else { return false };
-        let until = last + self.coalesce;
-        if self.coalesce.is_zero() || self.chunker.buf.len() >= MAX_CHUNK || Instant::now() >= until {
+        if self.coalesce.is_zero() || self.chunker.buf.len() >= MAX_CHUNK {
             return false;
         }
-        if memchr::memchr(b'\n', &self.chunker.buf).is_none() {
-            return false; // only a partial line: `line_hold` decides
+        if self.batching {
+            return true;
+        }
+        let Some(last) = self.last_event else { return false };
+        let until = last + self.coalesce;
+        // Only a partial line: `line_hold` decides.
+        if Instant::now() >= until || memchr::memchr(b'\n', &self.chunker.buf).is_none() {
+            return false;
         }
         self.batching = true;
         self.batch.as_mut().reset(until);
@@ -369,7 +378,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn lines_within_the_window_are_coalesced() {
         use tokio::io::AsyncWriteExt;
-        let (mut job, pipe) = tokio::io::duplex(1024);
+        let (mut job, pipe) = tokio::io::duplex(256 * 1024);
         let pacing = Pacing { line_hold: Duration::from_millis(20), coalesce: Duration::from_millis(5) };
         let mut readers = Readers::new(vec![(Box::new(pipe), EventType::Stdout)], pacing);
         let text = |o: Option<Output>| o.map(|o| o.pieces.concat()).unwrap_or_default();
@@ -390,6 +399,20 @@ mod tests {
         let t1 = Instant::now();
         assert_eq!(text(readers.next().await), b"four\n");
         assert_eq!(t1.elapsed(), Duration::ZERO, "after a quiet spell, at once again");
+        // A full chunk does not wait, even inside the window.
+        job.write_all(b"five\n").await.unwrap();
+        let once = std::future::poll_fn(|cx| Poll::Ready(readers.poll_next(cx))).await;
+        assert!(once.is_pending(), "five waits for the window");
+        // With "five\n", exactly one full chunk.
+        let big = format!("{}\n", "x".repeat(MAX_CHUNK - 6));
+        job.write_all(big.as_bytes()).await.unwrap();
+        let t2 = Instant::now();
+        let mut got = Vec::new();
+        while got.len() < 5 + big.len() {
+            got.extend(text(readers.next().await));
+        }
+        assert_eq!(t2.elapsed(), Duration::ZERO, "a full chunk goes at once");
+        assert_eq!(got, [&b"five\n"[..], big.as_bytes()].concat());
         drop(job);
         assert!(readers.next().await.is_none());
     }
