@@ -2,7 +2,7 @@
 //!
 //! - `unix`: the local socket (launch, subscribe, cancel, list, status).
 //! - `http`: the TCP listener: HTTP endpoints and WebSocket upgrades.
-//! - `ws`: one WebSocket session; `wire`: its frames on the socket.
+//! - `ws`: one WebSocket session; `subscription`: its feeds; `wire`: its frames on the socket.
 //! - `auth`: tokens and their scopes.
 //! - `metrics`: counters behind `/metrics` and `/healthz`.
 
@@ -10,6 +10,7 @@ pub mod auth;
 pub mod backend;
 pub mod http;
 pub mod metrics;
+mod subscription;
 pub mod unix;
 pub mod wire;
 pub mod ws;

@@ -8,10 +8,8 @@
 //! carry on. A write that makes no progress for `write_stall_timeout` ends
 //! the session.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -29,11 +27,10 @@ use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
 
 use super::auth::Scope;
 use super::metrics::Metrics;
+use super::subscription::{Sub, SubOut, Subs};
 use super::wire::{self, ClientIo, Outbox};
 use super::{Role, Shared};
 use crate::event::Utf8Bytes;
-use crate::feed::{Delivery, Feed, FeedItem, LagPolicy};
-use crate::journal::JournalError;
 use crate::run_id::RunId;
 
 /// Subscriptions one `/ws` session may hold at once: each can pin a
@@ -523,165 +520,6 @@ impl Session {
     }
 }
 
-/// What a subscription hands the session.
-enum SubOut {
-    Frames(Delivery),
-    /// A message of the session's own (a journal gap notice).
-    Text(Utf8Bytes),
-    /// The run is over and all of it was delivered.
-    End {
-        run: RunId,
-        last_seq: u64,
-    },
-    /// The subscription failed; the session closes with this error.
-    Fail(WsError),
-}
-
-impl SubOut {
-    fn is_last(&self) -> bool {
-        matches!(self, SubOut::End { .. } | SubOut::Fail(_))
-    }
-}
-
-type SubKey = (Option<String>, RunId);
-
-/// The session's subscriptions, polled in turn so that one busy run cannot
-/// starve the others on the same connection.
-#[derive(Default)]
-struct Subs {
-    list: Vec<(SubKey, Sub)>,
-    turn: usize,
-}
-
-impl Subs {
-    fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    fn insert(&mut self, key: SubKey, sub: Sub) {
-        // Most sessions hold one subscription; a Vec's first growth would make room for four.
-        self.list.reserve_exact(1);
-        self.list.push((key, sub));
-    }
-
-    fn remove(&mut self, key: &SubKey) {
-        self.list.retain(|(k, _)| k != key);
-    }
-
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
-        for _ in 0..self.list.len() {
-            let i = self.turn % self.list.len();
-            self.turn = self.turn.wrapping_add(1);
-            if let Poll::Ready(out) = self.list[i].1.poll(cx) {
-                if out.is_last() {
-                    drop(self.list.swap_remove(i));
-                }
-                return Poll::Ready(out);
-            }
-        }
-        Poll::Pending
-    }
-}
-
-/// What a step through the journal gives back: the feed, and what it found.
-type Stepped = Result<(Feed, Result<Option<FeedItem>, JournalError>), WsError>;
-
-/// One subscription. While it follows the live stream it is just its feed,
-/// polled directly: an idle subscriber holds no future. Finding the run (at
-/// a gateway this may wait for a host to start it) and reading history
-/// run as a boxed future that hands the feed back.
-enum Sub {
-    Live(Feed),
-    Busy(Pin<Box<dyn Future<Output = Stepped> + Send>>),
-    Done,
-}
-
-impl Sub {
-    fn new(shared: Arc<Shared>, run: RunId, since: u64, host: Option<String>) -> Self {
-        Sub::Busy(Box::pin(async move {
-            let source = match shared.backend.source(host.as_deref(), &run).await {
-                Ok(source) => source,
-                Err(e) => return Err(WsError::bad_request(e.to_string()).with_run(run)),
-            };
-            let mut feed = Feed::new(source.journal, source.hub, run, since, true, LagPolicy::Close);
-            let item = feed.step().await;
-            Ok((feed, item))
-        }))
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
-        loop {
-            let (feed, item) = match self {
-                Sub::Live(feed) => match feed.poll_live(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(item)) => {
-                        let out = SubOut::from_item(feed, Ok(item));
-                        if out.is_last() {
-                            *self = Sub::Done;
-                        }
-                        return Poll::Ready(out);
-                    }
-                    // Not live (any more): back to the journal.
-                    Poll::Ready(None) => {
-                        let Sub::Live(mut feed) = std::mem::replace(self, Sub::Done) else {
-                            return Poll::Pending;
-                        };
-                        *self = Sub::Busy(Box::pin(async move {
-                            let item = feed.step().await;
-                            Ok((feed, item))
-                        }));
-                        continue;
-                    }
-                },
-                Sub::Busy(fut) => match ready!(fut.as_mut().poll(cx)) {
-                    Ok(stepped) => stepped,
-                    Err(err) => {
-                        *self = Sub::Done;
-                        return Poll::Ready(SubOut::Fail(err));
-                    }
-                },
-                // A finished subscription is removed on its last item, before this.
-                Sub::Done => return Poll::Pending,
-            };
-            match item {
-                Ok(None) => *self = Sub::Live(feed),
-                item => {
-                    let out = SubOut::from_item(&feed, item.map(|i| i.unwrap_or(FeedItem::End)));
-                    *self = if out.is_last() { Sub::Done } else { Sub::Live(feed) };
-                    return Poll::Ready(out);
-                }
-            }
-        }
-    }
-}
-
-impl SubOut {
-    fn from_item(feed: &Feed, item: Result<FeedItem, JournalError>) -> SubOut {
-        let run = || feed.run_id().clone();
-        match item {
-            Ok(FeedItem::Frames(d)) => SubOut::Frames(d),
-            Ok(FeedItem::Gap { from, to }) => {
-                let msg = format!("events {from}..={to} are missing from the degraded journal");
-                SubOut::Text(WsError::new("journal-gap", 0, msg).with_run(run()).to_json())
-            }
-            Ok(FeedItem::Lagged { last_seq }) => {
-                let mut err = WsError::new("lagged", 1013, "subscriber too slow; reconnect with since=lastSeq");
-                err.last_seq = Some(last_seq);
-                SubOut::Fail(err.with_run(run()))
-            }
-            Ok(FeedItem::End) => SubOut::End { run: run(), last_seq: feed.last_seq() },
-            Err(error) => {
-                tracing::warn!(run_id = %feed.run_id(), %error, "reading history failed");
-                SubOut::Fail(WsError::new("journal", 1011, error.to_string()).with_run(run()))
-            }
-        }
-    }
-}
-
 /// Token bucket: `rate` messages per second, bursts up to `burst`.
 struct RateLimiter {
     rate: f64,
@@ -790,7 +628,7 @@ mod size_tests {
     fn an_idle_session_stays_small() {
         let session = future_size(serve);
         assert!(session <= 2048, "session future is {session} bytes");
-        let feed = std::mem::size_of::<Feed>();
+        let feed = std::mem::size_of::<crate::feed::Feed>();
         assert!(feed <= 256, "Feed is {feed} bytes");
     }
 }
