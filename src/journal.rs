@@ -46,9 +46,11 @@ const READ_CHUNK: usize = 256 * 1024;
 /// How far back from the end recovery looks for the last complete line.
 /// One event is at most ~90 KiB (64 KiB of output as base64 plus envelope).
 const TAIL_SCAN: u64 = 512 * 1024;
-/// Allocation the batch buffer grows by: several batches of a fast job fit
-/// before it has to be reclaimed or replaced.
+/// Largest allocation the batch buffer grows by: several batches of a fast
+/// job fit before it has to be reclaimed or replaced.
 const BATCH_BUFFER: usize = 4 * 1024 * 1024;
+/// Smallest one, for runs that print a little now and then.
+const MIN_BATCH_BUFFER: usize = 64 * 1024;
 /// Room for an output event's fixed fields (seq, type, encoding, timestamp).
 const ENVELOPE_BYTES: usize = 128;
 
@@ -391,6 +393,25 @@ fn read_head_events(path: &Path) -> Result<Vec<Event>, JournalError> {
 }
 
 /// Appends one run's events. Owned by the run's supervisor task, so no locking.
+/// Makes room for `additional` bytes in `buf`, whose frozen pieces may
+/// still be shared (journal batches, output read buffers). It reuses the
+/// spent allocation once nothing else holds it, since fresh buffers cost
+/// page faults (13 % of the daemon's CPU on a 1 GiB job), unless that
+/// allocation is over 4× `want`: a buffer grown for a burst is let go once
+/// output is small again, so a quiet run does not keep megabytes resident.
+pub(crate) fn reserve_reusing(buf: &mut BytesMut, additional: usize, want: usize) {
+    if buf.capacity() - buf.len() >= additional {
+        return;
+    }
+    let want = want.max(additional);
+    if buf.try_reclaim(additional) && buf.capacity() <= 4 * want {
+        return;
+    }
+    let mut fresh = BytesMut::with_capacity(want.max(buf.len() + additional));
+    fresh.extend_from_slice(buf);
+    *buf = fresh;
+}
+
 pub struct RunWriter {
     run_id: RunId,
     host: Option<Arc<str>>,
@@ -407,6 +428,9 @@ pub struct RunWriter {
     buf: BytesMut,
     /// Ranges of `buf` holding each event (without the newline).
     pending: Vec<(u64, usize, usize)>,
+    /// Size of recent batches (the last, or half the one before if that
+    /// was bigger), which sizes `buf`'s allocation.
+    recent_batch: usize,
     /// Set by the first failed write; the file is left alone from then on.
     degraded: Option<io::ErrorKind>,
     /// Bytes written since the last fsync.
@@ -435,6 +459,7 @@ impl RunWriter {
             host_field: host_field.to_vec(),
             buf: BytesMut::new(),
             pending: Vec::new(),
+            recent_batch: 0,
             degraded: None,
             unsynced: 0,
             stats: journal.stats.clone(),
@@ -559,14 +584,11 @@ impl RunWriter {
         seq
     }
 
-    /// Makes room for `additional` bytes, preferring the spent allocation
-    /// of earlier batches over a fresh one: fresh batch buffers cost page
-    /// faults (13 % of the daemon's CPU on a 1 GiB job before this).
+    /// Makes room for `additional` bytes, with room for a few batches of
+    /// the size this run writes now.
     fn reserve(&mut self, additional: usize) {
-        if self.buf.capacity() - self.buf.len() >= additional || self.buf.try_reclaim(additional) {
-            return;
-        }
-        self.buf.reserve(additional.max(BATCH_BUFFER));
+        let want = self.recent_batch.saturating_mul(4).clamp(MIN_BATCH_BUFFER, BATCH_BUFFER);
+        reserve_reusing(&mut self.buf, additional, want);
     }
 
     fn push_event(&mut self, event: &Event) {
@@ -585,6 +607,12 @@ impl RunWriter {
     /// the file.
     pub fn finish_batch(&mut self, last: bool) -> Batch {
         let bytes: Bytes = self.buf.split().freeze();
+        self.recent_batch = bytes.len().max(self.recent_batch / 2);
+        if bytes.len() < MIN_BATCH_BUFFER {
+            // A quiet spell (or a run's tail): let go of a buffer that a
+            // burst may have grown, rather than keep it while the run idles.
+            self.buf = BytesMut::new();
+        }
         if self.degraded.is_none() && !bytes.is_empty() {
             match self.file.write_all(&bytes) {
                 Ok(()) => {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use std::future::Future as _;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
@@ -31,6 +31,9 @@ const MAX_READ: usize = 1024 * 1024;
 /// for several reads the buffer is usually free again when it is full, and
 /// is reused instead of a fresh one being faulted in.
 const READS_PER_BUFFER: usize = 4;
+/// A read buffer grown for a burst is let go once its stream has been
+/// waiting this long with nothing buffered, so an idle run holds no MBs.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
 
 /// Event-sized pieces of one stream, in order, from one read.
 #[derive(Debug)]
@@ -57,11 +60,12 @@ impl Chunker {
     }
 
     /// Makes room to read `n` more bytes (see [`READS_PER_BUFFER`]).
-    fn reserve(&mut self, n: usize) {
-        if self.buf.capacity() - self.buf.len() >= n || self.buf.try_reclaim(n) {
-            return;
-        }
-        self.buf.reserve(n * READS_PER_BUFFER);
+    ///
+    /// With `quiet` (the job is not filling reads), room for this read only:
+    /// an idle run then holds one small buffer per stream, not a burst's MBs.
+    fn reserve(&mut self, n: usize, quiet: bool) {
+        let per_buffer = if quiet { 1 } else { READS_PER_BUFFER };
+        crate::journal::reserve_reusing(&mut self.buf, n, n * per_buffer);
     }
 
     /// Takes the next ready piece. With `force`, a partial line is taken too
@@ -132,6 +136,8 @@ struct StreamReader {
     stream: EventType,
     chunker: Chunker,
     read_size: usize,
+    /// The last read came back well short of `read_size`.
+    quiet: bool,
     line_hold: Duration,
     /// Complete lines that arrive within this long of the last event wait
     /// for its end and go out together (zero: every read at once).
@@ -144,6 +150,9 @@ struct StreamReader {
     /// only while one is.
     hold: Pin<Box<Sleep>>,
     holding: bool,
+    /// Fires [`TRIM_AFTER`] after a read found a burst-sized buffer idle.
+    trim: Pin<Box<Sleep>>,
+    trimming: bool,
     done: bool,
 }
 
@@ -156,6 +165,7 @@ impl Readers {
                 stream,
                 chunker: Chunker::default(),
                 read_size: MAX_CHUNK,
+                quiet: true,
                 line_hold: pacing.line_hold,
                 coalesce: pacing.coalesce,
                 last_event: None,
@@ -163,6 +173,8 @@ impl Readers {
                 batching: false,
                 hold: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 holding: false,
+                trim: Box::pin(tokio::time::sleep(Duration::ZERO)),
+                trimming: false,
                 done: false,
             })
             .collect();
@@ -220,14 +232,34 @@ impl StreamReader {
                     return Poll::Ready(Some(out));
                 }
             }
-            self.chunker.reserve(self.read_size);
+            if self.trimming && self.trim.as_mut().poll(cx).is_ready() {
+                self.trimming = false;
+                if !self.chunker.has_partial() {
+                    self.release();
+                }
+            }
+            self.chunker.reserve(self.read_size, self.quiet);
             let mut room = (&mut self.chunker.buf).limit(self.read_size);
             // The read future borrows only `self`; dropping it when pending loses nothing.
-            match ready!(std::pin::pin!(self.reader.read_buf(&mut room)).poll(cx)) {
+            let Poll::Ready(read) = std::pin::pin!(self.reader.read_buf(&mut room)).poll(cx) else {
+                if !self.quiet && !self.trimming {
+                    self.trimming = true;
+                    self.trim.as_mut().reset(Instant::now() + TRIM_AFTER);
+                    if self.trim.as_mut().poll(cx).is_ready() {
+                        continue;
+                    }
+                }
+                return Poll::Pending;
+            };
+            match read {
                 Ok(0) => return Poll::Ready(self.end()),
                 Ok(n) => {
+                    self.quiet = n < self.read_size / 4;
                     if n == self.read_size {
                         self.read_size = (self.read_size * 2).min(MAX_READ);
+                    } else if self.quiet {
+                        // The burst is over: back to the smallest reads.
+                        self.read_size = MAX_CHUNK;
                     }
                     let out = if self.wait_for_more() {
                         None
@@ -237,6 +269,9 @@ impl StreamReader {
                     };
                     if !self.chunker.has_partial() {
                         self.holding = false;
+                        if self.quiet {
+                            self.release();
+                        }
                     } else if !self.holding {
                         self.holding = true;
                         self.hold.as_mut().reset(Instant::now() + self.line_hold);
@@ -273,6 +308,15 @@ impl StreamReader {
         self.batching = true;
         self.batch.as_mut().reset(until);
         true
+    }
+
+    /// Drops our hold on the read buffer, which a burst may have grown to
+    /// MBs (the pieces cut from it keep what they need), and reads small
+    /// again.
+    fn release(&mut self) {
+        self.chunker.buf = BytesMut::new();
+        self.read_size = MAX_CHUNK;
+        self.quiet = true;
     }
 
     /// Marks the stream ended and takes everything still buffered.
