@@ -390,6 +390,14 @@ impl OutputSink {
     }
 }
 
+impl Drop for OutputSink {
+    /// Output already received is written even when the client stops on an
+    /// error (a broken line, a lost socket) before its next flush.
+    fn drop(&mut self) {
+        let _ = self.flush();
+    }
+}
+
 /// Options of `runtap run`.
 pub struct RunOptions {
     pub id: Option<String>,
