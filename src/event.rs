@@ -141,6 +141,18 @@ impl Event {
         }
         serde_json::from_value(serde_json::Value::String(self.data.clone())).ok()
     }
+
+    /// A status event's fields, as the producer handed them to the journal.
+    pub fn status_change(&self) -> Option<StatusChange> {
+        let status = self.status()?;
+        Some(StatusChange {
+            status: Some(status),
+            exit_code: self.exit_code,
+            signal: self.signal,
+            reason: self.reason.clone(),
+            pid: self.pid,
+        })
+    }
 }
 
 /// One serialized event: the JSON object without a newline. Kept as

@@ -7,35 +7,39 @@
 //!                                                                              └──> upstream ──> gateway
 //! ```
 //!
-//! - [`config`]: config file, environment and flags, validated.
-//! - [`daemon`]: wiring and ordered shutdown.
-//! - [`run`]: spawning, output chunking, cancel, the run table.
-//! - [`event`]: the event envelope and run status.
+//! The layers, lowest first; each imports only from those before it
+//! (docs/architecture.md draws the map):
+//!
+//! - [`run_id`], [`event`]: the run ID type; the event envelope and run status.
+//! - [`config`]: config file, environment and flags, validated. [`auth`]: tokens and scopes.
 //! - [`journal`]: per-run append-only files; assigns `seq`; recovery.
-//! - [`hub`]: live fan-out with a bounded queue per subscriber.
-//! - [`feed`]: the history-then-live hand-off for one subscription.
-//! - [`server`]: the Unix socket, HTTP and WebSocket endpoints, tokens, metrics.
-//! - [`client`]: the CLI's side of the Unix socket; [`protocol`] its messages.
-//! - [`upstream`]: forwarding to a gateway; [`link`] the daemon ↔ gateway protocol.
-//! - [`gateway`]: `runtap gateway`: every host's journals, served like a daemon.
-//! - [`systemd`] and [`logging`]: sd_notify, watchdog, journald.
-//! - [`run_id`]: the validated run ID type.
-//! - [`sys`]: the few raw OS calls (fd flags, terminal size).
+//! - [`run_info`]: what `ps` shows about a run, and the one way it changes.
+//! - `hub`: live fan-out with a bounded queue per subscriber; `feed`: the
+//!   history-then-live hand-off for one subscription.
+//! - `run`: spawning, output chunking, cancel, the run table.
+//! - [`protocol`]: the Unix socket's and the gateway link's messages.
+//! - `server`: transport only — the Unix socket, HTTP and WebSocket; it
+//!   serves whatever implements its `Backend` and `unix::Runs` traits.
+//! - `upstream`: forwarding to a gateway.
+//! - [`daemon`] and [`gateway`]: the two programs, wiring the above.
+//! - [`client`]: the CLI's side of the Unix socket.
+//! - [`systemd`] and [`logging`]: sd_notify, watchdog, journald; [`sys`]: raw OS calls.
 
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod event;
-pub mod feed;
+mod feed;
 pub mod gateway;
-pub mod hub;
+mod hub;
 pub mod journal;
-pub mod link;
 pub mod logging;
 pub mod protocol;
-pub mod run;
+mod run;
 pub mod run_id;
-pub mod server;
+pub mod run_info;
+mod server;
 pub mod sys;
 pub mod systemd;
-pub mod upstream;
+mod upstream;

@@ -1,5 +1,6 @@
-//! The few direct OS calls that have no safe wrapper in nix or std.
-//! `unsafe` is denied crate-wide and allowed only here and in `run::pty`.
+//! The few direct OS calls that have no safe wrapper in nix or std, and
+//! small OS helpers the daemon and the gateway share. `unsafe` is denied
+//! crate-wide and allowed only here and in `run::pty`.
 
 #![allow(unsafe_code)]
 
@@ -50,4 +51,11 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
     }
     Ok(hard)
+}
+
+/// Creates a state dir (and parents) with mode 0750: job output and tokens
+/// live below it, and must not be readable by other users.
+pub fn create_private_dir(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(path)
 }

@@ -9,8 +9,6 @@ use std::time::Duration;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::Shared;
-
 fn notify(states: &[NotifyState<'_>]) {
     if let Err(error) = sd_notify::notify(states) {
         tracing::warn!(%error, "sd_notify failed");
@@ -34,19 +32,16 @@ pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
 }
 
-/// A one-line summary for `systemctl status`.
-pub fn status_line(shared: &Shared) -> String {
-    use std::sync::atomic::Ordering;
-    let stats = shared.backend.stats();
-    let conns = shared.metrics.connections.load(Ordering::Relaxed);
-    format!("{} active runs, {conns} connections, {} subscriptions", stats.active, stats.subscriptions)
-}
+/// What `STATUS=` says; called from the watchdog's probe, so a wedged
+/// runtime also stops the petting.
+pub type StatusLine = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// Sends `WATCHDOG=1` (and a fresh `STATUS=`) every half watchdog period,
 /// but only after a probe shows the daemon is making progress: the runtime
-/// schedules a new task and the run table and hub answer, each within a
-/// quarter period. A wedged daemon stops petting and systemd restarts it.
-pub async fn watchdog(shared: Arc<Shared>, stop: CancellationToken) {
+/// schedules a new task and `status` (which reads the run table and hub)
+/// answers, each within a quarter period. A wedged daemon stops petting and
+/// systemd restarts it.
+pub async fn watchdog(status: StatusLine, stop: CancellationToken) {
     let Some(period) = sd_notify::watchdog_enabled() else {
         return;
     };
@@ -58,19 +53,15 @@ pub async fn watchdog(shared: Arc<Shared>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if probe(&shared, interval / 2).await {
-            let status = status_line(&shared);
-            notify(&[NotifyState::Watchdog, NotifyState::Status(&status)]);
-        } else {
-            tracing::error!("watchdog probe failed; not notifying systemd");
+        match probe(&status, interval / 2).await {
+            Some(line) => notify(&[NotifyState::Watchdog, NotifyState::Status(&line)]),
+            None => tracing::error!("watchdog probe failed; not notifying systemd"),
         }
     }
 }
 
-async fn probe(shared: &Arc<Shared>, bound: Duration) -> bool {
-    let s = shared.clone();
-    let check = tokio::spawn(async move {
-        let _ = s.backend.stats();
-    });
-    matches!(tokio::time::timeout(bound, check).await, Ok(Ok(())))
+async fn probe(status: &StatusLine, bound: Duration) -> Option<String> {
+    let status = status.clone();
+    let check = tokio::spawn(async move { status() });
+    tokio::time::timeout(bound, check).await.ok()?.ok()
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use runtap::event::{EventType, RunStatus};
-use runtap::protocol::{LaunchRequest, Request, Response};
+use runtap::protocol::unix::{LaunchRequest, Request, Response};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()

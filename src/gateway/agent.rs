@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -20,13 +20,15 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_util::sync::CancellationToken;
 
-use super::{CancelReply, CancelRequest, Gateway, Host};
+use super::Gateway;
+use super::cancel::{CancelReply, CancelRequest};
+use super::hosts::Host;
 use crate::event::{Event, RunStatus};
 use crate::hub::Publisher;
 use crate::journal::{JournalError, RunMeta, RunWriter};
-use crate::link::{AgentMsg, GatewayMsg, MAX_LINK_MESSAGE, RunCursor, is_event};
-use crate::run::RunInfo;
+use crate::protocol::link::{self, AgentMsg, GatewayMsg, MAX_LINK_MESSAGE, RunCursor, is_event};
 use crate::run_id::RunId;
+use crate::run_info::{JournalHealth, RunInfo};
 
 /// Deadline for the host's `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,8 +38,6 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_MESSAGES: usize = 1024;
 /// Cancels waiting to be sent down to the host.
 const CANCEL_QUEUE: usize = 64;
-
-static LINK_IDS: AtomicU64 = AtomicU64::new(1);
 
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
@@ -80,7 +80,7 @@ pub async fn serve(upgraded: Upgraded, gateway: Gateway, stop: CancellationToken
     // One appender per host: stop an older session and wait for it to let go.
     let link_stop = stop.child_token();
     let (cancel_tx, cancel_rx) = mpsc::channel(CANCEL_QUEUE);
-    let link_id = LINK_IDS.fetch_add(1, Ordering::Relaxed);
+    let link_id = gateway.next_link_id();
     gateway.attach(&host, link_id, cancel_tx, link_stop.clone());
     let Ok(_guard) = tokio::time::timeout(TAKEOVER_TIMEOUT, host.session.lock()).await else {
         gateway.detach(&host, link_id);
@@ -161,12 +161,12 @@ impl Session {
         let welcome = GatewayMsg::Welcome { acked: self.acked_for(hello_runs) };
         send(ws, &welcome).await?;
         let mut tick = tokio::time::interval(self.gateway.config().ack_interval);
-        let mut ping = tokio::time::interval(crate::link::LINK_PING);
+        let mut ping = tokio::time::interval(link::LINK_PING);
         let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = ping.tick() => {
-                    if heard.elapsed() > crate::link::LINK_TIMEOUT {
+                    if heard.elapsed() > link::LINK_TIMEOUT {
                         return Err(SessionError::Protocol("the host went silent (no pong)".into()));
                     }
                     let ping = tokio::time::timeout(Duration::from_secs(10), ws.send(Message::Ping(Default::default())));
@@ -283,23 +283,11 @@ impl Session {
         self.gateway.metrics().events_received.fetch_add(1, Ordering::Relaxed);
         let seq = event.seq;
         let status = event.status();
+        let change = event.status_change();
         self.host.update_run(&run, |info| {
             info.last_seq = seq;
-            if let Some(s) = status {
-                info.status = s;
-                match s {
-                    RunStatus::Running => {
-                        info.started_at = Some(event.timestamp.clone());
-                        info.pid = event.pid;
-                    }
-                    s if s.is_final() => {
-                        info.ended_at = Some(event.timestamp.clone());
-                        info.exit_code = event.exit_code;
-                        info.signal = event.signal;
-                        info.reason = event.reason.clone();
-                    }
-                    _ => {}
-                }
+            if let Some(change) = &change {
+                info.apply(change, &event.timestamp);
             }
         });
         if status.is_some_and(RunStatus::is_final) {
@@ -317,7 +305,7 @@ impl Session {
             let batch = writer.finish_batch(last);
             publisher.publish(batch);
             if writer.is_degraded() {
-                self.host.update_run(run, |i| i.journal = "degraded".into());
+                self.host.update_run(run, |i| i.journal = JournalHealth::Degraded);
             }
         }
         self.touched.remove(run);
@@ -351,7 +339,7 @@ impl Session {
                 return Err(SessionError::Journal(JournalError::Io {
                     what: "fsync journal",
                     path: self.host.journal.root().to_owned(),
-                    source: error,
+                    error,
                 }));
             }
         }

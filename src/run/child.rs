@@ -22,6 +22,8 @@ use crate::run_id::RunId;
 pub enum Outcome {
     Exited(i32),
     Signaled(i32),
+    /// Waiting for it failed, or the OS reported neither a code nor a signal.
+    Unknown,
 }
 
 impl From<ExitStatus> for Outcome {
@@ -30,7 +32,7 @@ impl From<ExitStatus> for Outcome {
             (Some(code), _) => Outcome::Exited(code),
             (None, Some(sig)) => Outcome::Signaled(sig),
             // Neither code nor signal: stopped/continued never reach `wait`.
-            (None, None) => Outcome::Exited(-1),
+            (None, None) => Outcome::Unknown,
         }
     }
 }

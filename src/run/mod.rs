@@ -13,6 +13,6 @@ pub mod pty;
 pub mod supervisor;
 pub mod table;
 
-pub use child::{Outcome, Spec};
+pub use child::Spec;
 pub use supervisor::Timing;
-pub use table::{CancelError, LaunchError, RunInfo, RunLimits, RunTable};
+pub use table::{LaunchError, RunLimits, RunTable};

@@ -51,6 +51,7 @@ pub struct Chunker {
 }
 
 impl Chunker {
+    #[cfg(test)]
     pub fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }

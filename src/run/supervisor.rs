@@ -13,7 +13,6 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::child::{self, Outcome, Spec, Started, Streams};
 use super::output::{self, Output};
-use super::table::RunTable;
 use crate::event::{EventType, Payload, RunStatus, StatusChange};
 use crate::hub::Publisher;
 use crate::journal::RunWriter;
@@ -26,7 +25,15 @@ pub struct Timing {
     pub drain_timeout: Duration,
     pub pacing: output::Pacing,
     pub fsync_interval: Duration,
-    pub pty_size: (u16, u16),
+}
+
+/// Who learns what happens to a run (the run table). The supervisor tells
+/// it after the event is journaled and published, never before.
+pub trait Observer: Send + Sync + 'static {
+    /// A status event was published.
+    fn on_status(&self, run: &RunId, change: &StatusChange);
+    /// A journal write failed; the run goes on live.
+    fn on_degraded(&self, run: &RunId);
 }
 
 /// Requests from the run's handle (the table) to this task.
@@ -42,12 +49,12 @@ struct Cancel {
     killed: bool,
 }
 
-pub(super) struct Supervisor {
+pub(super) struct Supervisor<O> {
     run_id: RunId,
     spec: Spec,
     writer: RunWriter,
     publisher: Publisher,
-    table: RunTable,
+    observer: O,
     control: mpsc::UnboundedReceiver<Control>,
     timing: Timing,
     cancel: Option<Cancel>,
@@ -55,17 +62,17 @@ pub(super) struct Supervisor {
     sync_job: Option<JoinHandle<std::io::Result<()>>>,
 }
 
-impl Supervisor {
+impl<O: Observer> Supervisor<O> {
     pub(super) fn new(
         run_id: RunId,
         spec: Spec,
         writer: RunWriter,
         publisher: Publisher,
-        table: RunTable,
+        observer: O,
         control: mpsc::UnboundedReceiver<Control>,
         timing: Timing,
     ) -> Self {
-        Supervisor { run_id, spec, writer, publisher, table, control, timing, cancel: None, sync_job: None }
+        Supervisor { run_id, spec, writer, publisher, observer, control, timing, cancel: None, sync_job: None }
     }
 
     pub(super) async fn run(mut self) {
@@ -147,7 +154,7 @@ impl Supervisor {
                         Ok(status) => status.into(),
                         Err(error) => {
                             tracing::error!(run_id = %self.run_id, %error, "waiting for the job failed");
-                            Outcome::Exited(-1)
+                            Outcome::Unknown
                         }
                     });
                     drain_deadline = Some(Instant::now() + self.timing.drain_timeout);
@@ -172,7 +179,7 @@ impl Supervisor {
                 _ = fsync.tick() => self.start_sync(),
             }
         }
-        let outcome = outcome.unwrap_or(Outcome::Exited(-1));
+        let outcome = outcome.unwrap_or(Outcome::Unknown);
         if self.cancel.as_ref().is_some_and(|c| !c.killed) {
             // The job is gone; anything still in its group ignored SIGTERM.
             let _ = child::signal_group(pgid, Signal::SIGKILL);
@@ -216,6 +223,7 @@ impl Supervisor {
         let (exit_code, signal) = match outcome {
             Outcome::Exited(code) => (Some(code), None),
             Outcome::Signaled(sig) => (None, Some(sig)),
+            Outcome::Unknown => (None, None),
         };
         let (status, reason) = match (&self.cancel, outcome) {
             (Some(c), _) if c.killed => (
@@ -229,6 +237,9 @@ impl Supervisor {
                 RunStatus::Failed,
                 format!("killed by signal {sig} ({})", crate::event::signal_name(sig).unwrap_or_default()),
             ),
+            (None, Outcome::Unknown) => {
+                (RunStatus::Failed, "exit status unknown: waiting for the job failed".to_owned())
+            }
         };
         StatusChange { status: Some(status), exit_code, signal, reason: Some(reason), pid: None }
     }
@@ -238,14 +249,14 @@ impl Supervisor {
         // retention may delete the run, so the event must be out by then.
         self.writer.append(Payload::Status(change.clone()));
         self.publish(last);
-        self.table.on_status(&self.run_id, &change);
+        self.observer.on_status(&self.run_id, &change);
     }
 
     fn publish(&mut self, last: bool) {
         let was_degraded = self.writer.is_degraded();
         let batch = self.writer.finish_batch(last);
         if self.writer.is_degraded() && !was_degraded {
-            self.table.mark_degraded(&self.run_id);
+            self.observer.on_degraded(&self.run_id);
         }
         self.publisher.publish(batch);
     }

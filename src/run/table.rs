@@ -8,45 +8,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::task::TaskTracker;
 
 use super::child::Spec;
-use super::supervisor::{Control, Supervisor, Timing};
+use super::supervisor::{Control, Observer, Supervisor, Timing};
 use crate::event::{RunStatus, StatusChange, now_timestamp};
 use crate::hub::Hub;
 use crate::journal::{Journal, JournalError, RunMeta};
 use crate::run_id::RunId;
-
-/// A run as `ps`, `GET /runs` and the socket's `status` show it.
-#[derive(Clone, Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct RunInfo {
-    pub run_id: RunId,
-    pub status: RunStatus,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pid: Option<u32>,
-    pub command: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cwd: Option<String>,
-    pub pty: bool,
-    pub created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<String>,
-    /// Last seq published (the number of events so far).
-    pub last_seq: u64,
-    /// `ok`, or `degraded` once a journal write failed.
-    pub journal: String,
-}
+use crate::run_info::{CancelError, JournalHealth, RunInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -63,58 +34,7 @@ pub enum LaunchError {
     #[error("the daemon is shutting down")]
     ShuttingDown,
     #[error("create journal: {0}")]
-    Journal(#[from] JournalError),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum CancelError {
-    #[error("no run {0}")]
-    NotFound(RunId),
-    /// Already over; carries its final state (HTTP answers 409 with it).
-    #[error("run {} already {}", .0.run_id, .0.status.as_str())]
-    Finished(Box<RunInfo>),
-}
-
-impl RunInfo {
-    /// A run that has just been created from its launch metadata.
-    pub fn queued(run_id: RunId, meta: RunMeta) -> Self {
-        RunInfo {
-            run_id,
-            status: RunStatus::Queued,
-            exit_code: None,
-            signal: None,
-            reason: None,
-            pid: None,
-            command: meta.command,
-            cwd: meta.cwd,
-            pty: meta.pty,
-            created_at: meta.created_at,
-            started_at: None,
-            ended_at: None,
-            last_seq: 0,
-            journal: "ok".into(),
-        }
-    }
-}
-
-/// What `ps` shows for a run found in a journal.
-pub fn info_from_recovered(r: crate::journal::RecoveredRun) -> RunInfo {
-    RunInfo {
-        run_id: r.run_id,
-        status: r.status,
-        exit_code: r.last_status.exit_code,
-        signal: r.last_status.signal,
-        reason: r.last_status.reason,
-        pid: None,
-        command: r.meta.command,
-        cwd: r.meta.cwd,
-        pty: r.meta.pty,
-        created_at: r.meta.created_at,
-        started_at: r.started_at,
-        ended_at: r.ended_at,
-        last_seq: r.last_seq,
-        journal: "ok".into(),
-    }
+    Journal(JournalError),
 }
 
 /// Limits and timing for runs, from `[runs]` and `[journal]`.
@@ -197,8 +117,8 @@ impl RunTable {
         let mut runs = self.runs();
         for r in recovered {
             self.inner.hub.insert_closed(&r.run_id, r.last_seq);
-            let info = info_from_recovered(r.clone());
-            runs.insert(r.run_id, Entry { info, control: None });
+            let id = r.run_id.clone();
+            runs.insert(id, Entry { info: RunInfo::recovered(r), control: None });
         }
         Ok(n)
     }
@@ -233,7 +153,7 @@ impl RunTable {
             }
             // Creating the journal under the lock makes "check then create" atomic;
             // it is two small file creations.
-            let writer = self.inner.journal.create_run(&id, &meta)?;
+            let writer = self.inner.journal.create_run(&id, &meta).map_err(LaunchError::Journal)?;
             let info = RunInfo::queued(id.clone(), meta);
             runs.insert(id.clone(), Entry { info, control: Some(tx) });
             writer
@@ -297,7 +217,7 @@ impl RunTable {
     }
 
     pub fn degraded_count(&self) -> usize {
-        self.runs().values().filter(|e| e.info.journal != "ok").count()
+        self.runs().values().filter(|e| e.info.journal == JournalHealth::Degraded).count()
     }
 
     fn with_seq(&self, mut info: RunInfo) -> RunInfo {
@@ -305,35 +225,6 @@ impl RunTable {
             info.last_seq = snap.last_seq;
         }
         info
-    }
-
-    pub(super) fn on_status(&self, id: &RunId, change: &StatusChange) {
-        let mut runs = self.runs();
-        let Some(e) = runs.get_mut(id) else { return };
-        let Some(status) = change.status else { return };
-        e.info.status = status;
-        match status {
-            RunStatus::Running => {
-                e.info.started_at = Some(now_timestamp());
-                e.info.pid = change.pid;
-            }
-            s if s.is_final() => {
-                // From here on the run counts as finished: cancel answers 409,
-                // and it no longer counts against the concurrency cap.
-                e.control = None;
-                e.info.ended_at = Some(now_timestamp());
-                e.info.exit_code = change.exit_code;
-                e.info.signal = change.signal;
-                e.info.reason = change.reason.clone();
-            }
-            _ => {}
-        }
-    }
-
-    pub(super) fn mark_degraded(&self, id: &RunId) {
-        if let Some(e) = self.runs().get_mut(id) {
-            e.info.journal = "degraded".into();
-        }
     }
 
     /// Deletes finished runs older than `max_age`, then the oldest finished
@@ -403,6 +294,26 @@ impl RunTable {
                 tracing::warn!(run_id = %id, %error, "retention could not remove run");
                 false
             }
+        }
+    }
+}
+
+/// What a supervisor reports lands in the table's row for its run.
+impl Observer for RunTable {
+    fn on_status(&self, id: &RunId, change: &StatusChange) {
+        let mut runs = self.runs();
+        let Some(e) = runs.get_mut(id) else { return };
+        e.info.apply(change, &now_timestamp());
+        if change.status.is_some_and(RunStatus::is_final) {
+            // From here on the run counts as finished: cancel answers 409,
+            // and it no longer counts against the concurrency cap.
+            e.control = None;
+        }
+    }
+
+    fn on_degraded(&self, id: &RunId) {
+        if let Some(e) = self.runs().get_mut(id) {
+            e.info.journal = JournalHealth::Degraded;
         }
     }
 }

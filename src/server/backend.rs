@@ -1,22 +1,73 @@
-//! What the HTTP/WebSocket server serves: this host's run table (daemon)
-//! or every host's copy (gateway). Endpoints, auth, limits and the
-//! WebSocket session are the same code for both.
+//! What the HTTP/WebSocket server serves, as the server sees it.
+//!
+//! The server is transport: endpoints, tokens, limits and the WebSocket
+//! session are the same code whoever is behind them. A [`Backend`] is the
+//! one thing it asks about runs. The daemon implements it over its run
+//! table (`daemon::backend`), the gateway over every host's copy
+//! (`gateway::backend`); the server imports neither.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 
-use serde_json::{Value, json};
+use hyper::upgrade::Upgraded;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
-use super::auth::Scope;
+use crate::auth::Scope;
 use crate::event::RunStatus;
-use crate::gateway::{CancelReply, Gateway};
 use crate::hub::Hub;
 use crate::journal::Journal;
-use crate::run::{CancelError, RunTable};
 use crate::run_id::RunId;
 
-pub enum Backend {
-    Daemon(RunTable),
-    Gateway(Gateway),
+/// A boxed future, so that [`Backend`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The runs behind the listener.
+pub trait Backend: Send + Sync + 'static {
+    /// Where a run's stream lives. A backend may wait for a run (or host)
+    /// that is not known yet, as a daemon's hub waits for a run that does
+    /// not exist yet; the caller bounds the wait by the connection's life.
+    fn source<'a>(&'a self, host: Option<&'a str>, run: &'a RunId) -> BoxFuture<'a, Result<Source, LookupError>>;
+
+    /// `GET /runs`: every run the scope allows, as JSON objects.
+    fn list(&self, scope: &Scope) -> Vec<Value>;
+
+    /// `GET /runs/ID`.
+    fn get(&self, host: Option<&str>, run: &RunId) -> Result<Value, LookupError>;
+
+    /// `POST /runs/ID/cancel`.
+    fn cancel<'a>(&'a self, host: Option<&'a str>, run: &'a RunId, reason: String) -> BoxFuture<'a, CancelOutcome>;
+
+    /// Counters for `/metrics` and `/healthz`.
+    fn stats(&self) -> BackendStats;
+
+    /// Lines for `/metrics` beyond the server's own (Prometheus text).
+    fn extra_metrics(&self) -> String {
+        String::new()
+    }
+
+    /// True when runs are named by host as well as ID (a gateway). Without
+    /// hosts, `host=` is ignored, so it cannot make two subscriptions to one run.
+    fn has_hosts(&self) -> bool {
+        false
+    }
+
+    /// `GET /hosts`; `None` answers 404.
+    fn hosts(&self) -> Option<Value> {
+        None
+    }
+
+    /// `GET /agent` (WebSocket, agent tokens only); `None` answers 404.
+    fn agent(&self) -> Option<&dyn AgentEndpoint> {
+        None
+    }
+}
+
+/// The other end of `GET /agent`: the server authenticates the agent token
+/// and upgrades; what is spoken after that is the backend's.
+pub trait AgentEndpoint: Send + Sync {
+    fn serve(&self, upgraded: Upgraded, stop: CancellationToken) -> BoxFuture<'static, ()>;
 }
 
 /// Where a subscription reads: a journal and the hub that goes with it.
@@ -59,99 +110,4 @@ pub struct BackendStats {
     pub journal_bytes: u64,
     pub journal_errors: u64,
     pub by_status: HashMap<RunStatus, usize>,
-}
-
-impl Backend {
-    pub fn table(&self) -> Option<&RunTable> {
-        match self {
-            Backend::Daemon(t) => Some(t),
-            Backend::Gateway(_) => None,
-        }
-    }
-
-    /// Finds where a run's stream lives. At the gateway, without a host, a
-    /// run that no host has yet is waited for (the caller bounds the wait by
-    /// the life of the connection).
-    pub async fn source(&self, host: Option<&str>, run: &RunId) -> Result<Source, LookupError> {
-        match self {
-            Backend::Daemon(t) => Ok(Source { journal: t.journal().clone(), hub: t.hub().clone() }),
-            Backend::Gateway(g) => g.source(host, run).await,
-        }
-    }
-
-    pub fn list(&self, scope: &Scope) -> Vec<Value> {
-        match self {
-            Backend::Daemon(t) => t.list().into_iter().filter(|r| scope.allows(&r.run_id)).map(|r| json!(r)).collect(),
-            Backend::Gateway(g) => g.list(scope),
-        }
-    }
-
-    pub fn get(&self, host: Option<&str>, run: &RunId) -> Result<Value, LookupError> {
-        match self {
-            Backend::Daemon(t) => t.get(run).map(|r| json!(r)).ok_or_else(|| LookupError::NotFound(run.to_string())),
-            Backend::Gateway(g) => g.get(host, run),
-        }
-    }
-
-    pub async fn cancel(&self, host: Option<&str>, run: &RunId, reason: String) -> CancelOutcome {
-        match self {
-            Backend::Daemon(t) => match t.cancel(run, reason) {
-                Ok(info) => CancelOutcome::Cancelling(json!({"runId": run.as_str(), "status": info.status})),
-                Err(CancelError::NotFound(_)) => CancelOutcome::NotFound(format!("no run {run}")),
-                Err(CancelError::Finished(info)) => CancelOutcome::Finished(json!(info)),
-            },
-            Backend::Gateway(g) => match g.cancel(host, run, reason).await {
-                Ok(CancelReply { host, ok: true, status, .. }) => {
-                    CancelOutcome::Cancelling(json!({"runId": run.as_str(), "host": host, "status": status}))
-                }
-                Ok(CancelReply { code, message, .. }) if code.as_deref() == Some("not-found") => {
-                    CancelOutcome::NotFound(message.unwrap_or_default())
-                }
-                Ok(CancelReply { host, status, .. }) => {
-                    let mut v =
-                        g.get(Some(&host), run).unwrap_or_else(|_| json!({"runId": run.as_str(), "host": host}));
-                    if let Some(s) = status {
-                        v["status"] = json!(s);
-                    }
-                    CancelOutcome::Finished(v)
-                }
-                Err(crate::gateway::CancelError::Lookup(LookupError::NotFound(m))) => CancelOutcome::NotFound(m),
-                Err(crate::gateway::CancelError::Lookup(e)) => CancelOutcome::NotFound(e.to_string()),
-                Err(crate::gateway::CancelError::Offline(h)) => {
-                    CancelOutcome::Unavailable(format!("host {h} is not connected"))
-                }
-                Err(crate::gateway::CancelError::Timeout(h)) => {
-                    CancelOutcome::Timeout(format!("host {h} did not answer in time"))
-                }
-            },
-        }
-    }
-
-    pub fn stats(&self) -> BackendStats {
-        use std::sync::atomic::Ordering::Relaxed;
-        match self {
-            Backend::Daemon(t) => {
-                let by_status = t.count_by_status();
-                BackendStats {
-                    runs: by_status.values().sum(),
-                    active: t.active_count(),
-                    degraded: t.degraded_count(),
-                    subscriptions: t.hub().stats().subscriptions.load(Relaxed),
-                    events_in: t.hub().stats().events_published.load(Relaxed),
-                    journal_bytes: t.journal().stats.bytes_written.load(Relaxed),
-                    journal_errors: t.journal().stats.write_errors.load(Relaxed),
-                    by_status,
-                }
-            }
-            Backend::Gateway(g) => g.stats(),
-        }
-    }
-
-    /// Backend-specific lines for `/metrics` (the gateway's hosts).
-    pub fn extra_metrics(&self) -> String {
-        match self {
-            Backend::Daemon(_) => String::new(),
-            Backend::Gateway(g) => g.render_metrics(),
-        }
-    }
 }

@@ -9,11 +9,11 @@
 //! | `POST /runs/ID/cancel` | cancel (token): 200, 404, or 409 with the final status |
 //! | `GET /api/v2/workflows/runs/ID/stream` | WebSocket: stream one run |
 //! | `GET /ws` | WebSocket: subscribe by message |
-//! | `GET /hosts` | gateway: hosts and their connection state (token) |
-//! | `GET /agent` | gateway: WebSocket for host daemons (agent token) |
+//! | `GET /hosts` | backends with hosts: hosts and their connection state (token) |
+//! | `GET /agent` | backends with an agent endpoint: WebSocket for host daemons (agent token) |
 //!
-//! At a gateway every run endpoint takes `host=HOST`; without it the run ID
-//! must be unique across hosts.
+//! Where the backend has hosts every run endpoint takes `host=HOST`;
+//! without it the run ID must be unique across hosts.
 //!
 //! A TCP connection gets `handshake_timeout` in all for its HTTP requests
 //! (keep-alive included) or its upgrade, so a slow or idle client cannot
@@ -38,11 +38,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{Scope, request_token};
-use super::backend::{Backend, CancelOutcome, LookupError};
+use super::backend::{CancelOutcome, LookupError};
 use super::metrics::Metrics;
 use super::ws::{self, Endpoint, WsError};
 use super::{Role, Shared};
+use crate::auth::{Scope, request_token};
 use crate::run_id::RunId;
 
 /// Largest request body read (only `POST /runs/ID/cancel` has one).
@@ -140,22 +140,19 @@ async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>, gu
     match (req.method(), segments.as_slice()) {
         (&Method::GET, ["healthz"]) => healthz(&shared),
         (&Method::GET, ["metrics"]) => {
-            let mut text = shared.metrics.render(&shared.backend);
-            if let (Some(up), Some(table)) = (&shared.upstream, shared.backend.table()) {
-                text.push_str(&up.render(table));
-            }
+            let text = shared.metrics.render(shared.backend.as_ref());
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             r
         }
         (&Method::GET, ["ws"]) => upgrade_to(req, Endpoint::Multi, &query, shared, guard),
-        (&Method::GET, ["agent"]) if matches!(shared.backend, Backend::Gateway(_)) => {
-            upgrade_agent(req, &query, shared, guard)
-        }
-        (&Method::GET, ["hosts"]) => match (&shared.backend, authorize(&req, &query, &shared)) {
-            (Backend::Gateway(g), Ok(_)) => json_response(StatusCode::OK, &g.hosts_json()),
-            (Backend::Gateway(_), Err(r)) => r,
-            (Backend::Daemon(_), _) => error(StatusCode::NOT_FOUND, "not-found", "/hosts is served by the gateway"),
+        (&Method::GET, ["agent"]) if shared.backend.agent().is_some() => upgrade_agent(req, &query, shared, guard),
+        (&Method::GET, ["hosts"]) => match shared.backend.has_hosts() {
+            false => error(StatusCode::NOT_FOUND, "not-found", "/hosts is served by the gateway"),
+            true => match authorize(&req, &query, &shared) {
+                Ok(_) => json_response(StatusCode::OK, &shared.backend.hosts().unwrap_or_default()),
+                Err(r) => r,
+            },
         },
         (&Method::GET, ["runs"]) if upgrade => {
             let host = param("host").map(str::to_owned);
@@ -367,16 +364,14 @@ fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response
     json_response(status, &json!({"code": code, "message": message.into()}))
 }
 
-/// `/agent` (gateway): a host daemon's link. Only agent tokens get in.
+/// `/agent`: a host daemon's link, handed to the backend's agent
+/// endpoint. Only agent tokens get in.
 fn upgrade_agent(
     req: Request<Incoming>,
     query: &[(String, String)],
     shared: Arc<Shared>,
     guard: Arc<ConnGuard>,
 ) -> Response<Body> {
-    let Backend::Gateway(gateway) = &shared.backend else {
-        return error(StatusCode::NOT_FOUND, "not-found", "no endpoint /agent");
-    };
     let role = request_token(req.headers(), query).map_or(Role::None, |t| shared.role(&t));
     let refusal = match role {
         Role::Agent => None,
@@ -389,12 +384,13 @@ fn upgrade_agent(
     let Some(accept) = accept_key(&req) else {
         return error(StatusCode::BAD_REQUEST, "bad-request", "not a WebSocket upgrade");
     };
-    let (gateway, stop) = (gateway.clone(), shared.stop.clone());
+    let task_shared = shared.clone();
     shared.tracker.spawn(async move {
         match hyper::upgrade::on(req).await {
-            Ok(upgraded) => match refusal {
-                Some(err) => ws::reject(upgraded, err).await,
-                None => crate::gateway::agent::serve(upgraded, gateway, stop).await,
+            Ok(upgraded) => match (refusal, task_shared.backend.agent()) {
+                (Some(err), _) => ws::reject(upgraded, err).await,
+                (None, Some(agent)) => agent.serve(upgraded, task_shared.stop.clone()).await,
+                (None, None) => {}
             },
             Err(error) => tracing::debug!(%error, "agent upgrade failed"),
         }

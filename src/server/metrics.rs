@@ -36,7 +36,7 @@ impl Metrics {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn render(&self, backend: &Backend) -> String {
+    pub fn render(&self, backend: &dyn Backend) -> String {
         let stats = backend.stats();
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {

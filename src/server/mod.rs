@@ -1,18 +1,19 @@
-//! Everything that accepts connections.
+//! Everything that accepts connections: transport only.
 //!
-//! - `unix`: the local socket (launch, subscribe, cancel, list, status).
+//! The server knows runs only through the traits it owns — [`Backend`]
+//! for HTTP and WebSocket, [`unix::Runs`] for the local socket — and
+//! imports nothing of the daemon, the gateway or the upstream link above it.
+//!
+//! - `backend`: the [`Backend`] trait and the types it answers with.
 //! - `http`: the TCP listener: HTTP endpoints and WebSocket upgrades.
-//! - `ws`: one WebSocket session; `subscription`: its feeds; `wire`: its frames on the socket.
-//! - `auth`: tokens and their scopes.
+//! - `ws`: one WebSocket session (its subscriptions, limits, errors, frames).
+//! - `unix`: the local socket (launch, subscribe, cancel, list, status).
 //! - `metrics`: counters behind `/metrics` and `/healthz`.
 
-pub mod auth;
 pub mod backend;
 pub mod http;
 pub mod metrics;
-mod subscription;
 pub mod unix;
-pub mod wire;
 pub mod ws;
 
 use std::sync::{Arc, RwLock};
@@ -20,49 +21,29 @@ use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::{self, Tokens};
 use crate::config::StreamConfig;
-use crate::gateway::Gateway;
-use crate::run::RunTable;
-use auth::Tokens;
-use backend::Backend;
+pub use backend::Backend;
 use metrics::Metrics;
 
 /// State every network connection shares.
 pub struct Shared {
-    pub backend: Backend,
+    pub backend: Arc<dyn Backend>,
     pub metrics: Arc<Metrics>,
     /// Limits and timeouts; swapped whole on reload, so a session sees one consistent set.
     config: RwLock<Arc<StreamConfig>>,
     /// Accepted tokens; swapped whole on reload.
     tokens: RwLock<Arc<Tokens>>,
-    /// Gateway only: the tokens hosts present on `/agent` (never valid for viewing).
+    /// With an agent endpoint: the tokens hosts present on `/agent` (never valid for viewing).
     agent_tokens: RwLock<Option<Arc<Tokens>>>,
     /// Cancelled when connections must close (after runs have stopped at shutdown).
     pub stop: CancellationToken,
     /// Connection and session tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Daemon with `[upstream]`: the link's state, shown in `/metrics`.
-    pub upstream: Option<Arc<crate::upstream::UpstreamStatus>>,
 }
 
 impl Shared {
-    pub fn new(table: RunTable, config: StreamConfig, tokens: Tokens, stop: CancellationToken) -> Self {
-        Shared::new_inner(Backend::Daemon(table), config, tokens, stop)
-    }
-
-    pub fn new_gateway(
-        gateway: Gateway,
-        config: StreamConfig,
-        viewers: Tokens,
-        agents: Tokens,
-        stop: CancellationToken,
-    ) -> Self {
-        let mut s = Shared::new_inner(Backend::Gateway(gateway), config, viewers, stop);
-        s.agent_tokens = RwLock::new(Some(Arc::new(agents)));
-        s
-    }
-
-    fn new_inner(backend: Backend, config: StreamConfig, tokens: Tokens, stop: CancellationToken) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, config: StreamConfig, tokens: Tokens, stop: CancellationToken) -> Self {
         Shared {
             backend,
             metrics: Arc::default(),
@@ -71,7 +52,6 @@ impl Shared {
             agent_tokens: RwLock::new(None),
             stop,
             tracker: TaskTracker::new(),
-            upstream: None,
         }
     }
 

@@ -1,4 +1,5 @@
-//! The Unix socket: launch, subscribe, cancel, list, status (see `protocol`).
+//! The Unix socket: launch, subscribe, cancel, list, status (see
+//! `protocol::unix`), served from the [`Runs`] the daemon hands in.
 //!
 //! Access is the socket file's permissions (mode 0660 or tighter, group =
 //! the workers allowed to launch jobs); the peer's uid is logged. Each
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -22,10 +24,31 @@ use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::backend::Source;
 use crate::feed::{Delivery, Feed, FeedItem, LagPolicy};
-use crate::protocol::{LaunchRequest, MAX_REQUEST_BYTES, Request, Response};
-use crate::run::{CancelError, LaunchError, RunTable, Spec};
+use crate::protocol::unix::{LaunchRequest, MAX_REQUEST_BYTES, Request, Response};
 use crate::run_id::RunId;
+use crate::run_info::{CancelError, RunInfo};
+
+/// The runs the socket serves. The daemon implements it over its run table.
+pub trait Runs: Send + Sync + 'static {
+    /// Starts a run (with `id`, or one the daemon makes).
+    fn launch(&self, id: Option<RunId>, req: LaunchRequest) -> Result<RunId, Refusal>;
+    fn cancel(&self, run: &RunId, reason: String) -> Result<RunInfo, CancelError>;
+    fn get(&self, run: &RunId) -> Option<RunInfo>;
+    /// All runs, oldest first.
+    fn list(&self) -> Vec<RunInfo>;
+    /// Where subscriptions read.
+    fn source(&self) -> Source;
+}
+
+/// A launch that was not started: the error `code` the socket answers
+/// with (`run-active`, `too-many-runs`, ...) and a message for people.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+}
 
 /// Subscriptions one connection may hold at once (each can pin a delivery
 /// of history in memory while its reader is slow).
@@ -59,13 +82,6 @@ impl From<Vec<u8>> for Out {
     fn from(line: Vec<u8>) -> Self {
         Out::Line(Bytes::from(line))
     }
-}
-
-/// Knobs from the config that launches need.
-#[derive(Clone, Copy, Debug)]
-pub struct LaunchDefaults {
-    pub pty_cols: u16,
-    pub pty_rows: u16,
 }
 
 /// The socket file; removed when dropped (daemon shutdown).
@@ -118,8 +134,7 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketGuard)> {
 /// Accepts connections until `shutdown`.
 pub async fn serve(
     listener: UnixListener,
-    table: RunTable,
-    defaults: LaunchDefaults,
+    runs: Arc<dyn Runs>,
     stop_accepting: CancellationToken,
     stop_connections: CancellationToken,
     tracker: TaskTracker,
@@ -140,14 +155,13 @@ pub async fn serve(
         set_send_buffer(&stream, SEND_BUFFER);
         let uid = stream.peer_cred().ok().map(|c| c.uid());
         tracing::debug!(peer_uid = ?uid, "unix connection");
-        let conn = Connection { table: table.clone(), defaults, uid, subs: HashMap::new(), tasks: JoinSet::new() };
+        let conn = Connection { runs: runs.clone(), uid, subs: HashMap::new(), tasks: JoinSet::new() };
         tracker.spawn(conn.serve(stream, stop_connections.clone()));
     }
 }
 
 struct Connection {
-    table: RunTable,
-    defaults: LaunchDefaults,
+    runs: Arc<dyn Runs>,
     uid: Option<u32>,
     /// Live subscriptions by run, so `unsubscribe` can stop one.
     subs: HashMap<RunId, AbortHandle>,
@@ -217,14 +231,8 @@ impl Connection {
                     let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
                     return Some(Response::error("too-many-subscriptions", msg));
                 }
-                let feed = Feed::new(
-                    self.table.journal().clone(),
-                    self.table.hub().clone(),
-                    id.clone(),
-                    since,
-                    follow,
-                    LagPolicy::Replay,
-                );
+                let Source { journal, hub } = self.runs.source();
+                let feed = Feed::new(journal, hub, id.clone(), since, follow, LagPolicy::Replay);
                 let hello = Response::Subscribed { run_id: id.to_string(), since };
                 let handle = self.tasks.spawn(stream_feed(feed, hello, tx.clone()));
                 self.subs.insert(id, handle);
@@ -247,24 +255,23 @@ impl Connection {
                 };
                 let reason = reason.unwrap_or_else(|| "cancelled by request".into());
                 tracing::info!(run_id = %id, peer_uid = ?self.uid, %reason, "cancel requested");
-                Some(match self.table.cancel(&id, reason) {
+                Some(match self.runs.cancel(&id, reason) {
                     Ok(run) => Response::Cancelling { run: Box::new(run) },
                     Err(CancelError::NotFound(_)) => not_found(&id),
-                    Err(e @ CancelError::Finished(_)) => {
-                        let message = e.to_string();
-                        let CancelError::Finished(run) = e else { unreachable!() };
+                    Err(CancelError::Finished(run)) => {
+                        let message = run.finished_message();
                         Response::Error { code: "finished".into(), message, run_id: Some(run_id), run: Some(run) }
                     }
                 })
             }
             Request::Status { run_id } => Some(match RunId::parse(&run_id) {
                 Err(e) => bad_run_id(&run_id, e),
-                Ok(id) => match self.table.get(&id) {
+                Ok(id) => match self.runs.get(&id) {
                     Some(run) => Response::Run { run: Box::new(run) },
                     None => not_found(&id),
                 },
             }),
-            Request::List => Some(Response::Runs { runs: self.table.list() }),
+            Request::List => Some(Response::Runs { runs: self.runs.list() }),
         }
     }
 
@@ -273,31 +280,14 @@ impl Connection {
             Ok(id) => id,
             Err(e) => return bad_run_id(req.run_id.as_deref().unwrap_or_default(), e),
         };
-        let spec = Spec {
-            argv: req.command,
-            env: req.env,
-            clear_env: req.clear_env,
-            cwd: req.cwd,
-            pty: req.pty.then(|| {
-                (req.cols.unwrap_or(self.defaults.pty_cols).max(1), req.rows.unwrap_or(self.defaults.pty_rows).max(1))
-            }),
-        };
-        match self.table.launch(id, spec) {
+        match self.runs.launch(id, req) {
             Ok(id) => {
                 tracing::info!(run_id = %id, peer_uid = ?self.uid, "run launched");
                 Response::Launched { run_id: id.to_string() }
             }
-            Err(e) => {
-                let code = match &e {
-                    LaunchError::EmptyCommand => "bad-request",
-                    LaunchError::Active(_) => "run-active",
-                    LaunchError::Exists(_) => "run-exists",
-                    LaunchError::TooMany(_) => "too-many-runs",
-                    LaunchError::ShuttingDown => "shutting-down",
-                    LaunchError::Journal(_) => "journal",
-                };
-                tracing::info!(peer_uid = ?self.uid, code, error = %e, "launch refused");
-                Response::error(code, e.to_string())
+            Err(Refusal { code, message }) => {
+                tracing::info!(peer_uid = ?self.uid, code, error = %message, "launch refused");
+                Response::error(code, message)
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use runtap::client::{Client, Line};
 use runtap::event::{Event, RunStatus};
-use runtap::protocol::{Request, Response};
+use runtap::protocol::unix::{Request, Response};
 
 /// Upper bound for any single wait in tests.
 pub const WAIT: Duration = Duration::from_secs(20);

@@ -9,12 +9,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
-use super::Shared;
-use super::ws::WsError;
+use super::error::WsError;
 use crate::event::Utf8Bytes;
 use crate::feed::{Delivery, Feed, FeedItem, LagPolicy};
 use crate::journal::JournalError;
 use crate::run_id::RunId;
+use crate::server::Shared;
 
 /// What a subscription hands the session.
 pub enum SubOut {

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::RunInfo;
+use crate::run_info::RunInfo;
 
 /// Longest request line accepted (a launch with a large environment fits easily).
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;

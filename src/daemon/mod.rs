@@ -7,6 +7,8 @@
 //! their final statuses (bounded), and only then close client connections,
 //! so that `runtap run` clients see how their run ended.
 
+mod backend;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -18,13 +20,16 @@ use tokio_util::task::TaskTracker;
 
 use tokio::sync::mpsc;
 
+use crate::auth::{AuthError, Tokens};
 use crate::config::{Config, ShutdownPolicy};
 use crate::hub::{Hub, QueueLimits};
 use crate::journal::{Journal, JournalError};
 use crate::run::{RunLimits, RunTable, Timing};
-use crate::server::auth::{AuthError, Tokens};
-use crate::server::unix::{self, LaunchDefaults, SocketGuard};
+use crate::server::unix::{self, SocketGuard};
 use crate::server::{Shared, http};
+use crate::sys::create_private_dir;
+use crate::upstream::{self, UpstreamStatus};
+use backend::DaemonRuns;
 
 /// Extra time, past the grace period and drain timeout, that shutdown
 /// waits for runs to write their final status.
@@ -41,11 +46,11 @@ pub enum DaemonError {
     #[error("bind {addr}: {source}")]
     BindTcp { addr: String, source: std::io::Error },
     #[error("recover journal: {0}")]
-    Journal(#[from] JournalError),
+    Journal(JournalError),
     #[error("load tokens: {0}")]
-    Tokens(#[from] AuthError),
+    Tokens(AuthError),
     #[error("upstream: {0}")]
-    Upstream(#[from] crate::upstream::UpstreamError),
+    Upstream(upstream::UpstreamError),
 }
 
 /// How long shutdown lets the upstream link forward the runs' final events.
@@ -53,11 +58,11 @@ const UPSTREAM_DRAIN: Duration = Duration::from_secs(3);
 
 /// Sockets bound before `run`, so binding errors surface before anything starts.
 pub struct Listeners {
-    pub unix: UnixListener,
+    unix: UnixListener,
     /// Removes the socket file when the daemon is done with it.
-    pub unix_guard: SocketGuard,
+    unix_guard: SocketGuard,
     /// HTTP and WebSocket.
-    pub tcp: TcpListener,
+    tcp: TcpListener,
 }
 
 impl Listeners {
@@ -84,7 +89,6 @@ fn run_limits(config: &Config) -> RunLimits {
             drain_timeout: config.runs.drain_timeout,
             pacing: crate::run::output::Pacing { line_hold: config.runs.line_hold, coalesce: config.runs.coalesce },
             fsync_interval: config.journal.fsync_interval,
-            pty_size: (config.runs.pty_cols, config.runs.pty_rows),
         },
     }
 }
@@ -100,15 +104,15 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let state_dir = &config.daemon.state_dir;
     create_private_dir(state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
-    let journal = Journal::open(state_dir)?;
+    let journal = Journal::open(state_dir).map_err(DaemonError::Journal)?;
     let hub = Hub::new(QueueLimits {
         max_bytes: config.stream.subscriber_queue_bytes,
         max_batches: config.stream.subscriber_queue_batches,
     });
     let run_tasks = TaskTracker::new();
     let table = RunTable::new(journal, hub, run_limits(&config), run_tasks.clone());
-    let recovered = table.recover()?;
-    let tokens = Tokens::load(&config.stream, state_dir)?;
+    let recovered = table.recover().map_err(DaemonError::Journal)?;
+    let tokens = Tokens::load(&config.stream, state_dir).map_err(DaemonError::Tokens)?;
     let listen = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         state_dir = %state_dir.display(),
@@ -121,34 +125,36 @@ pub async fn run(
     let stop_accepting = CancellationToken::new();
     let stop_connections = CancellationToken::new();
     let conn_tasks = TaskTracker::new();
-    let defaults = LaunchDefaults { pty_cols: config.runs.pty_cols, pty_rows: config.runs.pty_rows };
+    let link = upstream::LinkConfig::load(&config.upstream, state_dir).map_err(DaemonError::Upstream)?;
+    let upstream_status = link.as_ref().map(|_| Arc::new(UpstreamStatus::default()));
+    let runs = Arc::new(DaemonRuns {
+        table: table.clone(),
+        upstream: upstream_status.clone(),
+        pty_size: (config.runs.pty_cols, config.runs.pty_rows),
+    });
     let unix_server = tokio::spawn(unix::serve(
         listeners.unix,
-        table.clone(),
-        defaults,
+        runs.clone(),
         stop_accepting.clone(),
         stop_connections.clone(),
         conn_tasks.clone(),
     ));
-    let link = crate::upstream::LinkConfig::load(&config.upstream, state_dir)?;
-    let upstream_status = link.as_ref().map(|_| Arc::new(crate::upstream::UpstreamStatus::default()));
     let stop_upstream = CancellationToken::new();
     let upstream = match (link, &upstream_status) {
         (Some(link), Some(status)) => {
             tracing::info!(url = %link.url, host = %link.host_id, "forwarding to the gateway");
-            Some(tokio::spawn(crate::upstream::run(link, table.clone(), status.clone(), stop_upstream.clone())))
+            Some(tokio::spawn(upstream::run(link, table.clone(), status.clone(), stop_upstream.clone())))
         }
         _ => None,
     };
-    let mut shared = Shared::new(table.clone(), config.stream.clone(), tokens, stop_connections.clone());
-    shared.upstream = upstream_status.clone();
-    let shared = Arc::new(shared);
+    let shared = Arc::new(Shared::new(runs, config.stream.clone(), tokens, stop_connections.clone()));
     let http_server = tokio::spawn(http::serve(listeners.tcp, shared.clone(), stop_accepting.clone()));
     let retention =
         tokio::spawn(retention_loop(table.clone(), config.clone(), upstream_status.clone(), stop_accepting.clone()));
 
-    let watchdog = tokio::spawn(crate::systemd::watchdog(shared.clone(), stop_accepting.clone()));
-    crate::systemd::ready(&crate::systemd::status_line(&shared));
+    let status_line = status_line(shared.clone());
+    let watchdog = tokio::spawn(crate::systemd::watchdog(status_line.clone(), stop_accepting.clone()));
+    crate::systemd::ready(&status_line());
 
     let mut config = config;
     loop {
@@ -156,7 +162,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             Some(new) = reloads.recv() => {
                 config = reload(config, new, &table, &shared);
-                crate::systemd::ready(&crate::systemd::status_line(&shared));
+                crate::systemd::ready(&status_line());
             }
         }
     }
@@ -209,7 +215,7 @@ pub async fn run(
 async fn retention_loop(
     table: RunTable,
     config: Config,
-    upstream: Option<Arc<crate::upstream::UpstreamStatus>>,
+    upstream: Option<Arc<UpstreamStatus>>,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(config.journal.retention_check_interval);
@@ -260,9 +266,12 @@ fn reload(old: Config, new: Config, table: &RunTable, shared: &Shared) -> Config
     new
 }
 
-/// Creates the state dir (and parents) with mode 0750: job output and the
-/// token live below it, and must not be readable by other users.
-pub fn create_private_dir(path: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o750).create(path)
+/// The one-line summary for `systemctl status`.
+fn status_line(shared: Arc<Shared>) -> crate::systemd::StatusLine {
+    Arc::new(move || {
+        use std::sync::atomic::Ordering;
+        let stats = shared.backend.stats();
+        let conns = shared.metrics.connections.load(Ordering::Relaxed);
+        format!("{} active runs, {conns} connections, {} subscriptions", stats.active, stats.subscriptions)
+    })
 }

@@ -1,12 +1,6 @@
-//! One WebSocket session: authentication, subscriptions, heartbeat, limits.
-//!
-//! One task per connection reads client messages, pulls each
-//! subscription's feed and writes frames (see `wire`). It only pulls a feed
-//! while its outbox is short, so the backlog of a client that stops reading
-//! piles up in that subscription's hub queue, which is bounded in bytes:
-//! the client gets `lagged` (1013) while the run and every other subscriber
-//! carry on. A write that makes no progress for `write_stall_timeout` ends
-//! the session.
+//! The loop of one WebSocket session: read client messages, pull the
+//! subscriptions' feeds, write frames; ping, heartbeat and write-stall
+//! deadlines on one timer.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -14,102 +8,28 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
 
-use super::auth::Scope;
-use super::metrics::Metrics;
+use super::Endpoint;
+use super::error::WsError;
+use super::frame::{self, ClientIo, Outbox};
+use super::limits::{MAX_SUBSCRIPTIONS, RateLimiter, json_depth, ws_config};
 use super::subscription::{Sub, SubOut, Subs};
-use super::wire::{self, ClientIo, Outbox};
-use super::{Role, Shared};
-use crate::event::Utf8Bytes;
+use crate::auth::Scope;
 use crate::run_id::RunId;
+use crate::server::metrics::Metrics;
+use crate::server::{Role, Shared};
 
-/// Subscriptions one `/ws` session may hold at once: each can pin a
-/// delivery of history in memory while its client is slow.
-const MAX_SUBSCRIPTIONS: usize = 64;
 /// The session pulls more from its feeds once less than this is waiting to
 /// be written. The outbox holds shared batches, not copies, so this only
 /// decides how soon a slow client's backlog moves to its bounded hub queue.
 const REFILL_BELOW: usize = 64 * 1024;
-/// tungstenite's read buffer, allocated up front per connection (its default
-/// is 128 KiB). Clients send a few small messages; larger ones still work,
-/// read in several chunks. 4 KiB → 1 KiB took idle RSS per subscriber at
-/// 10 000 from 13.8 to 10.7 KB (BENCHMARKS.md); 256 bytes holds an auth or
-/// subscribe message whole.
-const READ_BUFFER: usize = 256;
-
-/// Which endpoint the session came in on.
-pub enum Endpoint {
-    /// `/runs?runId=` and `/api/v2/workflows/runs/ID/stream`: one run; closed (1000) when it ends.
-    /// `host` picks the host at a gateway.
-    Single { run: Result<RunId, WsError>, since: u64, host: Option<String> },
-    /// `/ws`: subscribe and unsubscribe by message.
-    Multi,
-}
-
-/// An error event plus the close code that follows it (the spec's table).
-#[derive(Debug, Clone)]
-pub struct WsError {
-    pub code: &'static str,
-    pub close: u16,
-    pub message: String,
-    pub last_seq: Option<u64>,
-    /// The run it is about, on `/ws` where a session has several.
-    pub run: Option<RunId>,
-}
-
-impl WsError {
-    pub fn new(code: &'static str, close: u16, message: impl Into<String>) -> Self {
-        WsError { code, close, message: message.into(), last_seq: None, run: None }
-    }
-    pub fn unauthorized() -> Self {
-        Self::new("unauthorized", 4401, "missing or wrong token")
-    }
-    pub fn forbidden(run: &RunId) -> Self {
-        Self::new("forbidden", 4403, format!("this token may not see run {run}"))
-    }
-    pub fn host_token() -> Self {
-        Self::new("forbidden", 4403, "host (agent) tokens cannot subscribe to runs")
-    }
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new("bad-request", 4400, message)
-    }
-    pub fn missing_run_id() -> Self {
-        Self::new("missing-run-id", 4400, "no run ID given")
-    }
-    /// From a raw `runId` value: missing, or malformed.
-    pub fn for_run_id(raw: Option<&str>) -> Result<RunId, WsError> {
-        match raw {
-            None | Some("") => Err(Self::missing_run_id()),
-            Some(s) => RunId::parse(s).map_err(|e| Self::bad_request(format!("invalid run ID {s:?}: {e}"))),
-        }
-    }
-
-    pub fn with_run(mut self, run: RunId) -> Self {
-        self.run = Some(run);
-        self
-    }
-
-    pub fn to_json(&self) -> Utf8Bytes {
-        let mut v = json!({"type": "error", "code": self.code, "message": self.message});
-        if let Some(seq) = self.last_seq {
-            v["lastSeq"] = seq.into();
-        }
-        if let Some(run) = &self.run {
-            v["runId"] = run.as_str().into();
-        }
-        Utf8Bytes::from(v.to_string())
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -133,26 +53,9 @@ enum ClientMsg {
     },
 }
 
-/// tungstenite reads messages up to this, and the session refuses those over
-/// `max_frame_bytes` itself: a message read in full can be answered with
-/// `message-too-large`; one cut off mid-read leaves bytes unread, and the
-/// close then resets the connection, losing the error on the way.
-fn read_limit(max_frame_bytes: usize) -> usize {
-    (max_frame_bytes * 4).max(256 * 1024)
-}
-
 /// After an error close, how long unread client data is still drained so
 /// the close does not turn into a reset that loses the error event.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
-
-pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        // tungstenite only writes pongs and close replies here: pass them on at once.
-        .write_buffer_size(0)
-        .max_message_size(Some(read_limit(max_frame_bytes)))
-        .max_frame_size(Some(read_limit(max_frame_bytes)))
-}
 
 /// Why a session ended without an error of the client's making.
 enum End {
@@ -164,31 +67,12 @@ enum End {
     Stalled,
 }
 
-/// Runs a session to its end. `token` is the one from the header or query.
-///
-/// Not an `async fn`: its arguments would stay in the session's future for
-/// its whole life, and an idle subscriber is mostly that future. Only the
-/// socket and a box with the start-up arguments are carried in.
-pub fn serve(
-    upgraded: Upgraded,
-    endpoint: Endpoint,
-    token: Option<String>,
+pub(super) async fn run(
+    tcp: TcpStream,
+    early: bytes::Bytes,
+    start: Box<(Endpoint, Option<String>)>,
     shared: Arc<Shared>,
-) -> impl Future<Output = ()> + Send + 'static {
-    // The listener serves plain TCP, so this holds; frames are written to
-    // the socket itself (see `wire`).
-    let socket = upgraded.downcast::<TokioIo<TcpStream>>().ok().map(|p| (p.io.into_inner(), p.read_buf));
-    let start = Box::new((endpoint, token));
-    async move {
-        let Some((tcp, early)) = socket else {
-            tracing::error!("websocket is not on a TCP stream; dropping it");
-            return;
-        };
-        session(tcp, early, start, shared).await;
-    }
-}
-
-async fn session(tcp: TcpStream, early: bytes::Bytes, start: Box<(Endpoint, Option<String>)>, shared: Arc<Shared>) {
+) {
     let cfg = shared.stream_config();
     let tcp = Arc::new(tcp);
     let control = Arc::new(Mutex::new(BytesMut::new()));
@@ -213,7 +97,7 @@ async fn session(tcp: TcpStream, early: bytes::Bytes, start: Box<(Endpoint, Opti
     };
     match ended {
         Ok(End::Close(code, reason)) => {
-            session.outbox.push_raw(wire::close_frame(code, reason));
+            session.outbox.push_raw(frame::close_frame(code, reason));
             session.drain(cfg.write_stall_timeout).await;
         }
         Ok(End::PeerGone) => {
@@ -224,7 +108,7 @@ async fn session(tcp: TcpStream, early: bytes::Bytes, start: Box<(Endpoint, Opti
         Err(err) => {
             tracing::debug!(code = err.code, close = err.close, message = %err.message, "closing websocket with error");
             session.outbox.push_text(&err.to_json());
-            session.outbox.push_raw(wire::close_frame(err.close, err.code));
+            session.outbox.push_raw(frame::close_frame(err.close, err.code));
             session.drain(cfg.write_stall_timeout).await;
             // Keep reading (and dropping) until the client closes, briefly,
             // so that unread client data does not turn the close into a
@@ -239,7 +123,7 @@ async fn session(tcp: TcpStream, early: bytes::Bytes, start: Box<(Endpoint, Opti
 /// One task per connection: it reads client messages, pulls its
 /// subscriptions' feeds, and writes, so an idle subscriber costs one task
 /// and no buffer beyond tungstenite's small read buffer.
-struct Session {
+pub(super) struct Session {
     shared: Arc<Shared>,
     tcp: Arc<TcpStream>,
     reader: WebSocketStream<ClientIo>,
@@ -359,7 +243,7 @@ impl Session {
                         return Ok(End::Stalled);
                     }
                     if now >= next_ping {
-                        self.outbox.push_raw(wire::encode(wire::PING, b""));
+                        self.outbox.push_raw(frame::encode(frame::PING, b""));
                         next_ping = now + cfg.ping_interval;
                     }
                     let mut next = next_ping.min(heard + cfg.ping_timeout);
@@ -454,7 +338,7 @@ impl Session {
             return Err(WsError::forbidden(&run));
         }
         // A daemon has one host: `host` must not make two subscriptions to one run.
-        let host = if self.shared.backend.table().is_some() { None } else { host };
+        let host = if self.shared.backend.has_hosts() { host } else { None };
         let key = (host.clone(), run.clone());
         self.subs.remove(&key);
         if self.subs.len() >= MAX_SUBSCRIPTIONS {
@@ -503,7 +387,7 @@ impl Session {
 
     /// Moves what tungstenite wrote into the outbox.
     fn pull_control(&mut self) {
-        self.outbox.push_raw(wire::take_control(&self.control));
+        self.outbox.push_raw(frame::take_control(&self.control));
     }
 
     /// Writes out what is queued, for at most `limit`.
@@ -517,118 +401,5 @@ impl Session {
             }
         })
         .await;
-    }
-}
-
-/// Token bucket: `rate` messages per second, bursts up to `burst`.
-struct RateLimiter {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimiter {
-    fn new(rate: u32, burst: u32) -> Self {
-        let burst = f64::from(burst.max(1));
-        RateLimiter { rate: f64::from(rate), burst, tokens: burst, last: Instant::now() }
-    }
-
-    fn allow(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-/// Deepest nesting of objects/arrays in `json` (strings skipped), without parsing it.
-pub fn json_depth(json: &[u8]) -> usize {
-    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
-    for &b in json {
-        if in_str {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'{' | b'[' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
-/// Refuses an upgraded connection with an error event and its close code
-/// (used where no session follows, e.g. `/agent` with a viewer token).
-pub async fn reject(upgraded: Upgraded, err: WsError) {
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config(1024))).await;
-    let frame = CloseFrame { code: CloseCode::from(err.close), reason: err.code.into() };
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        ws.send(Message::Text(err.to_json())).await?;
-        ws.send(Message::Close(Some(frame))).await
-    })
-    .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn depth_ignores_brackets_in_strings() {
-        assert_eq!(json_depth(br#"{"a":[1,{"b":"[[[{{{"}]}"#), 3);
-        assert_eq!(json_depth(br#""\"[""#), 0);
-        assert_eq!(json_depth(b"[[[[[]]]]]"), 5);
-    }
-
-    #[test]
-    fn rate_limiter_allows_burst_then_rate() {
-        let t0 = Instant::now();
-        let mut r = RateLimiter::new(10, 3);
-        assert!(r.allow(t0) && r.allow(t0) && r.allow(t0));
-        assert!(!r.allow(t0));
-        assert!(r.allow(t0 + Duration::from_millis(100)));
-        assert!(!r.allow(t0 + Duration::from_millis(100)));
-    }
-
-    #[test]
-    fn run_id_errors_follow_the_spec_table() {
-        assert_eq!(WsError::for_run_id(None).unwrap_err().code, "missing-run-id");
-        assert_eq!(WsError::for_run_id(Some("")).unwrap_err().code, "missing-run-id");
-        let e = WsError::for_run_id(Some("../x")).unwrap_err();
-        assert_eq!((e.code, e.close), ("bad-request", 4400));
-    }
-}
-#[cfg(test)]
-mod size_tests {
-    use super::*;
-
-    fn future_size<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
-    /// An idle subscriber is mostly its session's future plus its feed
-    /// (issue 6: at most 4 KiB of RSS per idle subscriber, all told).
-    #[test]
-    fn an_idle_session_stays_small() {
-        let session = future_size(serve);
-        assert!(session <= 2048, "session future is {session} bytes");
-        let feed = std::mem::size_of::<crate::feed::Feed>();
-        assert!(feed <= 256, "Feed is {feed} bytes");
     }
 }

@@ -1,0 +1,186 @@
+//! The config's unit tests: layering, errors that name the key, validation.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::layers::parse_file;
+use super::*;
+
+fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+}
+
+/// Asserts that `text` is refused with a message starting `config x.toml: {want}`.
+fn refused(text: &str, want: &str) -> String {
+    let msg = Config::from_toml_str(text, Some(Path::new("x.toml"))).unwrap_err().to_string();
+    assert!(msg.starts_with(&format!("config x.toml: {want}")), "{text:?} gave: {msg}");
+    msg
+}
+
+#[test]
+fn defaults_validate() {
+    Config::default().validate().unwrap();
+    let config = Config::load_with(&Overrides::default(), env_of(&[])).unwrap();
+    assert_eq!(config.daemon.socket, config.daemon.state_dir.join("runtap.sock"));
+    assert!(config.daemon.state_dir.ends_with("runtap-data"));
+}
+
+#[test]
+fn xdg_dirs_are_used() {
+    let env = env_of(&[("XDG_STATE_HOME", "/st"), ("XDG_RUNTIME_DIR", "/run/user/1")]);
+    let config = Config::load_with(&Overrides::default(), env).unwrap();
+    assert_eq!(config.daemon.state_dir, Path::new("/st/runtap"));
+    assert_eq!(config.daemon.socket, Path::new("/run/user/1/runtap.sock"));
+}
+
+#[test]
+fn full_example_parses() {
+    let text = r#"
+        [daemon]
+        state_dir = "/var/lib/runtap"
+        socket = "/run/runtap.sock"
+        socket_mode = "0600"
+        listen = "0.0.0.0:9000"
+        log_level = "debug,hyper=info"
+        [runs]
+        max_concurrent = 8
+        grace_period = "3s"
+        drain_timeout = "500ms"
+        line_hold = "5ms"
+        pty_cols = 80
+        pty_rows = 24
+        [journal]
+        fsync_interval = "250ms"
+        retention_max_age = "1d"
+        retention_max_bytes = 1_000_000
+        retention_check_interval = "1m"
+        [stream]
+        tokens = ["0123456789abcdef"]
+        token_file = "/etc/runtap/tokens"
+        ping_interval = "5s"
+        ping_timeout = "15s"
+        max_frame_bytes = 2048
+        max_connections = 10
+        handshake_timeout = "1s"
+        auth_timeout = "2s"
+        max_messages_per_second = 5
+        rate_burst = 6
+        max_json_depth = 4
+        subscriber_queue_bytes = 65536
+        subscriber_queue_batches = 7
+        write_stall_timeout = "9s"
+        allowed_origins = ["https://ci.example"]
+    "#;
+    let c = Config::from_toml_str(text, None).unwrap();
+    assert_eq!(c.daemon.socket, Path::new("/run/runtap.sock"));
+    assert_eq!((c.daemon.socket_mode, c.daemon.listen.as_str()), (0o600, "0.0.0.0:9000"));
+    assert_eq!(c.runs.drain_timeout, Duration::from_millis(500));
+    assert_eq!((c.runs.pty_cols, c.runs.pty_rows), (80, 24));
+    assert_eq!(c.journal.retention_max_age, Duration::from_secs(86_400));
+    assert_eq!(c.journal.retention_check_interval, Duration::from_secs(60));
+    assert_eq!(c.stream.tokens.len(), 1);
+    assert_eq!((c.stream.subscriber_queue_batches, c.stream.rate_burst), (7, 6));
+    assert_eq!(c.stream.allowed_origins, ["https://ci.example"]);
+    assert!(!format!("{c:?}").contains("0123456789abcdef"), "Debug must redact tokens");
+}
+
+#[test]
+fn file_state_dir_moves_the_default_socket() {
+    let env = env_of(&[]);
+    let file = parse_file("[daemon]\nstate_dir = \"/srv/rt\"\n", None).unwrap();
+    let config = Config::assemble(None, file, &env).unwrap();
+    assert_eq!(config.daemon.socket, Path::new("/srv/rt/runtap.sock"));
+}
+
+#[test]
+fn unknown_key_names_key_and_file() {
+    let text = "[runs]\ngracee_period = \"1s\"\n";
+    let msg = refused(text, "unknown key `runs.gracee_period` (line 2, column 1)");
+    assert!(msg.contains("`grace_period`"), "lists the valid keys: {msg}");
+    refused("[strem]\n", "unknown key `strem`");
+}
+
+#[test]
+fn bad_values_name_the_key() {
+    let msg = refused("[runs]\ngrace_period = \"ten\"\n", "runs.grace_period: invalid duration \"ten\": ");
+    assert!(msg.contains("line 2"), "{msg}");
+    for (text, want) in [
+        ("[runs]\ngrace_period = 10", "runs.grace_period: invalid type: integer `10`, expected a duration"),
+        ("[stream]\nmax_frame_bytes = \"big\"", "stream.max_frame_bytes: invalid type"),
+        ("[daemon]\nsocket_mode = \"0689\"", "daemon.socket_mode: invalid mode"),
+        ("[daemon]\nsocket_mode = 660", "daemon.socket_mode: invalid type: integer `660`, expected a string"),
+        ("[runs\n", "TOML parse error at line 1"),
+    ] {
+        refused(text, want);
+    }
+}
+
+#[test]
+fn world_accessible_socket_mode_refused() {
+    for mode in ["0666", "0604", "0661", "4660", "0060"] {
+        refused(&format!("[daemon]\nsocket_mode = \"{mode}\""), "daemon.socket_mode: ");
+    }
+    for mode in ["0600", "0640", "660", "0o660"] {
+        Config::from_toml_str(&format!("[daemon]\nsocket_mode = \"{mode}\""), None).unwrap();
+    }
+}
+
+#[test]
+fn validation_names_the_key() {
+    for (text, want) in [
+        ("[runs]\nmax_concurrent = 0", "runs.max_concurrent: must be at least 1 (got 0)"),
+        ("[runs]\npty_rows = 0", "runs.pty_rows: "),
+        ("[stream]\nmax_frame_bytes = 100", "stream.max_frame_bytes: must be at least 1024"),
+        ("[stream]\nmax_frame_bytes = 16777217", "stream.max_frame_bytes: must be at most"),
+        ("[stream]\nping_timeout = \"25s\"", "stream.ping_timeout: "),
+        ("[stream]\nsubscriber_queue_bytes = 1024", "stream.subscriber_queue_bytes: "),
+        ("[journal]\nfsync_interval = \"0s\"", "journal.fsync_interval: must be greater than zero"),
+        ("[daemon]\nlisten = \"localhost\"", "daemon.listen: invalid socket address \"localhost\""),
+        ("[daemon]\nlog_level = \"\"", "daemon.log_level: must not be empty"),
+        ("[daemon]\nlog_level = \"a=b=c\"", "daemon.log_level: invalid filter"),
+    ] {
+        refused(text, want);
+    }
+    let msg = refused("[stream]\ntokens = [\"0123456789abcdef\", \"short\"]", "stream.tokens[1]: ");
+    assert!(!msg.contains("short"), "tokens must not be echoed: {msg}");
+}
+
+#[test]
+fn env_overrides_file_and_flags_override_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, "[daemon]\nlisten = \"127.0.0.1:1000\"\nlog_level = \"warn\"\n").unwrap();
+    let env = env_of(&[("RUNTAP_LISTEN", "127.0.0.1:2000"), ("RUNTAP_STATE_DIR", "/e"), ("RUNTAP_LOG", "")]);
+    let mut overrides = Overrides { config: Some(path.clone()), ..Overrides::default() };
+    let config = Config::load_with(&overrides, &env).unwrap();
+    assert_eq!(config.path.as_deref(), Some(path.as_path()));
+    assert_eq!(config.daemon.listen, "127.0.0.1:2000");
+    assert_eq!(config.daemon.log_level, "warn", "empty env values are ignored");
+    assert_eq!(config.daemon.socket, Path::new("/e/runtap.sock"));
+
+    overrides.listen = Some("127.0.0.1:3000".into());
+    overrides.state_dir = Some("/f".into());
+    let config = Config::load_with(&overrides, &env).unwrap();
+    assert_eq!(config.daemon.listen, "127.0.0.1:3000");
+    assert_eq!(config.daemon.socket, Path::new("/f/runtap.sock"));
+    overrides.socket = Some("/s.sock".into());
+    assert_eq!(Config::load_with(&overrides, &env).unwrap().daemon.socket, Path::new("/s.sock"));
+}
+
+#[test]
+fn missing_named_file_is_an_error() {
+    let overrides = Overrides { config: Some("/nonexistent/runtap.toml".into()), ..Overrides::default() };
+    let msg = Config::load_with(&overrides, env_of(&[])).unwrap_err().to_string();
+    assert_eq!(msg, "config /nonexistent/runtap.toml: file not found");
+    let dir = tempfile::tempdir().unwrap();
+    let overrides = Overrides { config: Some(dir.path().into()), ..Overrides::default() };
+    let msg = Config::load_with(&overrides, env_of(&[])).unwrap_err().to_string();
+    assert!(msg.contains(": read: ") && msg.contains("os error"), "{msg}");
+}
+
+#[test]
+fn repo_config_toml_is_the_defaults() {
+    let c = Config::from_toml_str(include_str!("../../config.toml"), Some(Path::new("config.toml"))).unwrap();
+    let d = Config::default();
+    assert_eq!((c.daemon, c.runs, c.journal, c.stream), (d.daemon, d.runs, d.journal, d.stream));
+}

@@ -1,0 +1,101 @@
+//! Ranges and cross-field rules that the types cannot express. Every
+//! refusal names the dotted key and never echoes a token.
+
+use std::net::SocketAddr;
+
+use super::defaults::{KIB, MIB};
+use super::{Config, ConfigError, DEFAULT_LISTEN, MIN_TOKEN_LEN};
+
+impl Config {
+    /// Checks ranges and cross-field rules that the types cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|(key, reason)| ConfigError::Invalid { file: self.path.clone(), key, reason })
+    }
+
+    fn check(&self) -> Result<(), (String, String)> {
+        let (d, r, j, s) = (&self.daemon, &self.runs, &self.journal, &self.stream);
+        let not_empty = || "must not be empty".to_owned();
+        ensure(!d.state_dir.as_os_str().is_empty(), "daemon.state_dir", not_empty)?;
+        ensure(!d.socket.as_os_str().is_empty(), "daemon.socket", not_empty)?;
+        // "Others" could connect and launch runs as the daemon's user: refuse outright.
+        let mode = d.socket_mode;
+        ensure(mode & 0o007 == 0 && mode & !0o777 == 0 && mode & 0o600 == 0o600, "daemon.socket_mode", || {
+            format!("{mode:04o}: must give the owner read/write and others nothing (e.g. 0660, 0600)")
+        })?;
+        ensure(d.listen.parse::<SocketAddr>().is_ok(), "daemon.listen", || {
+            format!("invalid socket address {:?}: expected IP:PORT, e.g. {DEFAULT_LISTEN:?}", d.listen)
+        })?;
+        ensure(!d.log_level.trim().is_empty(), "daemon.log_level", not_empty)?;
+        tracing_subscriber::EnvFilter::try_new(&d.log_level)
+            .map_err(|e| ("daemon.log_level".to_owned(), format!("invalid filter {:?}: {e}", d.log_level)))?;
+        // Zero periods would panic `tokio::time::interval`; zero deadlines would reject everyone.
+        for (key, value) in [
+            ("journal.fsync_interval", j.fsync_interval),
+            ("journal.retention_check_interval", j.retention_check_interval),
+            ("stream.ping_interval", s.ping_interval),
+            ("stream.handshake_timeout", s.handshake_timeout),
+            ("stream.auth_timeout", s.auth_timeout),
+            ("stream.write_stall_timeout", s.write_stall_timeout),
+        ] {
+            ensure(!value.is_zero(), key, || "must be greater than zero".to_owned())?;
+        }
+        ensure(s.ping_timeout > s.ping_interval, "stream.ping_timeout", || {
+            "must be longer than stream.ping_interval".to_owned()
+        })?;
+        for (key, value, min) in [
+            ("runs.max_concurrent", r.max_concurrent, 1),
+            ("runs.pty_cols", r.pty_cols.into(), 1),
+            ("runs.pty_rows", r.pty_rows.into(), 1),
+            ("stream.max_frame_bytes", s.max_frame_bytes, KIB),
+            ("stream.max_connections", s.max_connections, 1),
+            ("stream.max_messages_per_second", s.max_messages_per_second as usize, 1),
+            ("stream.rate_burst", s.rate_burst as usize, 1),
+            ("stream.max_json_depth", s.max_json_depth, 1),
+            ("stream.subscriber_queue_bytes", s.subscriber_queue_bytes, 64 * KIB),
+            ("stream.subscriber_queue_batches", s.subscriber_queue_batches, 1),
+        ] {
+            ensure(value >= min, key, || format!("must be at least {min} (got {value})"))?;
+        }
+        ensure(s.max_frame_bytes <= 16 * MIB, "stream.max_frame_bytes", || {
+            format!("must be at most {} (16 MiB)", 16 * MIB)
+        })?;
+        for (i, token) in s.tokens.iter().enumerate() {
+            // Never echo the token itself: this message goes to logs.
+            let ok = token.chars().count() >= MIN_TOKEN_LEN && !token.chars().any(char::is_whitespace);
+            ensure(ok, &format!("stream.tokens[{i}]"), || {
+                format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
+            })?;
+        }
+        for (i, t) in s.restricted_tokens.iter().enumerate() {
+            let ok = t.token.chars().count() >= MIN_TOKEN_LEN && !t.token.chars().any(char::is_whitespace);
+            ensure(ok, &format!("stream.restricted_tokens[{i}].token"), || {
+                format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
+            })?;
+        }
+        ensure(s.token_file.as_ref().is_none_or(|p| !p.as_os_str().is_empty()), "stream.token_file", not_empty)?;
+        let u = &self.upstream;
+        if let Some(url) = &u.url {
+            ensure(url.starts_with("ws://") || url.starts_with("wss://"), "upstream.url", || {
+                format!("must start with ws:// or wss:// (got {url:?})")
+            })?;
+            ensure(u.token_file.is_some(), "upstream.token_file", || "is required with upstream.url".into())?;
+        }
+        if let Some(host) = &u.host_id {
+            ensure(crate::run_id::RunId::parse(host).is_ok(), "upstream.host_id", || {
+                "must match [A-Za-z0-9][A-Za-z0-9._:-]{0,127}".into()
+            })?;
+        }
+        for (i, token) in self.gateway.agent_tokens.iter().enumerate() {
+            let ok = token.chars().count() >= MIN_TOKEN_LEN && !token.chars().any(char::is_whitespace);
+            ensure(ok, &format!("gateway.agent_tokens[{i}]"), || {
+                format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
+            })?;
+        }
+        ensure(!self.gateway.ack_interval.is_zero(), "gateway.ack_interval", || "must be greater than zero".into())
+    }
+}
+
+/// `Err((key, reason))` unless `ok`; the reason is only built on failure.
+fn ensure(ok: bool, key: &str, reason: impl FnOnce() -> String) -> Result<(), (String, String)> {
+    if ok { Ok(()) } else { Err((key.to_owned(), reason())) }
+}

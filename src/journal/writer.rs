@@ -1,0 +1,235 @@
+//! Appending one run's events: `seq` is assigned here.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{Bytes, BytesMut};
+
+use super::encode::{MIN_BATCH_BUFFER, OutputBody};
+use super::history::utf8;
+use super::{Journal, JournalStats};
+use crate::event::{Batch, Event, EventType, Frame, Payload, RunStatus, escape_json_into};
+use crate::run_id::RunId;
+
+/// Appends one run's events. Owned by the run's supervisor task (or the
+/// gateway's session for a host), so no locking.
+pub struct RunWriter {
+    pub(super) run_id: RunId,
+    pub(super) host: Option<Arc<str>>,
+    pub(super) path: PathBuf,
+    pub(super) file: File,
+    pub(super) next_seq: u64,
+    /// `{"runId":"<id>","seq":`, the start of every event line.
+    pub(super) line_start: Vec<u8>,
+    /// `,"host":"<host>"` when events carry a host, else empty.
+    pub(super) host_field: Vec<u8>,
+    /// Serialized events of the current batch, newline-terminated. Each
+    /// batch is split off the front, so its frames share one allocation,
+    /// and the allocation is reused once every frame cut from it is gone.
+    pub(super) buf: BytesMut,
+    /// Ranges of `buf` holding each event (without the newline).
+    pub(super) pending: Vec<(u64, usize, usize)>,
+    /// Size of recent batches (the last, or half the one before if that
+    /// was bigger), which sizes `buf`'s allocation.
+    pub(super) recent_batch: usize,
+    /// Set by the first failed write; the file is left alone from then on.
+    pub(super) degraded: Option<io::ErrorKind>,
+    /// Bytes written since the last fsync.
+    pub(super) unsynced: u64,
+    pub(super) stats: Arc<JournalStats>,
+}
+
+impl RunWriter {
+    pub(super) fn new(journal: &Journal, run_id: RunId, path: PathBuf, file: File, last_seq: u64) -> Self {
+        let mut line_start = BytesMut::from(&br#"{"runId":""#[..]);
+        escape_json_into(&mut line_start, run_id.as_str());
+        line_start.extend_from_slice(br#"","seq":"#);
+        let mut host_field = BytesMut::new();
+        if let Some(host) = &journal.host {
+            host_field.extend_from_slice(br#","host":""#);
+            escape_json_into(&mut host_field, host);
+            host_field.extend_from_slice(b"\"");
+        }
+        RunWriter {
+            run_id,
+            host: journal.host.clone(),
+            path,
+            file,
+            next_seq: last_seq + 1,
+            line_start: line_start.to_vec(),
+            host_field: host_field.to_vec(),
+            buf: BytesMut::new(),
+            pending: Vec::new(),
+            recent_batch: 0,
+            degraded: None,
+            unsynced: 0,
+            stats: journal.stats.clone(),
+        }
+    }
+
+    pub fn run_id(&self) -> &RunId {
+        &self.run_id
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.degraded.is_some()
+    }
+
+    /// Assigns the next `seq` and serializes the event into the current batch.
+    pub fn append(&mut self, payload: Payload) -> u64 {
+        if let Payload::Output { stream, data } = &payload {
+            return self.push_output(*stream, OutputBody::Text(&data.text, data.encoding));
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut event = Event {
+            run_id: self.run_id.as_str().to_owned(),
+            seq,
+            kind: EventType::Status,
+            data: String::new(),
+            encoding: None,
+            exit_code: None,
+            signal: None,
+            signal_name: None,
+            reason: None,
+            pid: None,
+            timestamp: crate::event::now_timestamp(),
+            host: self.host.as_deref().map(str::to_owned),
+        };
+        match payload {
+            Payload::Output { stream, data } => {
+                event.kind = stream;
+                event.data = data.text;
+                event.encoding = data.encoding;
+            }
+            Payload::Status(change) => {
+                event.data = change.status.map(RunStatus::as_str).unwrap_or_default().to_owned();
+                event.exit_code = change.exit_code;
+                event.signal = change.signal;
+                event.signal_name = change.signal.and_then(crate::event::signal_name);
+                event.reason = change.reason;
+                event.pid = change.pid;
+            }
+        }
+        self.push_event(&event);
+        seq
+    }
+
+    /// Appends an event that already has its `seq` (the gateway's copy of a
+    /// host's journal). Returns false, writing nothing, unless it is the next one.
+    pub fn append_event(&mut self, event: &Event) -> bool {
+        if event.seq != self.next_seq {
+            return false;
+        }
+        self.next_seq += 1;
+        self.push_event(event);
+        true
+    }
+
+    /// Journals output bytes as one event: text when they are UTF-8,
+    /// base64 otherwise (lossless either way), with no intermediate string.
+    pub fn append_output(&mut self, stream: EventType, bytes: &[u8]) -> u64 {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.push_output(stream, OutputBody::Text(text, None)),
+            Err(_) => self.push_output(stream, OutputBody::Base64(bytes)),
+        }
+    }
+
+    /// Writes the batch to the file and returns it for fan-out. Call this
+    /// before publishing: history readers rely on published events being in
+    /// the file.
+    pub fn finish_batch(&mut self, last: bool) -> Batch {
+        let bytes: Bytes = self.buf.split().freeze();
+        self.recent_batch = bytes.len().max(self.recent_batch / 2);
+        if bytes.len() < MIN_BATCH_BUFFER {
+            // A quiet spell (or a run's tail): let go of a buffer that a
+            // burst may have grown, rather than keep it while the run idles.
+            self.buf = BytesMut::new();
+        }
+        if self.degraded.is_none() && !bytes.is_empty() {
+            match self.file.write_all(&bytes) {
+                Ok(()) => {
+                    self.unsynced += bytes.len() as u64;
+                    self.stats.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                }
+                Err(error) => self.degrade(error),
+            }
+        }
+        let frames = self
+            .pending
+            .drain(..)
+            .filter_map(|(seq, start, end)| Some(Frame { seq, json: utf8(bytes.slice(start..end))? }))
+            .collect();
+        Batch { frames, last }
+    }
+
+    fn degrade(&mut self, error: io::Error) {
+        tracing::error!(run_id = %self.run_id, path = %self.path.display(), %error,
+            "journal write failed; run continues live, its journal is degraded");
+        self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+        self.degraded = Some(error.kind());
+    }
+
+    /// A handle for an fsync off the async threads, if there is anything to sync.
+    pub fn take_sync_job(&mut self) -> Option<File> {
+        if self.unsynced == 0 || self.degraded.is_some() {
+            return None;
+        }
+        match self.file.try_clone() {
+            Ok(f) => {
+                self.unsynced = 0;
+                Some(f)
+            }
+            Err(error) => {
+                self.degrade(error);
+                None
+            }
+        }
+    }
+
+    /// Blocking fsync, for recovery and tests.
+    pub fn sync_now(&mut self) {
+        if let Some(f) = self.take_sync_job()
+            && let Err(error) = f.sync_data()
+        {
+            self.degrade(error);
+        }
+    }
+
+    #[cfg(test)]
+    fn with_file(mut self, file: File) -> Self {
+        self.file = file;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_util::{meta, out};
+    use super::*;
+    use std::fs::OpenOptions;
+
+    #[test]
+    fn failed_write_degrades_without_panicking() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        let id = RunId::parse("full").unwrap();
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let mut w = j.create_run(&id, &meta()).unwrap().with_file(full);
+        w.append(out("x\n"));
+        let batch = w.finish_batch(false);
+        assert_eq!(batch.frames.len(), 1, "live fan-out still gets the event");
+        assert!(w.is_degraded());
+        assert_eq!(j.stats.write_errors.load(Ordering::Relaxed), 1);
+        w.append(out("y\n"));
+        assert_eq!(w.finish_batch(false).frames[0].seq, 2);
+        assert_eq!(j.stats.write_errors.load(Ordering::Relaxed), 1, "no retry storm");
+    }
+}

@@ -1,0 +1,101 @@
+//! One WebSocket session: authentication, subscriptions, heartbeat, limits.
+//!
+//! One task per connection reads client messages, pulls each
+//! subscription's feed and writes frames (see `frame`). It only pulls a feed
+//! while its outbox is short, so the backlog of a client that stops reading
+//! piles up in that subscription's hub queue, which is bounded in bytes:
+//! the client gets `lagged` (1013) while the run and every other subscriber
+//! carry on. A write that makes no progress for `write_stall_timeout` ends
+//! the session.
+//!
+//! - `session`: the session's loop; `subscription`: its feeds.
+//! - `frame`: frames written from shared event bytes; the read side for tungstenite.
+//! - `limits`: what a client may send; `error`: the error events and close codes.
+
+mod error;
+mod frame;
+mod limits;
+mod session;
+mod subscription;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::SinkExt;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole};
+
+pub use error::WsError;
+pub use limits::ws_config;
+
+use super::Shared;
+use crate::run_id::RunId;
+
+/// Which endpoint the session came in on.
+pub enum Endpoint {
+    /// `/runs?runId=` and `/api/v2/workflows/runs/ID/stream`: one run; closed (1000) when it ends.
+    /// `host` picks the host at a gateway.
+    Single { run: Result<RunId, WsError>, since: u64, host: Option<String> },
+    /// `/ws`: subscribe and unsubscribe by message.
+    Multi,
+}
+
+/// Runs a session to its end. `token` is the one from the header or query.
+///
+/// Not an `async fn`: its arguments would stay in the session's future for
+/// its whole life, and an idle subscriber is mostly that future. Only the
+/// socket and a box with the start-up arguments are carried in.
+pub fn serve(
+    upgraded: Upgraded,
+    endpoint: Endpoint,
+    token: Option<String>,
+    shared: Arc<Shared>,
+) -> impl Future<Output = ()> + Send + 'static {
+    // The listener serves plain TCP, so this holds; frames are written to
+    // the socket itself (see `wire`).
+    let socket = upgraded.downcast::<TokioIo<TcpStream>>().ok().map(|p| (p.io.into_inner(), p.read_buf));
+    let start = Box::new((endpoint, token));
+    async move {
+        let Some((tcp, early)) = socket else {
+            tracing::error!("websocket is not on a TCP stream; dropping it");
+            return;
+        };
+        session::run(tcp, early, start, shared).await;
+    }
+}
+
+/// Refuses an upgraded connection with an error event and its close code
+/// (used where no session follows, e.g. `/agent` with a viewer token).
+pub async fn reject(upgraded: Upgraded, err: WsError) {
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config(1024))).await;
+    let frame = CloseFrame { code: CloseCode::from(err.close), reason: err.code.into() };
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        ws.send(Message::Text(err.to_json())).await?;
+        ws.send(Message::Close(Some(frame))).await
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    fn future_size<A, B, C, D, F: Future>(_: fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle subscriber is mostly its session's future plus its feed
+    /// (issue 6: at most 4 KiB of RSS per idle subscriber, all told).
+    #[test]
+    fn an_idle_session_stays_small() {
+        let session = future_size(serve);
+        assert!(session <= 2048, "session future is {session} bytes");
+        let feed = std::mem::size_of::<crate::feed::Feed>();
+        assert!(feed <= 256, "Feed is {feed} bytes");
+    }
+}

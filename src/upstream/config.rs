@@ -1,0 +1,54 @@
+//! What the link needs to know: the gateway's URL, this host's name, the
+//! agent token, and the state dir's epoch.
+
+use std::path::Path;
+
+use super::UpstreamError;
+use crate::auth::Token;
+use crate::config::UpstreamConfig;
+use crate::run_id::RunId;
+
+/// Name of the file holding this state dir's epoch.
+const EPOCH_FILE: &str = "epoch";
+
+/// What the link needs to know, from `[upstream]`.
+#[derive(Clone)]
+pub struct LinkConfig {
+    /// Base URL; `/agent` is appended.
+    pub url: String,
+    pub host_id: String,
+    pub token: Token,
+    pub epoch: String,
+}
+
+impl LinkConfig {
+    pub fn load(cfg: &UpstreamConfig, state_dir: &Path) -> Result<Option<Self>, UpstreamError> {
+        let Some(url) = cfg.url.clone() else {
+            return Ok(None);
+        };
+        let token = match &cfg.token_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| UpstreamError::Token(path.display().to_string(), e))?
+                .trim()
+                .to_owned(),
+            None => String::new(),
+        };
+        let host_id = cfg.host_id.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
+        });
+        Ok(Some(LinkConfig { url, host_id, token: Token::new(token), epoch: epoch(state_dir)? }))
+    }
+}
+
+/// The state dir's epoch: made once, so a wiped state dir gets a new one.
+pub fn epoch(state_dir: &Path) -> Result<String, UpstreamError> {
+    let path = state_dir.join(EPOCH_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+        _ => {
+            let e = RunId::generate().to_string();
+            std::fs::write(&path, &e).map_err(UpstreamError::Epoch)?;
+            Ok(e)
+        }
+    }
+}
