@@ -15,16 +15,17 @@ use crate::config::StreamConfig;
 use crate::run_id::RunId;
 
 /// Name of the generated viewer token file in the state dir.
-pub const TOKEN_FILE: &str = "token";
+pub(crate) const TOKEN_FILE: &str = "token";
 /// Random bytes in a generated token (hex-encoded: 64 characters).
 const GENERATED_TOKEN_BYTES: usize = 32;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("read token file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("write token file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    // Causes are in the messages, not `source`s, so a chain prints each once.
+    #[error("read token file {}: {error}", .path.display())]
+    Read { path: PathBuf, error: std::io::Error },
+    #[error("write token file {}: {error}", .path.display())]
+    Write { path: PathBuf, error: std::io::Error },
     #[error("token file {0} holds no token")]
     Empty(PathBuf),
     #[error("generate token: {0}")]
@@ -33,14 +34,14 @@ pub enum AuthError {
 
 /// A secret. Compared in constant time; prints as `Token(..)`.
 #[derive(Clone)]
-pub struct Token(String);
+pub(crate) struct Token(String);
 
 impl Token {
-    pub fn new(s: impl Into<String>) -> Self {
+    pub(crate) fn new(s: impl Into<String>) -> Self {
         Token(s.into())
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 
@@ -57,13 +58,13 @@ impl fmt::Debug for Token {
 
 /// What a token may see.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Scope {
+pub(crate) enum Scope {
     AllRuns,
     RunPrefix(String),
 }
 
 impl Scope {
-    pub fn allows(&self, run: &RunId) -> bool {
+    pub(crate) fn allows(&self, run: &RunId) -> bool {
         match self {
             Scope::AllRuns => true,
             Scope::RunPrefix(p) => run.as_str().starts_with(p.as_str()),
@@ -73,18 +74,18 @@ impl Scope {
 
 /// The accepted tokens. Rebuilt (not mutated) on config reload.
 #[derive(Clone, Debug, Default)]
-pub struct Tokens {
+pub(crate) struct Tokens {
     entries: Vec<(Token, Scope)>,
 }
 
 impl Tokens {
-    pub fn new(entries: Vec<(Token, Scope)>) -> Self {
+    pub(crate) fn new(entries: Vec<(Token, Scope)>) -> Self {
         Tokens { entries }
     }
 
     /// Tokens from the config, the configured token file, or else the
     /// generated `STATE_DIR/token` (created on first start).
-    pub fn load(config: &StreamConfig, state_dir: &Path) -> Result<Self, AuthError> {
+    pub(crate) fn load(config: &StreamConfig, state_dir: &Path) -> Result<Self, AuthError> {
         let mut entries: Vec<(Token, Scope)> =
             config.tokens.iter().map(|t| (Token::new(t.clone()), Scope::AllRuns)).collect();
         if let Some(path) = &config.token_file {
@@ -107,7 +108,7 @@ impl Tokens {
 
     /// The scope of the presented token, if it is one of ours. Every entry
     /// is compared, so timing does not tell which (or whether one) matched.
-    pub fn check(&self, presented: &str) -> Option<Scope> {
+    pub(crate) fn check(&self, presented: &str) -> Option<Scope> {
         let mut found = None;
         for (token, scope) in &self.entries {
             if token.matches(presented) && found.is_none() {
@@ -120,7 +121,7 @@ impl Tokens {
 
 /// One token per line; blank lines and `#` comments ignored.
 fn read_token_file(path: &Path) -> Result<Vec<Token>, AuthError> {
-    let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|error| AuthError::Read { path: path.to_owned(), error })?;
     let tokens: Vec<Token> =
         text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(Token::new).collect();
     if tokens.is_empty() {
@@ -130,14 +131,14 @@ fn read_token_file(path: &Path) -> Result<Vec<Token>, AuthError> {
 }
 
 /// Reads the token at `path`, creating it (mode 0600) if it does not exist.
-pub fn ensure_token_file(path: &Path) -> Result<Token, AuthError> {
+pub(crate) fn ensure_token_file(path: &Path) -> Result<Token, AuthError> {
     match read_token_file(path) {
         Ok(mut tokens) => return Ok(tokens.swap_remove(0)),
-        Err(AuthError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+        Err(AuthError::Read { error, .. }) if error.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let token = generate_token()?;
-    let write_err = |source| AuthError::Write { path: path.to_owned(), source };
+    let write_err = |error| AuthError::Write { path: path.to_owned(), error };
     let mut file =
         std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(write_err)?;
     writeln!(file, "{}", token.expose()).map_err(write_err)?;
@@ -146,14 +147,14 @@ pub fn ensure_token_file(path: &Path) -> Result<Token, AuthError> {
     Ok(token)
 }
 
-pub fn generate_token() -> Result<Token, AuthError> {
+pub(crate) fn generate_token() -> Result<Token, AuthError> {
     let mut bytes = [0u8; GENERATED_TOKEN_BYTES];
     getrandom::fill(&mut bytes).map_err(AuthError::Random)?;
     Ok(Token(bytes.iter().map(|b| format!("{b:02x}")).collect()))
 }
 
 /// The token a request carries: `Authorization: Bearer T`, else `?token=T`.
-pub fn request_token(headers: &http::HeaderMap, query: &[(String, String)]) -> Option<String> {
+pub(crate) fn request_token(headers: &http::HeaderMap, query: &[(String, String)]) -> Option<String> {
     let bearer = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -26,7 +26,7 @@ use crate::run_id::RunId;
 
 /// What to do when the subscriber falls behind the live stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LagPolicy {
+pub(crate) enum LagPolicy {
     /// Report `Lagged` and stop (network subscribers; they reconnect with `since`).
     Close,
     /// Catch up from the journal and carry on (local CLI; never loses output).
@@ -35,25 +35,25 @@ pub enum LagPolicy {
 
 /// Frames ready to send: shared batches, of which only `seq >= from` are new.
 #[derive(Debug)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     batches: Vec<Arc<Batch>>,
     from: u64,
 }
 
 impl Delivery {
-    pub fn frames(&self) -> impl Iterator<Item = &Frame> {
+    pub(crate) fn frames(&self) -> impl Iterator<Item = &Frame> {
         let from = self.from;
         self.batches.iter().flat_map(|b| b.frames.iter()).filter(move |f| f.seq >= from)
     }
 
     /// The shared batches and the first seq in them that is new.
-    pub fn into_parts(self) -> (Vec<Arc<Batch>>, u64) {
+    pub(crate) fn into_parts(self) -> (Vec<Arc<Batch>>, u64) {
         (self.batches, self.from)
     }
 }
 
 #[derive(Debug)]
-pub enum FeedItem {
+pub(crate) enum FeedItem {
     Frames(Delivery),
     /// Events `from..=to` were published but are not in the (degraded) journal.
     Gap {
@@ -75,7 +75,7 @@ enum State {
     Done,
 }
 
-pub struct Feed {
+pub(crate) struct Feed {
     journal: Journal,
     hub: Hub,
     run: RunId,
@@ -93,22 +93,22 @@ pub struct Feed {
 }
 
 impl Feed {
-    pub fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool, lag: LagPolicy) -> Self {
+    pub(crate) fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool, lag: LagPolicy) -> Self {
         Feed { journal, hub, run, next: since.saturating_add(1), follow, lag, state: State::Start, resume: None }
     }
 
-    pub fn run_id(&self) -> &RunId {
+    pub(crate) fn run_id(&self) -> &RunId {
         &self.run
     }
 
     /// The last seq delivered so far.
-    pub fn last_seq(&self) -> u64 {
+    pub(crate) fn last_seq(&self) -> u64 {
         self.next - 1
     }
 
     /// The next thing to send. Cancel-safe only between calls: callers
     /// should not drop a pending `next()` and then call it again.
-    pub async fn next(&mut self) -> Result<FeedItem, JournalError> {
+    pub(crate) async fn next(&mut self) -> Result<FeedItem, JournalError> {
         loop {
             if let Some(item) = self.step().await? {
                 return Ok(item);
@@ -122,7 +122,7 @@ impl Feed {
     /// Works through the phases that read the journal. Ok(None) once the
     /// feed is live: from then on `poll_live` yields, with no future held
     /// while waiting (what an idle WebSocket subscriber costs).
-    pub async fn step(&mut self) -> Result<Option<FeedItem>, JournalError> {
+    pub(crate) async fn step(&mut self) -> Result<Option<FeedItem>, JournalError> {
         loop {
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Done => return Ok(Some(FeedItem::End)),
@@ -156,7 +156,7 @@ impl Feed {
 
     /// The live phase: Ready(Some) with the next item, Ready(None) when the
     /// feed is not live (any more), and `step` has to run.
-    pub fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<FeedItem>> {
+    pub(crate) fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<FeedItem>> {
         loop {
             let State::Live(sub) = &mut self.state else {
                 return Poll::Ready(None);

@@ -20,7 +20,7 @@ use crate::run_id::RunId;
 
 /// Bounds of one subscription's queue of not-yet-sent batches.
 #[derive(Clone, Copy, Debug)]
-pub struct QueueLimits {
+pub(crate) struct QueueLimits {
     pub max_bytes: usize,
     pub max_batches: usize,
 }
@@ -33,7 +33,7 @@ impl Default for QueueLimits {
 
 /// Where a run's stream stands, as of a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Someone subscribed before the run exists.
     Pending,
     Open,
@@ -42,13 +42,13 @@ pub enum Phase {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub last_seq: u64,
     pub phase: Phase,
 }
 
 #[derive(Debug, Default)]
-pub struct HubStats {
+pub(crate) struct HubStats {
     pub lagged: AtomicU64,
     pub subscriptions: AtomicU64,
     pub batches_published: AtomicU64,
@@ -57,7 +57,7 @@ pub struct HubStats {
 
 /// Cheap to clone; all clones share the same topics.
 #[derive(Clone, Default)]
-pub struct Hub {
+pub(crate) struct Hub {
     inner: Arc<HubInner>,
 }
 
@@ -114,11 +114,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    pub fn new(limits: QueueLimits) -> Self {
+    pub(crate) fn new(limits: QueueLimits) -> Self {
         Hub { inner: Arc::new(HubInner { topics: Mutex::default(), limits, stats: Arc::default() }) }
     }
 
-    pub fn stats(&self) -> &Arc<HubStats> {
+    pub(crate) fn stats(&self) -> &Arc<HubStats> {
         &self.inner.stats
     }
 
@@ -141,7 +141,7 @@ impl Hub {
 
     /// Takes a snapshot of the run and, unless it is closed, starts queueing
     /// every batch published after that snapshot.
-    pub fn subscribe(&self, run: &RunId) -> (Snapshot, Option<Subscription>) {
+    pub(crate) fn subscribe(&self, run: &RunId) -> (Snapshot, Option<Subscription>) {
         // The map lock is held until the subscriber is registered, so a
         // concurrent `unsubscribe` cannot drop the topic from the map in
         // between (the subscriber would wait on a topic nobody publishes to).
@@ -161,7 +161,7 @@ impl Hub {
     }
 
     /// Opens a run's topic for publishing, adopting early subscribers.
-    pub fn open(&self, run: &RunId, last_seq: u64) -> Publisher {
+    pub(crate) fn open(&self, run: &RunId, last_seq: u64) -> Publisher {
         let mut topics = lock(&self.inner.topics);
         let topic = Self::topic_in(&mut topics, run);
         {
@@ -174,7 +174,7 @@ impl Hub {
     }
 
     /// Records a run that is already over (found in the journal at start).
-    pub fn insert_closed(&self, run: &RunId, last_seq: u64) {
+    pub(crate) fn insert_closed(&self, run: &RunId, last_seq: u64) {
         let topic = self.topic(run);
         let mut st = lock(&topic.state);
         st.phase = Phase::Closed;
@@ -183,29 +183,23 @@ impl Hub {
     }
 
     /// Forgets a finished run (retention).
-    pub fn remove(&self, run: &RunId) {
+    pub(crate) fn remove(&self, run: &RunId) {
         if let Some(topic) = lock(&self.inner.topics).remove(run) {
             close_all(&mut lock(&topic.state));
         }
     }
 
-    pub fn snapshot(&self, run: &RunId) -> Option<Snapshot> {
+    pub(crate) fn snapshot(&self, run: &RunId) -> Option<Snapshot> {
         let topic = lock(&self.inner.topics).get(run).cloned()?;
         let st = lock(&topic.state);
         Some(Snapshot { last_seq: st.last_seq, phase: st.phase })
     }
 
     /// Every known run's last published seq.
-    pub fn last_seqs(&self) -> Vec<(RunId, u64)> {
+    pub(crate) fn last_seqs(&self) -> Vec<(RunId, u64)> {
         let topics: Vec<(RunId, Arc<Topic>)> =
             lock(&self.inner.topics).iter().map(|(id, t)| (id.clone(), t.clone())).collect();
         topics.into_iter().map(|(id, t)| (id, lock(&t.state).last_seq)).collect()
-    }
-
-    /// Number of live subscriptions across all runs.
-    pub fn subscriber_count(&self) -> usize {
-        let topics: Vec<_> = lock(&self.inner.topics).values().cloned().collect();
-        topics.iter().map(|t| lock(&t.state).subs.len()).sum()
     }
 
     fn unsubscribe(&self, run: &RunId, topic: &Arc<Topic>, queue: &Arc<SubQueue>) {
@@ -241,7 +235,7 @@ fn close_all(st: &mut TopicState) {
 }
 
 /// The one writer of a run's topic, held by its supervisor.
-pub struct Publisher {
+pub(crate) struct Publisher {
     topic: Arc<Topic>,
     limits: QueueLimits,
     stats: Arc<HubStats>,
@@ -249,7 +243,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Hands the batch to every subscriber without waiting on any of them.
-    pub fn publish(&self, batch: Batch) {
+    pub(crate) fn publish(&self, batch: Batch) {
         let Some(last_seq) = batch.frames.last().map(|f| f.seq) else {
             return;
         };
@@ -289,7 +283,7 @@ impl Publisher {
 
 /// What a subscription yields.
 #[derive(Debug)]
-pub enum Recv {
+pub(crate) enum Recv {
     Batches(Vec<Arc<Batch>>),
     /// The queue overflowed; later events were not queued.
     Lagged,
@@ -298,7 +292,7 @@ pub enum Recv {
 }
 
 /// A subscriber's end of its queue. Dropping it unsubscribes.
-pub struct Subscription {
+pub(crate) struct Subscription {
     queue: Arc<SubQueue>,
     topic: Arc<Topic>,
     hub: Hub,
@@ -306,14 +300,15 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// Waits for queued batches and takes all of them at once, so a writer
-    /// can send them with a single flush.
-    pub async fn recv(&mut self) -> Recv {
+    /// Waits for queued batches and takes all of them at once (the tests'
+    /// way in; the server polls).
+    #[cfg(test)]
+    pub(crate) async fn recv(&mut self) -> Recv {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// `recv` without a future, for callers that poll many subscriptions.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Recv> {
+    pub(crate) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Recv> {
         let mut qs = lock(&self.queue.state);
         if !qs.batches.is_empty() {
             qs.bytes = 0;

@@ -25,7 +25,7 @@
 //! - [`client`]: the CLI's side of the Unix socket.
 //! - [`systemd`] and [`logging`]: sd_notify, watchdog, journald; [`sys`]: raw OS calls.
 
-pub mod auth;
+mod auth;
 pub mod client;
 pub mod config;
 pub mod daemon;

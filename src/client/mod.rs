@@ -33,17 +33,25 @@ pub const EXIT_RUNTAP_ERROR: i32 = 125;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot connect to the runtap daemon at {path}: {source} (is `runtap daemon` running? set --socket or RUNTAP_SOCKET)"
+        "cannot connect to the runtap daemon at {}: {error} (is `runtap daemon` running? set --socket or RUNTAP_SOCKET)",
+        .path.display()
     )]
-    Connect { path: PathBuf, source: std::io::Error },
+    Connect { path: PathBuf, error: std::io::Error },
+    /// The cause is in the message, not a `source`: a chain would repeat it.
     #[error("daemon connection: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("the daemon closed the connection")]
     Closed,
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
     #[error("{message}")]
     Refused { code: String, message: String },
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(error: std::io::Error) -> Self {
+        ClientError::Io(error)
+    }
 }
 
 /// One line from the daemon.
@@ -77,7 +85,7 @@ pub enum Streamed {
 impl Client {
     pub async fn connect(path: &Path) -> Result<Self, ClientError> {
         let stream =
-            UnixStream::connect(path).await.map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+            UnixStream::connect(path).await.map_err(|error| ClientError::Connect { path: path.to_owned(), error })?;
         let (r, w) = stream.into_split();
         Ok(Client { reader: r, writer: w, buf: Vec::with_capacity(READ_BUFFER), start: 0 })
     }

@@ -39,12 +39,14 @@ const CONNECTION_DRAIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("create state dir {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
-    #[error("bind unix socket {path}: {source}")]
-    BindUnix { path: PathBuf, source: std::io::Error },
-    #[error("bind {addr}: {source}")]
-    BindTcp { addr: String, source: std::io::Error },
+    // Each message carries its cause, and nothing is a `source`: printing
+    // the chain (`{e:#}`) would say it twice.
+    #[error("create state dir {}: {error}", .path.display())]
+    StateDir { path: PathBuf, error: std::io::Error },
+    #[error("bind unix socket {}: {error}", .path.display())]
+    BindUnix { path: PathBuf, error: std::io::Error },
+    #[error("bind {addr}: {error}")]
+    BindTcp { addr: String, error: std::io::Error },
     #[error("recover journal: {0}")]
     Journal(JournalError),
     #[error("load tokens: {0}")]
@@ -70,13 +72,12 @@ impl Listeners {
         // Before the socket: by default it lives in the state dir, and binding
         // would otherwise create that dir with the umask (0755 = readable job output).
         let state_dir = &config.daemon.state_dir;
-        create_private_dir(state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
+        create_private_dir(state_dir).map_err(|error| DaemonError::StateDir { path: state_dir.clone(), error })?;
         let addr = &config.daemon.listen;
-        let tcp =
-            TcpListener::bind(addr).await.map_err(|source| DaemonError::BindTcp { addr: addr.clone(), source })?;
+        let tcp = TcpListener::bind(addr).await.map_err(|error| DaemonError::BindTcp { addr: addr.clone(), error })?;
         let path = &config.daemon.socket;
         let (unix, unix_guard) = unix::bind(path, config.daemon.socket_mode)
-            .map_err(|source| DaemonError::BindUnix { path: path.clone(), source })?;
+            .map_err(|error| DaemonError::BindUnix { path: path.clone(), error })?;
         Ok(Listeners { unix, unix_guard, tcp })
     }
 }
@@ -103,7 +104,7 @@ pub async fn run(
     mut reloads: mpsc::UnboundedReceiver<Config>,
 ) -> Result<(), DaemonError> {
     let state_dir = &config.daemon.state_dir;
-    create_private_dir(state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
+    create_private_dir(state_dir).map_err(|error| DaemonError::StateDir { path: state_dir.clone(), error })?;
     let journal = Journal::open(state_dir).map_err(DaemonError::Journal)?;
     let hub = Hub::new(QueueLimits {
         max_bytes: config.stream.subscriber_queue_bytes,

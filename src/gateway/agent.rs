@@ -46,19 +46,27 @@ enum SessionError {
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("journal: {0}")]
-    Journal(#[from] JournalError),
+    Journal(JournalError),
     #[error("connection closed")]
     Closed,
 }
 
-pub fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+/// By hand, not `#[from]`: the journal's message is already in ours, and a
+/// `source` would print it twice.
+impl From<JournalError> for SessionError {
+    fn from(error: JournalError) -> Self {
+        SessionError::Journal(error)
+    }
+}
+
+pub(super) fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
     tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_LINK_MESSAGE))
         .max_frame_size(Some(MAX_LINK_MESSAGE))
 }
 
 /// Serves one agent connection until it ends or `stop`.
-pub async fn serve(upgraded: Upgraded, gateway: Gateway, stop: CancellationToken) {
+pub(super) async fn serve(upgraded: Upgraded, gateway: Gateway, stop: CancellationToken) {
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<AgentMsg>(&t).ok(),

@@ -9,7 +9,7 @@ use crate::run_id::RunId;
 use crate::server::backend::LookupError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CancelError {
+pub(crate) enum CancelError {
     #[error(transparent)]
     Lookup(LookupError),
     #[error("host {0} is not connected")]
@@ -20,7 +20,7 @@ pub enum CancelError {
 
 /// A host's answer to a routed cancel.
 #[derive(Debug)]
-pub struct CancelReply {
+pub(crate) struct CancelReply {
     pub host: String,
     pub ok: bool,
     pub status: Option<RunStatus>,
@@ -29,7 +29,7 @@ pub struct CancelReply {
 }
 
 /// A cancel on its way down to a host's agent session.
-pub struct CancelRequest {
+pub(super) struct CancelRequest {
     pub run: RunId,
     pub reason: String,
     pub reply: oneshot::Sender<CancelReply>,
@@ -37,7 +37,12 @@ pub struct CancelRequest {
 
 impl Gateway {
     /// Routes a cancel to the run's host and waits for its answer.
-    pub async fn cancel(&self, host: Option<&str>, run: &RunId, reason: String) -> Result<CancelReply, CancelError> {
+    pub(crate) async fn cancel(
+        &self,
+        host: Option<&str>,
+        run: &RunId,
+        reason: String,
+    ) -> Result<CancelReply, CancelError> {
         let h = self.resolve(host, run).map_err(CancelError::Lookup)?;
         if h.run_info(run).is_none() {
             return Err(CancelError::Lookup(LookupError::NotFound(run.to_string())));

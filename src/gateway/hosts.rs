@@ -17,7 +17,7 @@ use crate::run_id::RunId;
 use crate::run_info::RunInfo;
 
 /// One host's copy.
-pub struct Host {
+pub(crate) struct Host {
     pub id: String,
     pub journal: Journal,
     pub hub: Hub,
@@ -68,25 +68,25 @@ impl Host {
     }
 
     /// Last seq held for every run: what the host resumes after.
-    pub fn cursors(&self) -> HashMap<String, u64> {
+    pub(crate) fn cursors(&self) -> HashMap<String, u64> {
         lock(&self.state).runs.iter().map(|(id, r)| (id.to_string(), r.last_seq)).collect()
     }
 
-    pub fn run_info(&self, run: &RunId) -> Option<RunInfo> {
+    pub(crate) fn run_info(&self, run: &RunId) -> Option<RunInfo> {
         lock(&self.state).runs.get(run).cloned()
     }
 
-    pub fn update_run(&self, run: &RunId, f: impl FnOnce(&mut RunInfo)) {
+    pub(crate) fn update_run(&self, run: &RunId, f: impl FnOnce(&mut RunInfo)) {
         if let Some(info) = lock(&self.state).runs.get_mut(run) {
             f(info);
         }
     }
 
-    pub fn remove_run(&self, run: &RunId) {
+    pub(crate) fn remove_run(&self, run: &RunId) {
         lock(&self.state).runs.remove(run);
     }
 
-    pub fn insert_run(&self, info: RunInfo) {
+    pub(crate) fn insert_run(&self, info: RunInfo) {
         lock(&self.state).runs.insert(info.run_id.clone(), info);
     }
 
@@ -109,7 +109,7 @@ impl Gateway {
     /// The host's copy for a session that says it has `epoch`. A different
     /// epoch than the one held means the host's state dir was wiped: the
     /// old copy is archived (never merged: run IDs and seqs start over).
-    pub fn host_for_session(&self, id: &str, epoch: &str) -> Result<Arc<Host>, GatewayError> {
+    pub(crate) fn host_for_session(&self, id: &str, epoch: &str) -> Result<Arc<Host>, GatewayError> {
         if let Some(host) = self.host(id) {
             let held = lock(&host.state).epoch.clone();
             match held {

@@ -54,7 +54,7 @@ impl Gateway {
     /// Where a run's stream lives. A run (without `host`) or a host (with
     /// it) that is not known yet is waited for, as a daemon waits for a run
     /// that does not exist yet; the caller bounds the wait.
-    pub async fn source(&self, host: Option<&str>, run: &RunId) -> Result<Source, LookupError> {
+    pub(crate) async fn source(&self, host: Option<&str>, run: &RunId) -> Result<Source, LookupError> {
         let mut arrivals = self.inner.arrivals.subscribe();
         loop {
             let waiting_for = match self.resolve(host, run) {
@@ -80,7 +80,7 @@ impl Gateway {
         v
     }
 
-    pub fn list(&self, scope: &Scope) -> Vec<Value> {
+    pub(crate) fn list(&self, scope: &Scope) -> Vec<Value> {
         let mut out = Vec::new();
         for h in self.all_hosts() {
             let st = lock(&h.state);
@@ -91,13 +91,13 @@ impl Gateway {
         out
     }
 
-    pub fn get(&self, host: Option<&str>, run: &RunId) -> Result<Value, LookupError> {
+    pub(crate) fn get(&self, host: Option<&str>, run: &RunId) -> Result<Value, LookupError> {
         let h = self.resolve(host, run)?;
         let info = h.run_info(run).ok_or_else(|| LookupError::NotFound(run.to_string()))?;
         Ok(Self::with_host(&h.id, &info))
     }
 
-    pub fn hosts_json(&self) -> Value {
+    pub(crate) fn hosts_json(&self) -> Value {
         Value::Array(self.all_hosts().iter().map(|h| h.to_json()).collect())
     }
 }

@@ -6,7 +6,7 @@ use super::{Gateway, lock};
 use crate::server::backend::BackendStats;
 
 #[derive(Default)]
-pub struct GatewayMetrics {
+pub(crate) struct GatewayMetrics {
     pub events_received: AtomicU64,
     pub duplicates_dropped: AtomicU64,
     pub agent_sessions: AtomicU64,
@@ -14,7 +14,7 @@ pub struct GatewayMetrics {
 }
 
 impl Gateway {
-    pub fn stats(&self) -> BackendStats {
+    pub(crate) fn stats(&self) -> BackendStats {
         use std::sync::atomic::Ordering::Relaxed;
         let mut s = BackendStats::default();
         for h in self.all_hosts() {
@@ -32,7 +32,7 @@ impl Gateway {
         s
     }
 
-    pub fn render_metrics(&self) -> String {
+    pub(crate) fn render_metrics(&self) -> String {
         use std::fmt::Write as _;
         let m = &self.inner.metrics;
         let mut out = String::new();

@@ -43,7 +43,7 @@ use hosts::Host;
 use metrics::GatewayMetrics;
 
 /// Name of the generated host (agent) token file.
-pub const AGENT_TOKEN_FILE: &str = "agent-token";
+const AGENT_TOKEN_FILE: &str = "agent-token";
 /// New-run announcements buffered for viewers waiting on a run ID.
 const ARRIVALS_BACKLOG: usize = 1024;
 
@@ -64,7 +64,7 @@ pub fn default_state_dir(daemon_default: &Path) -> PathBuf {
     daemon_default.with_file_name(format!("{name}-gateway"))
 }
 #[derive(Clone)]
-pub struct Gateway {
+pub(crate) struct Gateway {
     inner: Arc<Inner>,
 }
 
@@ -85,7 +85,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Gateway {
     /// Opens the state dir and every host found in it.
-    pub fn open(state_dir: &Path, config: GatewayConfig) -> Result<Gateway, GatewayError> {
+    pub(crate) fn open(state_dir: &Path, config: GatewayConfig) -> Result<Gateway, GatewayError> {
         let hosts_dir = state_dir.join("hosts");
         std::fs::create_dir_all(&hosts_dir)
             .map_err(|error| GatewayError::StateDir { path: hosts_dir.clone(), error })?;
@@ -113,15 +113,15 @@ impl Gateway {
         })
     }
 
-    pub fn config(&self) -> GatewayConfig {
+    pub(crate) fn config(&self) -> GatewayConfig {
         lock(&self.inner.config).clone()
     }
 
-    pub fn metrics(&self) -> &GatewayMetrics {
+    pub(crate) fn metrics(&self) -> &GatewayMetrics {
         &self.inner.metrics
     }
 
-    pub fn host(&self, id: &str) -> Option<Arc<Host>> {
+    pub(crate) fn host(&self, id: &str) -> Option<Arc<Host>> {
         lock(&self.inner.hosts).get(id).cloned()
     }
 
@@ -142,7 +142,7 @@ impl Gateway {
 
 /// Viewer tokens (`[stream]` or `STATE_DIR/token`) and host tokens
 /// (`[gateway] agent_tokens` or `STATE_DIR/agent-token`).
-pub fn load_tokens(config: &Config, state_dir: &Path) -> Result<(Tokens, Tokens), AuthError> {
+fn load_tokens(config: &Config, state_dir: &Path) -> Result<(Tokens, Tokens), AuthError> {
     let viewers = Tokens::load(&config.stream, state_dir)?;
     let agents = if config.gateway.agent_tokens.is_empty() {
         Tokens::new(vec![(ensure_token_file(&state_dir.join(AGENT_TOKEN_FILE))?, Scope::AllRuns)])

@@ -19,7 +19,7 @@ use crate::run_id::RunId;
 
 /// How a job's process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Exited(i32),
     Signaled(i32),
     /// Waiting for it failed, or the OS reported neither a code nor a signal.
@@ -39,7 +39,7 @@ impl From<ExitStatus> for Outcome {
 
 /// What to run, as the launcher asked for it.
 #[derive(Clone, Debug, Default)]
-pub struct Spec {
+pub(crate) struct Spec {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     /// Start from an empty environment instead of the daemon's.
@@ -49,19 +49,19 @@ pub struct Spec {
 }
 
 /// The streams to read from a started job.
-pub enum Streams {
+pub(crate) enum Streams {
     Pipes { stdout: ChildStdout, stderr: ChildStderr },
     Pty(PtyReader),
 }
 
-pub struct Started {
+pub(crate) struct Started {
     pub child: Child,
     pub pgid: Pid,
     pub streams: Streams,
 }
 
 /// Starts the job in its own process group with `RUNTAP_RUN_ID` set.
-pub fn spawn(run_id: &RunId, spec: &Spec) -> io::Result<Started> {
+pub(crate) fn spawn(run_id: &RunId, spec: &Spec) -> io::Result<Started> {
     let (program, args) =
         spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut cmd = Command::new(resolve_program(program, spec)?);
@@ -151,7 +151,7 @@ fn resolve_program(program: &str, spec: &Spec) -> io::Result<std::path::PathBuf>
 
 /// Signals a whole process group. Refuses pgid ≤ 1: `kill(-1)` would signal
 /// every process we may signal, and `kill(0)` our own group.
-pub fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
+pub(crate) fn signal_group(pgid: Pid, signal: Signal) -> io::Result<()> {
     if pgid.as_raw() <= 1 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("refusing to signal process group {pgid}")));
     }

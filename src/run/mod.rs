@@ -7,12 +7,12 @@
 //! - `supervisor`: the task that owns one run from spawn to final status.
 //! - `table`: launch/cancel/list, the concurrency cap, retention.
 
-pub mod child;
-pub mod output;
-pub mod pty;
-pub mod supervisor;
-pub mod table;
+pub(crate) mod child;
+pub(crate) mod output;
+pub(crate) mod pty;
+pub(crate) mod supervisor;
+pub(crate) mod table;
 
-pub use child::Spec;
-pub use supervisor::Timing;
-pub use table::{LaunchError, RunLimits, RunTable};
+pub(crate) use child::Spec;
+pub(crate) use supervisor::Timing;
+pub(crate) use table::{LaunchError, RunLimits, RunTable};

@@ -21,7 +21,7 @@ use tokio::time::{Instant, Sleep};
 use crate::event::EventType;
 
 /// Largest event payload (before encoding).
-pub const MAX_CHUNK: usize = 64 * 1024;
+pub(crate) const MAX_CHUNK: usize = 64 * 1024;
 /// Largest read from the child. A job that fills every read gets bigger
 /// ones, up to this: each read is one journal batch, so a fast job costs
 /// fewer wake-ups per byte, while a quiet one keeps a small buffer.
@@ -37,7 +37,7 @@ const TRIM_AFTER: Duration = Duration::from_secs(1);
 
 /// Event-sized pieces of one stream, in order, from one read.
 #[derive(Debug)]
-pub struct Output {
+pub(crate) struct Output {
     pub stream: EventType,
     pub pieces: Vec<Bytes>,
 }
@@ -46,17 +46,17 @@ pub struct Output {
 /// pieces are cut off the front of the buffer the child's output was read
 /// into, so they are not copied.
 #[derive(Default)]
-pub struct Chunker {
+pub(crate) struct Chunker {
     buf: BytesMut,
 }
 
 impl Chunker {
     #[cfg(test)]
-    pub fn push(&mut self, data: &[u8]) {
+    pub(crate) fn push(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
-    pub fn has_partial(&self) -> bool {
+    pub(crate) fn has_partial(&self) -> bool {
         !self.buf.is_empty()
     }
 
@@ -71,7 +71,7 @@ impl Chunker {
 
     /// Takes the next ready piece. With `force`, a partial line is taken too
     /// (minus an incomplete trailing character, unless `eof`).
-    pub fn take(&mut self, force: bool, eof: bool) -> Option<Bytes> {
+    pub(crate) fn take(&mut self, force: bool, eof: bool) -> Option<Bytes> {
         if self.buf.is_empty() {
             return None;
         }
@@ -113,7 +113,7 @@ fn utf8_cut(bytes: &[u8]) -> usize {
 
 /// How output is cut into events over time (`[runs]` in the config).
 #[derive(Clone, Copy, Debug)]
-pub struct Pacing {
+pub(crate) struct Pacing {
     /// A partial line waits this long for its newline.
     pub line_hold: Duration,
     /// Complete lines that follow an event within this long are sent
@@ -126,7 +126,7 @@ pub struct Pacing {
 /// reader task per stream). It keeps the job's back-pressure: while the
 /// journal is busy nobody reads, and the job waits on its full pipe, as it
 /// would writing to a slow disk itself.
-pub struct Readers {
+pub(crate) struct Readers {
     streams: Vec<StreamReader>,
     /// Where the next poll starts, so that one busy stream cannot starve the other.
     turn: usize,
@@ -158,7 +158,7 @@ struct StreamReader {
 }
 
 impl Readers {
-    pub fn new(streams: Vec<(Box<dyn AsyncRead + Unpin + Send>, EventType)>, pacing: Pacing) -> Self {
+    pub(crate) fn new(streams: Vec<(Box<dyn AsyncRead + Unpin + Send>, EventType)>, pacing: Pacing) -> Self {
         let streams = streams
             .into_iter()
             .map(|(reader, stream)| StreamReader {
@@ -183,13 +183,13 @@ impl Readers {
     }
 
     /// True once every stream has ended (or was stopped) and was flushed.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.streams.iter().all(|s| s.done)
     }
 
     /// The next ready pieces of any stream; None once all have ended.
     /// Cancel-safe: all state lives in `self`.
-    pub async fn next(&mut self) -> Option<Output> {
+    pub(crate) async fn next(&mut self) -> Option<Output> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
 
@@ -207,7 +207,7 @@ impl Readers {
 
     /// Stops reading (the drain deadline passed) and returns whatever is
     /// buffered, partial lines included.
-    pub fn stop(&mut self) -> Vec<Output> {
+    pub(crate) fn stop(&mut self) -> Vec<Output> {
         self.streams.iter_mut().filter(|s| !s.done).filter_map(StreamReader::end).collect()
     }
 }

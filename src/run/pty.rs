@@ -25,12 +25,12 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 /// The parent's end of a terminal, readable as a stream. EIO (all slave
 /// ends closed: the job and everything it started are gone) reads as EOF.
-pub struct PtyReader {
+pub(crate) struct PtyReader {
     fd: AsyncFd<PtyMaster>,
 }
 
 /// Opens a terminal of `cols` × `rows`; returns the master reader and the slave.
-pub fn open(cols: u16, rows: u16) -> io::Result<(PtyReader, OwnedFd)> {
+pub(crate) fn open(cols: u16, rows: u16) -> io::Result<(PtyReader, OwnedFd)> {
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
     grantpt(&master)?;
     unlockpt(&master)?;
@@ -54,7 +54,7 @@ pub fn open(cols: u16, rows: u16) -> io::Result<(PtyReader, OwnedFd)> {
 }
 
 /// Makes the child a session leader with `slave` (its stdin) as controlling tty.
-pub fn set_controlling_terminal(cmd: &mut tokio::process::Command) {
+pub(crate) fn set_controlling_terminal(cmd: &mut tokio::process::Command) {
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (setsid, ioctl); it allocates nothing.
     unsafe {

@@ -20,7 +20,7 @@ use crate::run_id::RunId;
 
 /// Timing knobs, from `[runs]` and `[journal]` in the config.
 #[derive(Clone, Copy, Debug)]
-pub struct Timing {
+pub(crate) struct Timing {
     pub grace_period: Duration,
     pub drain_timeout: Duration,
     pub pacing: output::Pacing,
@@ -29,7 +29,7 @@ pub struct Timing {
 
 /// Who learns what happens to a run (the run table). The supervisor tells
 /// it after the event is journaled and published, never before.
-pub trait Observer: Send + Sync + 'static {
+pub(crate) trait Observer: Send + Sync + 'static {
     /// A status event was published.
     fn on_status(&self, run: &RunId, change: &StatusChange);
     /// A journal write failed; the run goes on live.
@@ -38,7 +38,7 @@ pub trait Observer: Send + Sync + 'static {
 
 /// Requests from the run's handle (the table) to this task.
 #[derive(Debug)]
-pub enum Control {
+pub(crate) enum Control {
     Cancel { reason: String },
 }
 

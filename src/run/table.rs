@@ -20,7 +20,7 @@ use crate::run_id::RunId;
 use crate::run_info::{CancelError, JournalHealth, RunInfo};
 
 #[derive(Debug, thiserror::Error)]
-pub enum LaunchError {
+pub(crate) enum LaunchError {
     #[error("empty command")]
     EmptyCommand,
     #[error("run {0} is already active")]
@@ -39,7 +39,7 @@ pub enum LaunchError {
 
 /// Limits and timing for runs, from `[runs]` and `[journal]`.
 #[derive(Clone, Copy, Debug)]
-pub struct RunLimits {
+pub(crate) struct RunLimits {
     pub max_concurrent: usize,
     pub timing: Timing,
 }
@@ -52,7 +52,7 @@ struct Entry {
 
 /// Cheap to clone.
 #[derive(Clone)]
-pub struct RunTable {
+pub(crate) struct RunTable {
     inner: Arc<Inner>,
 }
 
@@ -70,38 +70,38 @@ struct Inner {
 
 /// Longest cancel reason kept (a status line must stay small enough for
 /// recovery to read back).
-pub const MAX_REASON: usize = 1024;
+pub(crate) const MAX_REASON: usize = 1024;
 
 /// Launch announcements buffered per listener; one that falls further
 /// behind gets `Lagged` and rescans the table.
 const LAUNCH_BACKLOG: usize = 1024;
 
 impl RunTable {
-    pub fn new(journal: Journal, hub: Hub, limits: RunLimits, tracker: TaskTracker) -> Self {
+    pub(crate) fn new(journal: Journal, hub: Hub, limits: RunLimits, tracker: TaskTracker) -> Self {
         let (launches, _) = broadcast::channel(LAUNCH_BACKLOG);
         let inner = Inner { runs: Mutex::default(), journal, hub, limits: Mutex::new(limits), tracker, launches };
         RunTable { inner: Arc::new(inner) }
     }
 
     /// Every run launched from now on.
-    pub fn subscribe_launches(&self) -> broadcast::Receiver<RunId> {
+    pub(crate) fn subscribe_launches(&self) -> broadcast::Receiver<RunId> {
         self.inner.launches.subscribe()
     }
 
-    pub fn journal(&self) -> &Journal {
+    pub(crate) fn journal(&self) -> &Journal {
         &self.inner.journal
     }
 
-    pub fn hub(&self) -> &Hub {
+    pub(crate) fn hub(&self) -> &Hub {
         &self.inner.hub
     }
 
-    pub fn limits(&self) -> RunLimits {
+    pub(crate) fn limits(&self) -> RunLimits {
         *self.inner.limits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// New limits for runs launched from now on (config reload).
-    pub fn set_limits(&self, limits: RunLimits) {
+    pub(crate) fn set_limits(&self, limits: RunLimits) {
         *self.inner.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
@@ -111,7 +111,7 @@ impl RunTable {
     }
 
     /// Loads every run kept in the journal (closing interrupted ones as lost).
-    pub fn recover(&self) -> Result<usize, JournalError> {
+    pub(crate) fn recover(&self) -> Result<usize, JournalError> {
         let recovered = self.inner.journal.recover()?;
         let n = recovered.len();
         let mut runs = self.runs();
@@ -125,7 +125,7 @@ impl RunTable {
 
     /// Registers and starts a run. Checks, in order: command, shutdown,
     /// duplicate ID, concurrency cap; then creates the journal.
-    pub fn launch(&self, id: Option<RunId>, spec: Spec) -> Result<RunId, LaunchError> {
+    pub(crate) fn launch(&self, id: Option<RunId>, spec: Spec) -> Result<RunId, LaunchError> {
         if spec.argv.is_empty() || spec.argv[0].is_empty() {
             return Err(LaunchError::EmptyCommand);
         }
@@ -167,7 +167,7 @@ impl RunTable {
 
     /// Asks an active run to stop. Harmless if it is already stopping.
     /// The reason is cut to [`MAX_REASON`] bytes: it goes into the journal.
-    pub fn cancel(&self, id: &RunId, mut reason: String) -> Result<RunInfo, CancelError> {
+    pub(crate) fn cancel(&self, id: &RunId, mut reason: String) -> Result<RunInfo, CancelError> {
         if reason.len() > MAX_REASON {
             let mut cut = MAX_REASON;
             while !reason.is_char_boundary(cut) {
@@ -184,7 +184,7 @@ impl RunTable {
     }
 
     /// Cancels every active run (daemon shutdown).
-    pub fn cancel_all(&self, reason: &str) -> usize {
+    pub(crate) fn cancel_all(&self, reason: &str) -> usize {
         let runs = self.runs();
         runs.values()
             .filter_map(|e| e.control.as_ref())
@@ -192,23 +192,23 @@ impl RunTable {
             .count()
     }
 
-    pub fn get(&self, id: &RunId) -> Option<RunInfo> {
+    pub(crate) fn get(&self, id: &RunId) -> Option<RunInfo> {
         let info = self.runs().get(id)?.info.clone();
         Some(self.with_seq(info))
     }
 
     /// All runs, oldest first.
-    pub fn list(&self) -> Vec<RunInfo> {
+    pub(crate) fn list(&self) -> Vec<RunInfo> {
         let mut all: Vec<RunInfo> = self.runs().values().map(|e| e.info.clone()).collect();
         all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.run_id.cmp(&b.run_id)));
         all.into_iter().map(|i| self.with_seq(i)).collect()
     }
 
-    pub fn active_count(&self) -> usize {
+    pub(crate) fn active_count(&self) -> usize {
         self.runs().values().filter(|e| e.control.is_some()).count()
     }
 
-    pub fn count_by_status(&self) -> HashMap<RunStatus, usize> {
+    pub(crate) fn count_by_status(&self) -> HashMap<RunStatus, usize> {
         let mut counts = HashMap::new();
         for e in self.runs().values() {
             *counts.entry(e.info.status).or_default() += 1;
@@ -216,7 +216,7 @@ impl RunTable {
         counts
     }
 
-    pub fn degraded_count(&self) -> usize {
+    pub(crate) fn degraded_count(&self) -> usize {
         self.runs().values().filter(|e| e.info.journal == JournalHealth::Degraded).count()
     }
 
@@ -229,7 +229,12 @@ impl RunTable {
 
     /// Deletes finished runs older than `max_age`, then the oldest finished
     /// runs until the total is under `max_bytes`. Never touches active runs.
-    pub fn sweep_retention(&self, max_age: Duration, max_bytes: u64, before_delete: impl Fn(&RunId, u64)) -> usize {
+    pub(crate) fn sweep_retention(
+        &self,
+        max_age: Duration,
+        max_bytes: u64,
+        before_delete: impl Fn(&RunId, u64),
+    ) -> usize {
         let now = chrono::Utc::now();
         let finished: Vec<(RunId, String, bool)> = {
             let runs = self.runs();

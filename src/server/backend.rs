@@ -21,10 +21,10 @@ use crate::journal::Journal;
 use crate::run_id::RunId;
 
 /// A boxed future, so that [`Backend`] can be used as a trait object.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The runs behind the listener.
-pub trait Backend: Send + Sync + 'static {
+pub(crate) trait Backend: Send + Sync + 'static {
     /// Where a run's stream lives. A backend may wait for a run (or host)
     /// that is not known yet, as a daemon's hub waits for a run that does
     /// not exist yet; the caller bounds the wait by the connection's life.
@@ -66,18 +66,18 @@ pub trait Backend: Send + Sync + 'static {
 
 /// The other end of `GET /agent`: the server authenticates the agent token
 /// and upgrades; what is spoken after that is the backend's.
-pub trait AgentEndpoint: Send + Sync {
+pub(crate) trait AgentEndpoint: Send + Sync {
     fn serve(&self, upgraded: Upgraded, stop: CancellationToken) -> BoxFuture<'static, ()>;
 }
 
 /// Where a subscription reads: a journal and the hub that goes with it.
-pub struct Source {
+pub(crate) struct Source {
     pub journal: Journal,
     pub hub: Hub,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum LookupError {
+pub(crate) enum LookupError {
     #[error("no host {0}")]
     UnknownHost(String),
     #[error("run {0} exists on several hosts ({1}); add host=")]
@@ -87,7 +87,7 @@ pub enum LookupError {
 }
 
 /// How a cancel request ended, for the HTTP answer.
-pub enum CancelOutcome {
+pub(crate) enum CancelOutcome {
     /// 200: `{"runId", "status"}` (+ `host` at the gateway).
     Cancelling(Value),
     NotFound(String),
@@ -101,7 +101,7 @@ pub enum CancelOutcome {
 
 /// Counters the `/metrics` and `/healthz` pages need from the backend.
 #[derive(Default)]
-pub struct BackendStats {
+pub(crate) struct BackendStats {
     pub runs: usize,
     pub active: usize,
     pub degraded: usize,

@@ -64,7 +64,7 @@ impl Drop for ConnGuard {
 }
 
 /// Accepts connections until `stop_accepting`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop_accepting: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop_accepting: CancellationToken) {
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop_accepting.cancelled() => return,

@@ -10,7 +10,7 @@ use super::backend::Backend;
 use crate::event::RunStatus;
 
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// Open TCP connections (HTTP and WebSocket).
     pub connections: AtomicI64,
     /// Open WebSocket sessions.
@@ -32,11 +32,11 @@ fn get(c: &AtomicU64) -> u64 {
 }
 
 impl Metrics {
-    pub fn add(c: &AtomicU64, n: u64) {
+    pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn render(&self, backend: &dyn Backend) -> String {
+    pub(crate) fn render(&self, backend: &dyn Backend) -> String {
         let stats = backend.stats();
         let mut out = String::with_capacity(2048);
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {

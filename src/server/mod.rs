@@ -10,11 +10,11 @@
 //! - `unix`: the local socket (launch, subscribe, cancel, list, status).
 //! - `metrics`: counters behind `/metrics` and `/healthz`.
 
-pub mod backend;
-pub mod http;
-pub mod metrics;
-pub mod unix;
-pub mod ws;
+pub(crate) mod backend;
+pub(crate) mod http;
+pub(crate) mod metrics;
+pub(crate) mod unix;
+pub(crate) mod ws;
 
 use std::sync::{Arc, RwLock};
 
@@ -23,11 +23,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::{self, Tokens};
 use crate::config::StreamConfig;
-pub use backend::Backend;
+pub(crate) use backend::Backend;
 use metrics::Metrics;
 
 /// State every network connection shares.
-pub struct Shared {
+pub(crate) struct Shared {
     pub backend: Arc<dyn Backend>,
     pub metrics: Arc<Metrics>,
     /// Limits and timeouts; swapped whole on reload, so a session sees one consistent set.
@@ -43,7 +43,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(backend: Arc<dyn Backend>, config: StreamConfig, tokens: Tokens, stop: CancellationToken) -> Self {
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        config: StreamConfig,
+        tokens: Tokens,
+        stop: CancellationToken,
+    ) -> Self {
         Shared {
             backend,
             metrics: Arc::default(),
@@ -55,16 +60,16 @@ impl Shared {
         }
     }
 
-    pub fn agent_tokens(&self) -> Option<Arc<Tokens>> {
+    pub(crate) fn agent_tokens(&self) -> Option<Arc<Tokens>> {
         self.agent_tokens.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn set_agent_tokens(&self, tokens: Tokens) {
+    pub(crate) fn set_agent_tokens(&self, tokens: Tokens) {
         *self.agent_tokens.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(tokens));
     }
 
     /// What a presented token may do here.
-    pub fn role(&self, token: &str) -> Role {
+    pub(crate) fn role(&self, token: &str) -> Role {
         if let Some(scope) = self.tokens().check(token) {
             return Role::Viewer(scope);
         }
@@ -74,16 +79,16 @@ impl Shared {
         Role::None
     }
 
-    pub fn stream_config(&self) -> Arc<StreamConfig> {
+    pub(crate) fn stream_config(&self) -> Arc<StreamConfig> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn tokens(&self) -> Arc<Tokens> {
+    pub(crate) fn tokens(&self) -> Arc<Tokens> {
         self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// Installs a new config and token set (SIGHUP); open sessions keep working.
-    pub fn reload(&self, config: StreamConfig, tokens: Tokens) {
+    pub(crate) fn reload(&self, config: StreamConfig, tokens: Tokens) {
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
     }
@@ -92,7 +97,7 @@ impl Shared {
 /// Who a token belongs to. Hosts and viewers hold different tokens: a host
 /// token cannot watch runs, and a viewer token cannot register as a host.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Viewer(auth::Scope),
     Agent,
     None,

@@ -31,7 +31,7 @@ use crate::run_id::RunId;
 use crate::run_info::{CancelError, RunInfo};
 
 /// The runs the socket serves. The daemon implements it over its run table.
-pub trait Runs: Send + Sync + 'static {
+pub(crate) trait Runs: Send + Sync + 'static {
     /// Starts a run (with `id`, or one the daemon makes).
     fn launch(&self, id: Option<RunId>, req: LaunchRequest) -> Result<RunId, Refusal>;
     fn cancel(&self, run: &RunId, reason: String) -> Result<RunInfo, CancelError>;
@@ -45,7 +45,7 @@ pub trait Runs: Send + Sync + 'static {
 /// A launch that was not started: the error `code` the socket answers
 /// with (`run-active`, `too-many-runs`, ...) and a message for people.
 #[derive(Debug)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub code: &'static str,
     pub message: String,
 }
@@ -86,7 +86,7 @@ impl From<Vec<u8>> for Out {
 
 /// The socket file; removed when dropped (daemon shutdown).
 #[derive(Debug)]
-pub struct SocketGuard {
+pub(crate) struct SocketGuard {
     path: PathBuf,
 }
 
@@ -101,7 +101,7 @@ impl Drop for SocketGuard {
 }
 
 /// Binds the socket with `mode`, replacing a stale file but never a live daemon's.
-pub fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketGuard)> {
+pub(crate) fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketGuard)> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -132,7 +132,7 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<(UnixListener, SocketGuard)> {
 }
 
 /// Accepts connections until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: UnixListener,
     runs: Arc<dyn Runs>,
     stop_accepting: CancellationToken,

@@ -13,7 +13,7 @@ const EPOCH_FILE: &str = "epoch";
 
 /// What the link needs to know, from `[upstream]`.
 #[derive(Clone)]
-pub struct LinkConfig {
+pub(crate) struct LinkConfig {
     /// Base URL; `/agent` is appended.
     pub url: String,
     pub host_id: String,
@@ -22,7 +22,7 @@ pub struct LinkConfig {
 }
 
 impl LinkConfig {
-    pub fn load(cfg: &UpstreamConfig, state_dir: &Path) -> Result<Option<Self>, UpstreamError> {
+    pub(crate) fn load(cfg: &UpstreamConfig, state_dir: &Path) -> Result<Option<Self>, UpstreamError> {
         let Some(url) = cfg.url.clone() else {
             return Ok(None);
         };
@@ -41,7 +41,7 @@ impl LinkConfig {
 }
 
 /// The state dir's epoch: made once, so a wiped state dir gets a new one.
-pub fn epoch(state_dir: &Path) -> Result<String, UpstreamError> {
+pub(super) fn epoch(state_dir: &Path) -> Result<String, UpstreamError> {
     let path = state_dir.join(EPOCH_FILE);
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_owned()),

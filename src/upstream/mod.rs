@@ -23,9 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::link::MAX_LINK_MESSAGE;
 use crate::run::RunTable;
-pub use config::LinkConfig;
+pub(crate) use config::LinkConfig;
 use session::Session;
-pub use status::{LinkState, UpstreamStatus};
+pub(crate) use status::{LinkState, UpstreamStatus};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -57,7 +57,7 @@ enum Link {
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Keeps the link to the gateway up until `stop`.
-pub async fn run(cfg: LinkConfig, table: RunTable, status: Arc<UpstreamStatus>, stop: CancellationToken) {
+pub(crate) async fn run(cfg: LinkConfig, table: RunTable, status: Arc<UpstreamStatus>, stop: CancellationToken) {
     let mut link = Link::Connecting { backoff: BACKOFF_MIN };
     let mut first = true;
     loop {
@@ -115,7 +115,7 @@ fn jitter(d: Duration) -> Duration {
 }
 
 /// Makes `ring` the process's TLS crypto provider (for `wss://`). Safe to call twice.
-pub fn install_tls_provider() {
+pub(crate) fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 

@@ -12,7 +12,7 @@ use crate::run_id::RunId;
 /// Where the link to the gateway stands (`runtap_upstream_state` shows the number).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(u8)]
-pub enum LinkState {
+pub(crate) enum LinkState {
     #[default]
     Disconnected = 0,
     Connecting = 1,
@@ -31,7 +31,7 @@ impl LinkState {
 
 /// Link state and counters, for `/metrics` and retention.
 #[derive(Default)]
-pub struct UpstreamStatus {
+pub(crate) struct UpstreamStatus {
     state: AtomicU8,
     pub forwarded: AtomicU64,
     pub acknowledged: AtomicU64,
@@ -45,7 +45,7 @@ pub struct UpstreamStatus {
 }
 
 impl UpstreamStatus {
-    pub fn state(&self) -> LinkState {
+    pub(crate) fn state(&self) -> LinkState {
         LinkState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
@@ -53,23 +53,23 @@ impl UpstreamStatus {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
-    pub fn acked(&self, run: &RunId) -> Option<u64> {
+    pub(crate) fn acked(&self, run: &RunId) -> Option<u64> {
         self.acked.lock().unwrap_or_else(|p| p.into_inner()).get(run).copied()
     }
 
-    pub fn lag_seconds(&self) -> f64 {
+    pub(crate) fn lag_seconds(&self) -> f64 {
         self.unacked_since.lock().unwrap_or_else(|p| p.into_inner()).map_or(0.0, |t| t.elapsed().as_secs_f64())
     }
 
     /// Events this host has that the gateway has not acknowledged.
-    pub fn pending(&self, table: &RunTable) -> u64 {
+    pub(crate) fn pending(&self, table: &RunTable) -> u64 {
         let seqs = table.hub().last_seqs();
         let acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
         seqs.iter().map(|(run, seq)| seq.saturating_sub(acked.get(run).copied().unwrap_or(0))).sum()
     }
 
     /// Called by retention before deleting a run: loud if the gateway lacks some of it.
-    pub fn note_deleted(&self, run: &RunId, last_seq: u64) {
+    pub(crate) fn note_deleted(&self, run: &RunId, last_seq: u64) {
         let acked = self.acked(run).unwrap_or(0);
         if acked < last_seq {
             let lost = last_seq - acked;
@@ -79,7 +79,7 @@ impl UpstreamStatus {
         }
     }
 
-    pub fn render(&self, table: &RunTable) -> String {
+    pub(crate) fn render(&self, table: &RunTable) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
         let mut m = |name: &str, kind: &str, help: &str, v: String| {

@@ -7,7 +7,7 @@ use crate::run_id::RunId;
 
 /// An error event plus the close code that follows it (the spec's table).
 #[derive(Debug, Clone)]
-pub struct WsError {
+pub(crate) struct WsError {
     pub code: &'static str,
     pub close: u16,
     pub message: String,
@@ -17,38 +17,38 @@ pub struct WsError {
 }
 
 impl WsError {
-    pub fn new(code: &'static str, close: u16, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: &'static str, close: u16, message: impl Into<String>) -> Self {
         WsError { code, close, message: message.into(), last_seq: None, run: None }
     }
-    pub fn unauthorized() -> Self {
+    pub(crate) fn unauthorized() -> Self {
         Self::new("unauthorized", 4401, "missing or wrong token")
     }
-    pub fn forbidden(run: &RunId) -> Self {
+    pub(crate) fn forbidden(run: &RunId) -> Self {
         Self::new("forbidden", 4403, format!("this token may not see run {run}"))
     }
-    pub fn host_token() -> Self {
+    pub(crate) fn host_token() -> Self {
         Self::new("forbidden", 4403, "host (agent) tokens cannot subscribe to runs")
     }
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new("bad-request", 4400, message)
     }
-    pub fn missing_run_id() -> Self {
+    pub(crate) fn missing_run_id() -> Self {
         Self::new("missing-run-id", 4400, "no run ID given")
     }
     /// From a raw `runId` value: missing, or malformed.
-    pub fn for_run_id(raw: Option<&str>) -> Result<RunId, WsError> {
+    pub(crate) fn for_run_id(raw: Option<&str>) -> Result<RunId, WsError> {
         match raw {
             None | Some("") => Err(Self::missing_run_id()),
             Some(s) => RunId::parse(s).map_err(|e| Self::bad_request(format!("invalid run ID {s:?}: {e}"))),
         }
     }
 
-    pub fn with_run(mut self, run: RunId) -> Self {
+    pub(crate) fn with_run(mut self, run: RunId) -> Self {
         self.run = Some(run);
         self
     }
 
-    pub fn to_json(&self) -> Utf8Bytes {
+    pub(crate) fn to_json(&self) -> Utf8Bytes {
         let mut v = json!({"type": "error", "code": self.code, "message": self.message});
         if let Some(seq) = self.last_seq {
             v["lastSeq"] = seq.into();

@@ -29,9 +29,9 @@ use crate::event::Batch;
 const FRAMES_PER_WRITE: usize = 256;
 
 /// RFC 6455 opcodes the server sends.
-pub const TEXT: u8 = 0x1;
-pub const CLOSE: u8 = 0x8;
-pub const PING: u8 = 0x9;
+pub(super) const TEXT: u8 = 0x1;
+pub(super) const CLOSE: u8 = 0x8;
+pub(super) const PING: u8 = 0x9;
 
 /// Encodes an unmasked, final frame header (RFC 6455 §5.2) into `out`;
 /// returns its length. Server frames are never masked, so 10 bytes suffice.
@@ -60,7 +60,7 @@ fn header_len(len: usize) -> usize {
 }
 
 /// One complete frame, encoded: for the session's own messages, pings and closes.
-pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+pub(super) fn encode(opcode: u8, payload: &[u8]) -> Bytes {
     let mut h = [0u8; 10];
     let n = header(opcode, payload.len(), &mut h);
     let mut out = BytesMut::with_capacity(n + payload.len());
@@ -70,7 +70,7 @@ pub fn encode(opcode: u8, payload: &[u8]) -> Bytes {
 }
 
 /// A close frame with its status code and a short reason.
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
+pub(super) fn close_frame(code: u16, reason: &str) -> Bytes {
     // Control frames carry at most 125 bytes: the code and up to 123 of reason.
     let mut cut = reason.len().min(123);
     while !reason.is_char_boundary(cut) {
@@ -93,7 +93,7 @@ enum Pending {
 /// batch costs a pointer, so a subscriber's backlog is bounded by its hub
 /// queue, not here; the session only refills the outbox once it is short.
 #[derive(Default)]
-pub struct Outbox {
+pub(super) struct Outbox {
     queue: VecDeque<Pending>,
     /// Bytes of the front frame already written (header included).
     offset: usize,
@@ -117,17 +117,17 @@ impl Piece<'_> {
 }
 
 impl Outbox {
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
 
-    pub fn bytes(&self) -> usize {
+    pub(super) fn bytes(&self) -> usize {
         self.bytes
     }
 
     /// Queues `batch`'s events with `seq >= from` as text frames; returns
     /// how many events and payload bytes that was.
-    pub fn push_batch(&mut self, batch: Arc<Batch>, from: u64) -> (u64, u64) {
+    pub(super) fn push_batch(&mut self, batch: Arc<Batch>, from: u64) -> (u64, u64) {
         let next = batch.frames.partition_point(|f| f.seq < from);
         let frames = &batch.frames[next..];
         if frames.is_empty() {
@@ -140,14 +140,14 @@ impl Outbox {
         counts
     }
 
-    pub fn push_raw(&mut self, raw: Bytes) {
+    pub(super) fn push_raw(&mut self, raw: Bytes) {
         if !raw.is_empty() {
             self.bytes += raw.len();
             self.queue.push_back(Pending::Raw(raw));
         }
     }
 
-    pub fn push_text(&mut self, text: &str) {
+    pub(super) fn push_text(&mut self, text: &str) {
         self.push_raw(encode(TEXT, text.as_bytes()));
     }
 
@@ -163,7 +163,7 @@ impl Outbox {
 
     /// Writes as much as the socket takes without waiting. Ok(true) if
     /// anything was written; `WouldBlock` is not an error.
-    pub fn write_to(&mut self, tcp: &TcpStream) -> io::Result<bool> {
+    pub(super) fn write_to(&mut self, tcp: &TcpStream) -> io::Result<bool> {
         let mut progress = false;
         while !self.queue.is_empty() {
             // Sized to what is queued: a fixed array for the largest write
@@ -240,14 +240,14 @@ impl Outbox {
 /// The read side of a connection as tungstenite sees it: reads come from
 /// the socket (after any bytes hyper read past the upgrade request), and
 /// writes are collected in `control` for the session to send.
-pub struct ClientIo {
+pub(super) struct ClientIo {
     tcp: Arc<TcpStream>,
     early: Bytes,
     control: Arc<Mutex<BytesMut>>,
 }
 
 impl ClientIo {
-    pub fn new(tcp: Arc<TcpStream>, early: Bytes, control: Arc<Mutex<BytesMut>>) -> Self {
+    pub(super) fn new(tcp: Arc<TcpStream>, early: Bytes, control: Arc<Mutex<BytesMut>>) -> Self {
         // `early` is a view into hyper's read buffer (8 KiB or more); keeping
         // the view would keep that buffer for the life of the connection.
         let early = if early.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&early) };
@@ -256,7 +256,7 @@ impl ClientIo {
 }
 
 /// Takes whatever tungstenite wrote (complete frames) since the last call.
-pub fn take_control(control: &Mutex<BytesMut>) -> Bytes {
+pub(super) fn take_control(control: &Mutex<BytesMut>) -> Bytes {
     lock(control).split().freeze()
 }
 

@@ -23,7 +23,7 @@ fn read_limit(max_frame_bytes: usize) -> usize {
     (max_frame_bytes * 4).max(256 * 1024)
 }
 
-pub fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
+pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         // tungstenite only writes pongs and close replies here: pass them on at once.
@@ -60,7 +60,7 @@ impl RateLimiter {
 }
 
 /// Deepest nesting of objects/arrays in `json` (strings skipped), without parsing it.
-pub fn json_depth(json: &[u8]) -> usize {
+pub(super) fn json_depth(json: &[u8]) -> usize {
     let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
     for &b in json {
         if in_str {

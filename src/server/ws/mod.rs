@@ -30,14 +30,14 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role as WsRole};
 
-pub use error::WsError;
-pub use limits::ws_config;
+pub(crate) use error::WsError;
+pub(crate) use limits::ws_config;
 
 use super::Shared;
 use crate::run_id::RunId;
 
 /// Which endpoint the session came in on.
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// `/runs?runId=` and `/api/v2/workflows/runs/ID/stream`: one run; closed (1000) when it ends.
     /// `host` picks the host at a gateway.
     Single { run: Result<RunId, WsError>, since: u64, host: Option<String> },
@@ -50,14 +50,14 @@ pub enum Endpoint {
 /// Not an `async fn`: its arguments would stay in the session's future for
 /// its whole life, and an idle subscriber is mostly that future. Only the
 /// socket and a box with the start-up arguments are carried in.
-pub fn serve(
+pub(crate) fn serve(
     upgraded: Upgraded,
     endpoint: Endpoint,
     token: Option<String>,
     shared: Arc<Shared>,
 ) -> impl Future<Output = ()> + Send + 'static {
     // The listener serves plain TCP, so this holds; frames are written to
-    // the socket itself (see `wire`).
+    // the socket itself (see `frame`).
     let socket = upgraded.downcast::<TokioIo<TcpStream>>().ok().map(|p| (p.io.into_inner(), p.read_buf));
     let start = Box::new((endpoint, token));
     async move {
@@ -71,7 +71,7 @@ pub fn serve(
 
 /// Refuses an upgraded connection with an error event and its close code
 /// (used where no session follows, e.g. `/agent` with a viewer token).
-pub async fn reject(upgraded: Upgraded, err: WsError) {
+pub(crate) async fn reject(upgraded: Upgraded, err: WsError) {
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), WsRole::Server, Some(ws_config(1024))).await;
     let frame = CloseFrame { code: CloseCode::from(err.close), reason: err.code.into() };
     let _ = tokio::time::timeout(Duration::from_secs(5), async {

@@ -17,7 +17,7 @@ use crate::run_id::RunId;
 use crate::server::Shared;
 
 /// What a subscription hands the session.
-pub enum SubOut {
+pub(super) enum SubOut {
     Frames(Delivery),
     /// A message of the session's own (a journal gap notice).
     Text(Utf8Bytes),
@@ -30,36 +30,36 @@ pub enum SubOut {
     Fail(WsError),
 }
 
-pub type SubKey = (Option<String>, RunId);
+pub(super) type SubKey = (Option<String>, RunId);
 
 /// The session's subscriptions, polled in turn so that one busy run cannot
 /// starve the others on the same connection.
 #[derive(Default)]
-pub struct Subs {
+pub(super) struct Subs {
     list: Vec<(SubKey, Sub)>,
     turn: usize,
 }
 
 impl Subs {
-    pub fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
 
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.list.len()
     }
 
-    pub fn insert(&mut self, key: SubKey, sub: Sub) {
+    pub(super) fn insert(&mut self, key: SubKey, sub: Sub) {
         // Most sessions hold one subscription; a Vec's first growth would make room for four.
         self.list.reserve_exact(1);
         self.list.push((key, sub));
     }
 
-    pub fn remove(&mut self, key: &SubKey) {
+    pub(super) fn remove(&mut self, key: &SubKey) {
         self.list.retain(|(k, _)| k != key);
     }
 
-    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
+    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
         for _ in 0..self.list.len() {
             let i = self.turn % self.list.len();
             self.turn = self.turn.wrapping_add(1);
@@ -75,20 +75,20 @@ impl Subs {
 }
 
 /// What a step through the journal gives back: the feed, and what it found.
-pub type Stepped = Result<(Feed, Result<Option<FeedItem>, JournalError>), WsError>;
+pub(super) type Stepped = Result<(Feed, Result<Option<FeedItem>, JournalError>), WsError>;
 
 /// One subscription. While it follows the live stream it is just its feed,
 /// polled directly: an idle subscriber holds no future. Finding the run (at
 /// a gateway this may wait for a host to start it) and reading history
 /// run as a boxed future that hands the feed back.
-pub enum Sub {
+pub(super) enum Sub {
     Live(Feed),
     Busy(Pin<Box<dyn Future<Output = Stepped> + Send>>),
     Done,
 }
 
 impl Sub {
-    pub fn new(shared: Arc<Shared>, run: RunId, since: u64, host: Option<String>) -> Self {
+    pub(super) fn new(shared: Arc<Shared>, run: RunId, since: u64, host: Option<String>) -> Self {
         Sub::Busy(Box::pin(async move {
             let source = match shared.backend.source(host.as_deref(), &run).await {
                 Ok(source) => source,
@@ -147,7 +147,7 @@ impl Sub {
 }
 
 impl SubOut {
-    pub fn is_last(&self) -> bool {
+    pub(super) fn is_last(&self) -> bool {
         matches!(self, SubOut::End { .. } | SubOut::Fail(_))
     }
 
