@@ -1,0 +1,113 @@
+//! Command line: modes, the server a run talks to, per-mode options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(about = "runtap benchmark load generator")]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) mode: Mode,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Mode {
+    /// N subscribers to one run that is launched once all are ready.
+    Stream(StreamArgs),
+    /// N idle subscribers to an idle run: RSS per subscriber, idle CPU.
+    Idle(IdleArgs),
+    /// Short runs launched over runtap's Unix socket, per second.
+    Launches(LaunchArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub(crate) enum Proto {
+    Runtap,
+    Ws,
+    Socketio,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub(crate) enum Scan {
+    /// Every line of every frame is a latency sample.
+    All,
+    /// Only the first (oldest) line of each frame; lines are counted by index.
+    Ends,
+}
+
+#[derive(Args, Clone, Debug)]
+pub(crate) struct Target {
+    #[arg(long, value_enum)]
+    pub(crate) proto: Proto,
+    /// HOST:PORT of the server's HTTP/WebSocket listener.
+    #[arg(long)]
+    pub(crate) addr: String,
+    #[arg(long, default_value = "")]
+    pub(crate) token: String,
+    /// runtap's Unix socket (launch and cancel for `--proto runtap`).
+    #[arg(long)]
+    pub(crate) socket: Option<PathBuf>,
+    /// Server process to sample for RSS and CPU.
+    #[arg(long)]
+    pub(crate) server_pid: Option<u32>,
+    #[arg(long)]
+    pub(crate) run_id: String,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub(crate) connect_concurrency: usize,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct StreamArgs {
+    #[command(flatten)]
+    pub(crate) target: Target,
+    #[arg(long)]
+    pub(crate) subs: usize,
+    /// Extra subscribers that connect and subscribe, then never read.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) stalled: usize,
+    /// Lines the job writes (to check every subscriber got all of them).
+    #[arg(long)]
+    pub(crate) expect_lines: u64,
+    #[arg(long, value_enum, default_value = "ends")]
+    pub(crate) scan: Scan,
+    #[arg(long, default_value_t = 150.0)]
+    pub(crate) timeout: f64,
+    /// The job.
+    #[arg(last = true, required = true)]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct IdleArgs {
+    #[command(flatten)]
+    pub(crate) target: Target,
+    #[arg(long)]
+    pub(crate) subs: usize,
+    /// Pause after the last subscriber is ready before measuring RSS.
+    #[arg(long, default_value_t = 2.0)]
+    pub(crate) settle: f64,
+    /// Window over which the server's CPU use is measured.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) cpu_window: f64,
+    /// The idle job (e.g. `sleep 600`).
+    #[arg(last = true, required = true)]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct LaunchArgs {
+    #[arg(long)]
+    pub(crate) socket: PathBuf,
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) duration: f64,
+    /// Runs in flight at once (runtap's default `runs.max_concurrent` is 64).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) window: usize,
+    #[arg(long, default_value = "launch")]
+    pub(crate) prefix: String,
+    /// Also measure spawning `true` directly from this process, as a ceiling.
+    #[arg(long)]
+    pub(crate) reference: bool,
+}

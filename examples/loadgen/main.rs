@@ -1,0 +1,71 @@
+//! Load generator for the benchmarks (see `BENCHMARKS.md` and `bench/run.sh`).
+//!
+//! It speaks to three servers with one client, so the client's cost is the
+//! same for each: runtap (`/runs?runId=` WebSocket, launches over the Unix
+//! socket), the `ws` baseline (same envelope, launches by `POST /launch`) and
+//! the socket.io baseline (Engine.IO v4 / Socket.IO v5 over a bare WebSocket:
+//! `40{auth}`, `42["subscribe",ID]`, `42["run-event",{..}]`, pings `2` → `3`).
+//!
+//! Latency comes from the job's own output: `bench/jobs/lines.py` writes
+//! lines `t=<unix ns> i=<index> xxx…`; on each frame the receive time minus
+//! `t` is one sample. The frame text is scanned for those fixed-width fields
+//! rather than JSON-decoded, so the client stays cheap on a shared box.
+//!
+//! Modes, each printing one JSON object on stdout:
+//! - `stream`: N subscribers (+ K stalled ones that never read) wait for a
+//!   run, which is then launched; reports time to the last final event,
+//!   events, bytes, lines, latency p50/p99/max, server RSS and CPU.
+//! - `idle`: N subscribers to an idle run; server RSS per subscriber and CPU.
+//! - `launches`: short runs (`true`) over runtap's Unix socket, per second.
+//!
+//! Every wait is bounded (`--timeout`, connect and settle limits).
+
+mod cli;
+mod conn;
+mod control;
+mod frames;
+mod histogram;
+mod idle;
+mod launches;
+mod proc;
+mod stream;
+mod subscriber;
+
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::json;
+
+use crate::cli::{Cli, Mode};
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            println!("{}", json!({ "error": format!("start tokio: {e}") }));
+            std::process::exit(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.mode {
+            Mode::Stream(a) => stream::stream(a).await,
+            Mode::Idle(a) => idle::idle(a).await,
+            Mode::Launches(a) => launches::launches(a).await,
+        }
+    });
+    match result {
+        Ok(v) => println!("{v}"),
+        Err(e) => {
+            println!("{}", json!({ "error": e }));
+            std::process::exit(1);
+        }
+    }
+    rt.shutdown_timeout(Duration::from_secs(2));
+}
+
+/// `x` rounded to `digits` decimals, for the JSON report.
+pub(crate) fn round(x: f64, digits: i32) -> f64 {
+    let m = 10f64.powi(digits);
+    (x * m).round() / m
+}
