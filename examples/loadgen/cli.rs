@@ -36,6 +36,18 @@ pub(crate) enum Scan {
     Ends,
 }
 
+/// How a subscriber reads each text frame.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub(crate) enum Decode {
+    /// A byte scan of the frame for its `type` and the job's line heads; the
+    /// JSON is never decoded (cheap: the client stays out of the way).
+    Light,
+    /// Every frame fully parsed (`serde_json::Value`, as a dashboard's
+    /// `JSON.parse`), then `seq`, `type` and `data` read from the value;
+    /// `data` is reassembled into lines and every line is checked.
+    Json,
+}
+
 #[derive(Args, Clone, Debug)]
 pub(crate) struct Target {
     #[arg(long, value_enum)]
@@ -72,6 +84,23 @@ pub(crate) struct StreamArgs {
     pub(crate) expect_lines: u64,
     #[arg(long, value_enum, default_value = "ends")]
     pub(crate) scan: Scan,
+    #[arg(long, value_enum, default_value = "light")]
+    pub(crate) decode: Decode,
+    /// Resubscriptions (with `since`) allowed per subscriber after a `lagged`
+    /// close by runtap; 0 = a cut-off subscriber stays incomplete.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) resubscribe: u32,
+    /// Each subscriber spends this long on every text frame it receives
+    /// (paced sleep; see `subscriber::Pace`). 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    pub(crate) slow_ms: f64,
+    /// `--decode json`: also require exactly this many stdout bytes.
+    #[arg(long)]
+    pub(crate) expect_bytes: Option<u64>,
+    /// A file the job writes its own wall time into (`bench/jobs/lines.py`'s
+    /// 4th argument); removed before the launch, waited for after it.
+    #[arg(long)]
+    pub(crate) job_time_file: Option<PathBuf>,
     #[arg(long, default_value_t = 150.0)]
     pub(crate) timeout: f64,
     /// The job.

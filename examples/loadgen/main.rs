@@ -8,8 +8,12 @@
 //!
 //! Latency comes from the job's own output: `bench/jobs/lines.py` writes
 //! lines `t=<unix ns> i=<index> xxx…`; on each frame the receive time minus
-//! `t` is one sample. The frame text is scanned for those fixed-width fields
-//! rather than JSON-decoded, so the client stays cheap on a shared box.
+//! `t` is one sample. How a subscriber reads a frame is `--decode`:
+//! `light` (the default) scans the frame text for those fixed-width fields
+//! rather than JSON-decoding it, so the client stays cheap on a shared box;
+//! `json` parses every frame in full, as a browser dashboard does, then
+//! checks every line, byte and `seq` (`json.rs`). `--slow-ms` makes each
+//! subscriber spend that long on every frame (`subscriber::Pace`).
 //!
 //! Modes, each printing one JSON object on stdout:
 //! - `stream`: N subscribers (+ K stalled ones that never read) wait for a
@@ -26,8 +30,11 @@ mod control;
 mod frames;
 mod histogram;
 mod idle;
+mod json;
 mod launches;
+mod light;
 mod proc;
+mod stats;
 mod stream;
 mod subscriber;
 

@@ -1,6 +1,7 @@
 //! `stream` mode: N subscribers (+ K stalled) to one run launched once all
 //! are ready.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::StreamArgs;
 use crate::control::{cancel, launch};
 use crate::histogram::Hist;
-use crate::proc::{cpu_secs, rss_kib, spawn_rss_sampler};
+use crate::proc::{cpu_secs, proc_status_field, rss_kib, spawn_rss_sampler};
 use crate::round;
-use crate::subscriber::{all_ready, stalled, subscriber};
+use crate::stats::SubStats;
+use crate::subscriber::{Opts, all_ready, stalled, subscriber};
 
 pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
     let t = Arc::new(a.target.clone());
@@ -22,9 +24,15 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
     let stop_stalled = CancellationToken::new();
     let (ready_tx, mut ready_rx) = mpsc::channel(1024);
     let connect_start = Instant::now();
+    let opts = Opts {
+        scan: a.scan,
+        decode: a.decode,
+        resubscribe: a.resubscribe,
+        per_frame: (a.slow_ms > 0.0).then(|| Duration::from_secs_f64(a.slow_ms / 1000.0)),
+    };
     let mut subs = Vec::with_capacity(a.subs);
     for _ in 0..a.subs {
-        subs.push(tokio::spawn(subscriber(t.clone(), a.scan, gate.clone(), ready_tx.clone(), stop.clone())));
+        subs.push(tokio::spawn(subscriber(t.clone(), opts, gate.clone(), ready_tx.clone(), stop.clone())));
     }
     let mut stalls = Vec::new();
     for _ in 0..a.stalled {
@@ -38,6 +46,9 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
     let sampler_stop = CancellationToken::new();
     let sampler = spawn_rss_sampler(t.server_pid, sampler_stop.clone());
     let (server_cpu0, self_cpu0) = (t.server_pid.and_then(|p| cpu_secs(Some(p))), cpu_secs(None));
+    if let Some(f) = &a.job_time_file {
+        let _ = std::fs::remove_file(f);
+    }
     let t0 = Instant::now();
     launch(&t, &a.command).await?;
 
@@ -61,11 +72,16 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
             stats.push(s);
         }
     }
+    let job_s = match &a.job_time_file {
+        Some(f) if !timed_out => job_time(f, deadline).await.ok(),
+        _ => None,
+    };
     let wall = t0.elapsed().as_secs_f64();
     let (server_cpu1, self_cpu1) = (t.server_pid.and_then(|p| cpu_secs(Some(p))), cpu_secs(None));
     sampler_stop.cancel();
     let rss_peak = sampler.await.unwrap_or(0).max(rss_before);
     let rss_after = t.server_pid.and_then(rss_kib).unwrap_or(0);
+    let hwm = t.server_pid.and_then(|p| proc_status_field(p, "VmHWM:"));
     stop_stalled.cancel();
     for h in stalls {
         let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
@@ -74,35 +90,7 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
         let _ = cancel(&t).await;
     }
 
-    let mut hist = Hist::new();
-    let (mut events, mut bytes, mut lines, mut gaps, mut dups, mut resubs) = (0, 0, 0, 0, 0, 0);
-    let (mut complete, mut errors) = (0, Vec::new());
-    let mut last_done: Option<Instant> = None;
-    let mut first_event: Option<Instant> = None;
-    for s in &stats {
-        events += s.events;
-        bytes += s.bytes;
-        lines += s.lines;
-        gaps += s.gaps;
-        dups += s.dups;
-        resubs += u64::from(s.resubscribes);
-        if let Some(h) = &s.hist {
-            hist.merge(h);
-        }
-        if s.done_at.is_some() && s.max_idx + 1 == a.expect_lines as i64 && s.gaps == 0 {
-            complete += 1;
-        }
-        if let Some(e) = &s.error
-            && errors.len() < 5
-        {
-            errors.push(e.clone());
-        }
-        last_done = last_done.max(s.done_at);
-        first_event = match (first_event, s.first_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-    }
+    let (tot, hist) = Totals::of(&stats, &a);
     let since_t0 = |i: Option<Instant>| i.map(|i| round(i.duration_since(t0).as_secs_f64(), 3));
     let cpu = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| round(b - a, 2));
     Ok(json!({
@@ -111,18 +99,28 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
         "subs": a.subs,
         "stalled": a.stalled,
         "expect_lines": a.expect_lines,
+        "decode": format!("{:?}", a.decode).to_lowercase(),
+        "resubscribe_limit": a.resubscribe,
+        "slow_ms": a.slow_ms,
         "connect_s": round(connect_s, 3),
-        "time_s": since_t0(last_done),
-        "first_event_s": since_t0(first_event),
+        "time_s": since_t0(tot.last_done),
+        "first_event_s": since_t0(tot.first_event),
         "wall_s": round(wall, 3),
+        "job_s": job_s.map(|s| round(s, 3)),
         "timed_out": timed_out,
-        "complete_subs": complete,
-        "events": events,
-        "bytes": bytes,
-        "lines": lines,
-        "gaps": gaps,
-        "dups": dups,
-        "resubscribes": resubs,
+        "complete_subs": tot.complete,
+        "cut_off_subs": tot.cut_off_subs,
+        "frames": tot.frames,
+        "events": tot.events,
+        "bytes": tot.bytes,
+        "data_bytes": tot.data_bytes,
+        "lines": tot.lines,
+        "gaps": tot.gaps,
+        "dups": tot.dups,
+        "seq_gaps": tot.seq_gaps,
+        "seq_dups": tot.seq_dups,
+        "bad_lines": tot.bad_lines,
+        "resubscribes": tot.resubscribes,
         "samples": hist.n,
         "p50_ms": hist.quantile_ms(0.50),
         "p90_ms": hist.quantile_ms(0.90),
@@ -132,8 +130,81 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
         "server_rss_before_kib": rss_before,
         "server_rss_peak_kib": rss_peak,
         "server_rss_after_kib": rss_after,
+        "server_hwm_kib": hwm,
         "server_cpu_s": cpu(server_cpu0, server_cpu1),
         "loadgen_cpu_s": cpu(self_cpu0, self_cpu1),
-        "errors": errors,
+        "errors": tot.errors,
     }))
+}
+
+/// Sums over all subscribers.
+#[derive(Default)]
+struct Totals {
+    frames: u64,
+    events: u64,
+    bytes: u64,
+    data_bytes: u64,
+    lines: u64,
+    gaps: u64,
+    dups: u64,
+    seq_gaps: u64,
+    seq_dups: u64,
+    bad_lines: u64,
+    resubscribes: u64,
+    complete: u64,
+    cut_off_subs: u64,
+    errors: Vec<String>,
+    last_done: Option<Instant>,
+    first_event: Option<Instant>,
+}
+
+impl Totals {
+    fn of(stats: &[SubStats], a: &StreamArgs) -> (Totals, Hist) {
+        let mut t = Totals::default();
+        let mut hist = Hist::new();
+        for s in stats {
+            t.frames += s.frames;
+            t.events += s.events;
+            t.bytes += s.bytes;
+            t.data_bytes += s.data_bytes;
+            t.lines += s.lines;
+            t.gaps += s.gaps;
+            t.dups += s.dups;
+            t.seq_gaps += s.seq_gaps;
+            t.seq_dups += s.seq_dups;
+            t.bad_lines += s.bad_lines;
+            t.resubscribes += u64::from(s.resubscribes);
+            t.cut_off_subs += u64::from(s.cut_offs > 0);
+            t.complete += u64::from(s.complete(a.decode, a.expect_lines, a.expect_bytes));
+            if let Some(h) = &s.hist {
+                hist.merge(h);
+            }
+            if let Some(e) = &s.error
+                && t.errors.len() < 5
+            {
+                t.errors.push(e.clone());
+            }
+            t.last_done = t.last_done.max(s.done_at);
+            t.first_event = match (t.first_event, s.first_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        (t, hist)
+    }
+}
+
+/// Waits for the job to write its wall time (seconds) into `f`.
+async fn job_time(f: &Path, deadline: tokio::time::Instant) -> Result<f64, String> {
+    loop {
+        if let Ok(s) = std::fs::read_to_string(f)
+            && let Ok(secs) = s.trim().parse()
+        {
+            return Ok(secs);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("the job wrote no time into {}", f.display()));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,5 +1,6 @@
 //! A streaming subscriber (reads one run to its final event and checks it
-//! got every line), a stalled one, and the wait for all to be ready.
+//! got every line, decoding frames as `--decode` says, optionally slowly),
+//! a stalled one, and the wait for all to be ready.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,72 +10,51 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Proto, Scan, Target};
+use crate::cli::{Decode, Proto, Scan, Target};
 use crate::conn::{STALLED_RCVBUF, Ws, connect, connect_with};
-use crate::frames::{Kind, classify, num_after, scan_lines};
-use crate::histogram::Hist;
-use crate::proc::now_ns;
+use crate::json::json_frame;
+use crate::light::light_frame;
+use crate::stats::{Step, SubStats};
 
 /// How long all subscribers together may take to connect and subscribe.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(90);
-/// Resubscriptions allowed per subscriber after a `lagged` close (runtap).
-pub(crate) const MAX_RESUBSCRIBES: u32 = 1000;
 
-#[derive(Default)]
-pub(crate) struct SubStats {
-    pub(crate) events: u64,
-    pub(crate) bytes: u64,
-    pub(crate) lines: u64,
-    /// Highest line index seen (-1: none).
-    pub(crate) max_idx: i64,
-    pub(crate) gaps: u64,
-    pub(crate) dups: u64,
-    pub(crate) hist: Option<Hist>,
-    pub(crate) first_at: Option<Instant>,
-    pub(crate) done_at: Option<Instant>,
-    pub(crate) resubscribes: u32,
-    pub(crate) error: Option<String>,
+/// How a streaming subscriber reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Opts {
+    pub(crate) scan: Scan,
+    pub(crate) decode: Decode,
+    /// Resubscriptions allowed after a `lagged` close (runtap).
+    pub(crate) resubscribe: u32,
+    /// Time spent on each text frame (slow reader), if any.
+    pub(crate) per_frame: Option<Duration>,
 }
 
-impl SubStats {
-    pub(crate) fn new() -> Self {
-        SubStats { max_idx: -1, ..Default::default() }
-    }
+/// A slow reader's clock. Each text frame keeps the reader busy for
+/// `per_frame` from when it arrived, or from when the previous one was
+/// done if that is later, and the next frame is read only after that.
+/// The wait is a sleep, not a busy loop: 100 slow readers stand for 100
+/// browsers on their own machines, and 100 busy loops on this box's 2
+/// cores would measure the loops starving the server, not the server.
+/// tokio's timer rounds each wake-up up to the next millisecond, but the
+/// deadlines are chained, so the mean time per frame stays `per_frame`
+/// whenever frames queue up.
+struct Pace {
+    per_frame: Duration,
+    busy_until: Instant,
+}
 
-    pub(crate) fn on_output(&mut self, text: &str, scan: Scan) {
-        let now = now_ns();
-        self.events += 1;
-        let b = text.as_bytes();
-        let hist = self.hist.get_or_insert_with(Hist::new);
-        let (mut lo, mut hi) = (None, None);
-        scan_lines(b, scan, |t, i, sample| {
-            if sample {
-                hist.record(now.saturating_sub(t) / 1000);
-            }
-            lo = Some(lo.map_or(i, |l: u64| l.min(i)));
-            hi = Some(hi.map_or(i, |h: u64| h.max(i)));
-        });
-        if let (Some(lo), Some(hi)) = (lo, hi) {
-            let (lo, hi) = (lo as i64, hi as i64);
-            // A line cut between two chunks (the Node servers cut anywhere)
-            // may be unreadable in both: allow one skipped index.
-            if lo > self.max_idx + 2 {
-                self.gaps += 1;
-            }
-            if lo <= self.max_idx {
-                self.dups += 1;
-            }
-            if hi > self.max_idx {
-                self.lines += (hi - self.max_idx) as u64;
-                self.max_idx = hi;
-            }
-        }
+impl Pace {
+    async fn frame(&mut self, arrived: Instant) {
+        self.busy_until = self.busy_until.max(arrived) + self.per_frame;
+        tokio::time::sleep_until(self.busy_until.into()).await;
     }
 }
 
+/// Reads one run to its final event, resubscribing after `lagged` (runtap).
 pub(crate) async fn subscriber(
     t: Arc<Target>,
-    scan: Scan,
+    opts: Opts,
     gate: Arc<Semaphore>,
     ready: mpsc::Sender<Result<(), String>>,
     stop: CancellationToken,
@@ -93,6 +73,7 @@ pub(crate) async fn subscriber(
     };
     let _ = ready.send(Ok(())).await;
     let mut last_seq = 0u64;
+    let mut pace = opts.per_frame.map(|per_frame| Pace { per_frame, busy_until: Instant::now() });
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => { st.error = Some("stopped before the final event".into()); return st; }
@@ -102,7 +83,10 @@ pub(crate) async fn subscriber(
             Some(Ok(Message::Text(text))) => text,
             Some(Ok(Message::Close(frame))) => {
                 let code = frame.map(|f| u16::from(f.code));
-                if code == Some(1013) && t.proto == Proto::Runtap && st.resubscribes < MAX_RESUBSCRIBES {
+                if code == Some(1013) {
+                    st.cut_offs += 1;
+                }
+                if code == Some(1013) && t.proto == Proto::Runtap && st.resubscribes < opts.resubscribe {
                     match reconnect(&t, last_seq, &mut st).await {
                         Some(w) => {
                             ws = w;
@@ -124,33 +108,33 @@ pub(crate) async fn subscriber(
                 return st;
             }
         };
+        let arrived = Instant::now();
         let s = text.as_str();
+        st.frames += 1;
         st.bytes += s.len() as u64;
-        let kind = classify(t.proto, s);
-        if t.proto == Proto::Runtap && matches!(kind, Kind::Output | Kind::Status { .. }) {
-            last_seq = num_after(s, "\"seq\":").unwrap_or(last_seq);
-        }
-        match kind {
-            Kind::Output => {
-                st.first_at.get_or_insert_with(Instant::now);
-                st.on_output(s, scan);
-            }
-            Kind::Status { last: true, .. } => {
+        let step = match opts.decode {
+            Decode::Light => light_frame(t.proto, s, opts.scan, &mut st, &mut last_seq),
+            Decode::Json => json_frame(t.proto, s.as_bytes(), opts.scan, &mut st, &mut last_seq),
+        };
+        match step {
+            Step::Next => {}
+            Step::Done => {
                 st.done_at = Some(Instant::now());
                 return st;
             }
-            Kind::Ping => {
+            Step::Pong => {
                 if let Err(e) = ws.send(Message::text("3")).await {
                     st.error = Some(e.to_string());
                     return st;
                 }
             }
-            Kind::Lagged { last_seq: Some(seq) } => last_seq = seq,
-            Kind::OtherError(e) => {
+            Step::Fail(e) => {
                 st.error = Some(e);
                 return st;
             }
-            _ => {}
+        }
+        if let Some(p) = &mut pace {
+            p.frame(arrived).await;
         }
     }
 }
