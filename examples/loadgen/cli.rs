@@ -19,6 +19,8 @@ pub(crate) enum Mode {
     Idle(IdleArgs),
     /// Short runs launched over runtap's Unix socket, per second.
     Launches(LaunchArgs),
+    /// Runs that write a burst and then stay alive idle: runtap's RSS then.
+    IdleRuns(IdleRunsArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -139,4 +141,31 @@ pub(crate) struct LaunchArgs {
     /// Also measure spawning `true` directly from this process, as a ceiling.
     #[arg(long)]
     pub(crate) reference: bool,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct IdleRunsArgs {
+    /// runtap's Unix socket.
+    #[arg(long)]
+    pub(crate) socket: PathBuf,
+    #[arg(long)]
+    pub(crate) server_pid: u32,
+    #[arg(long, default_value_t = 10)]
+    pub(crate) runs: usize,
+    /// Bytes each run writes to stdout at once before going idle.
+    #[arg(long, default_value_t = 16_000_000)]
+    pub(crate) bytes: u64,
+    /// How long each run stays alive (idle) after its burst, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub(crate) hold: f64,
+    /// Idle time after the last burst before the RSS that is reported.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) settle: f64,
+    /// Directory for the runs' "burst written" marker files.
+    #[arg(long)]
+    pub(crate) marker_dir: PathBuf,
+    #[arg(long, default_value = "idle-run")]
+    pub(crate) prefix: String,
+    #[arg(long, default_value_t = 120.0)]
+    pub(crate) timeout: f64,
 }

@@ -21,6 +21,8 @@
 //!   events, bytes, lines, latency p50/p99/max, server RSS and CPU.
 //! - `idle`: N subscribers to an idle run; server RSS per subscriber and CPU.
 //! - `launches`: short runs (`true`) over runtap's Unix socket, per second.
+//! - `idle-runs`: runs that write a burst and then stay alive idle; runtap's
+//!   RSS once they are all idle.
 //!
 //! Every wait is bounded (`--timeout`, connect and settle limits).
 
@@ -30,6 +32,7 @@ mod control;
 mod frames;
 mod histogram;
 mod idle;
+mod idle_runs;
 mod json;
 mod launches;
 mod light;
@@ -59,6 +62,7 @@ fn main() {
             Mode::Stream(a) => stream::stream(a).await,
             Mode::Idle(a) => idle::idle(a).await,
             Mode::Launches(a) => launches::launches(a).await,
+            Mode::IdleRuns(a) => idle_runs::idle_runs(a).await,
         }
     });
     match result {
