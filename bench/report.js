@@ -94,10 +94,86 @@ if (big) {
     `${num(r, 2)}× pipe`, smoke ? '' : '≤ 2.0× pipe', smoke ? '(smoke)' : r <= 2 ? 'met' : '**not met**']);
   table.push([`${gib} job via \`runtap run\``, 'daemon peak RSS (MB)', num(mib(big.server_hwm_kib), 0), '—', '—', '', '', '']);
 }
+// Slow readers: json client, every frame costs each subscriber SLOW_MS; no resubscribing.
+const slow = SERVERS.map((k) => get('slow-readers', k)).find(Boolean);
+const slowLabel = slow
+  ? `${slow.subs} slow readers (${slow.slow_ms} ms/frame, json), ${(slow.expect_lines * 100 / 1e6).toFixed(0)} MB burst`
+  : 'slow readers';
+const slowDone = each('slow-readers', (r) => (r.timed_out ? null : r));
+const slowBase = each('slow-readers-base', (r) => r.job_s);
+const slowJob = each('slow-readers', (r) => r.job_s);
+const slowRatio = SERVERS.map((_, i) => change(slowJob[i], slowBase[i]));
+const peakOf = (r) => mib(Math.max(r.server_rss_peak_kib || 0, r.server_hwm_kib || 0));
+const slowRss = each('slow-readers', peakOf);
+row(slowLabel, 'subscribers with every byte and seq', each('slow-readers', (r) => [r.complete_subs, r.subs]),
+  (x) => (x ? `${x[0]}/${x[1]}` : '—'), 'all', slowDone[0] ? slowDone[0].complete_subs === slowDone[0].subs : null, null);
+row(slowLabel, 'subscribers cut off (`lagged`)', each('slow-readers', (r) => r.cut_off_subs), (x) => (x === null ? '—' : String(x)), '', null, null);
+row(slowLabel, 'job wall time alone / with readers (s)', SERVERS.map((_, i) => (slowJob[i] !== null || slowBase[i] !== null ? [slowBase[i], slowJob[i]] : null)),
+  (x) => (x ? `${num(x[0], 2)} / ${num(x[1], 2)}` : '—'), '', null, null);
+row(slowLabel, 'job wall time, with / alone', slowRatio, (x) => (x === null ? '—' : `${num(x, 2)}×`), '≤ 1.1×', within(slowRatio[0]), null);
+row(slowLabel, 'server peak RSS (MB)', slowRss, (x) => num(x, 0), '≤ 100 MB', slowRss[0] !== null ? slowRss[0] * 1.048576 <= 100 : null);
+row(slowLabel, 'frames per subscriber', each('slow-readers', (r) => r.frames / Math.max(r.subs, 1)), (x) => num(x, 0), '', null, null);
+row(slowLabel, 'last subscriber done (s)', each('slow-readers', finished), (x) => num(x, 2), '', null, null);
+row(slowLabel, 'server / load generator CPU (s)', each('slow-readers', (r) => [r.server_cpu_s, r.loadgen_cpu_s]),
+  (x) => (x ? `${num(x[0], 1)} / ${num(x[1], 1)}` : '—'), '', null, null);
+
 const la = get('launches', 'runtap');
 if (la) {
   table.push(['short runs (`true`) over the Unix socket', `completed per s (window ${la.window}); direct spawn: ${num(la.direct_spawns_per_s, 0)}/s`,
     num(la.runs_per_s, 0), '—', '—', '', smoke ? '' : '≥ 300/s', smoke ? '(smoke)' : la.runs_per_s >= 300 ? 'met' : '**not met**']);
+}
+
+const ir = get('idle-runs', 'runtap');
+if (ir) {
+  const label = `${ir.runs} runs idle after ${(ir.bytes / 1e6).toFixed(0)} MB each`;
+  const idleMb = mib(ir.server_rss_idle_kib);
+  table.push([label, `daemon RSS ${num(ir.settle_s, 0)} s after the last burst (MB)`, num(idleMb, 1), '—', '—', '',
+    smoke ? '' : '≤ 20 MB', smoke ? '(smoke)' : idleMb * 1.048576 <= 20 ? 'met' : '**not met**']);
+  table.push([label, 'daemon RSS: before / peak / idle 1 s / idle 2× later (MB)',
+    [ir.server_rss_before_kib, Math.max(ir.server_rss_peak_kib, ir.server_hwm_kib || 0), ir.server_rss_idle_1s_kib, ir.server_rss_idle_later_kib]
+      .map((k) => num(mib(k), 1)).join(' / '), '—', '—', '', '', '']);
+  table.push([label, 'runs whose journal holds the whole burst', `${ir.verified_runs}/${ir.runs}`, '—', '—', '', '', '']);
+}
+
+// Both clients side by side: light (a byte scan of each frame) and json
+// (every frame parsed, as a dashboard does; every line, byte and seq checked).
+const modes = [];
+const mrow = (scenario, metric, base, f, fmt, target = '', verdict = null) => {
+  const vals = [];
+  for (const k of SERVERS) for (const d of ['', '-json']) {
+    const r = get(base + d, k);
+    vals.push(r ? f(r) : null);
+  }
+  const rr = typeof vals[1] === 'number' && typeof vals[3] === 'number' ? ratio(vals[1], vals[3]) : null;
+  const met = verdict ? verdict(vals) : null; // null: no data
+  const v = smoke ? (target ? '(smoke)' : '') : !target ? '' : met === null ? 'no data' : met ? 'met' : '**not met**';
+  modes.push([scenario, metric, ...vals.map(fmt), rr === null ? '—' : `${num(rr, 2)}×`, smoke ? '' : target, v]);
+};
+const subsOf = (base) => SERVERS.map((k) => get(base, k) || get(`${base}-json`, k)).find(Boolean);
+const fj = subsOf('fanout');
+const fjLabel = fj ? `fan-out ${fj.subs} × ${fj.expect_lines} lines` : 'fan-out';
+const okNum = (x) => x !== null && x !== undefined;
+const when = (x, f) => (okNum(x) ? f(x) : null);
+mrow(fjLabel, 'time to last subscriber done (s)', 'fanout', finished, (x) => num(x, 2));
+mrow(fjLabel, 'subscribers with every line (json: and every byte and seq)', 'fanout', (r) => `${r.complete_subs}/${r.subs}`, (x) => x ?? '—',
+  'all (json)', (v) => when(v[1], (x) => x.split('/')[0] === x.split('/')[1]));
+mrow(fjLabel, 'subscribers cut off (`lagged`, then resubscribed)', 'fanout', (r) => (r.cut_off_subs ?? null), (x) => (okNum(x) ? String(x) : '—'),
+  '0 (json)', (v) => when(v[1], (x) => x === 0));
+mrow(fjLabel, 'server peak RSS (MB)', 'fanout', peakOf, (x) => num(x, 0), '≤ 100 MB (json)', (v) => when(v[1], (x) => x * 1.048576 <= 100));
+mrow(fjLabel, 'server CPU (s)', 'fanout', (r) => r.server_cpu_s, (x) => num(x, 1));
+mrow(fjLabel, 'load generator CPU (s)', 'fanout', (r) => r.loadgen_cpu_s, (x) => num(x, 1));
+mrow(fjLabel, 'frames per subscriber', 'fanout', (r) => r.frames / Math.max(r.subs, 1), (x) => num(x, 0));
+mrow(fjLabel, 'latency p50 / p99, first line of each event (ms)', 'fanout', (r) => `${num(r.p50_ms, 0)} / ${num(r.p99_ms, 0)}`, (x) => x ?? '—');
+for (const base of ['latency', 'latency100']) {
+  const l = subsOf(base);
+  const label = l ? `latency, ${l.subs} subs, 1 line/ms` : base;
+  const half = (v) => (okNum(v[1]) && okNum(v[3]) ? v[1] <= 0.5 * v[3] : null);
+  const big = base === 'latency';
+  mrow(label, 'p50 (ms)', base, (r) => r.p50_ms, (x) => num(x, 2), big ? '≤ 0.5× ws (json)' : '', big ? half : null);
+  mrow(label, 'p99 (ms)', base, (r) => r.p99_ms, (x) => num(x, 2), big ? '≤ 0.5× ws (json)' : '', big ? half : null);
+  mrow(label, 'max (ms)', base, (r) => r.max_ms, (x) => num(x, 1));
+  mrow(label, 'frames per subscriber', base, (r) => r.frames / Math.max(r.subs, 1), (x) => num(x, 0));
+  mrow(label, 'subscribers with every line', base, (r) => `${r.complete_subs}/${r.subs}`, (x) => x ?? '—');
 }
 
 const failed = rows.filter((x) => !x.result || x.result.error);
@@ -111,6 +187,15 @@ out.push('');
 out.push('| scenario | metric | runtap | ws | socket.io | runtap/ws | target | verdict |');
 out.push('|---|---|---:|---:|---:|---:|---|---|');
 for (const t of table) out.push(`| ${t.join(' | ')} |`);
+if (modes.length) {
+  out.push('');
+  out.push('Both clients, side by side: `light` scans each frame for its type and line heads; `json` parses every frame');
+  out.push('in full (`serde_json::Value`, as a dashboard\'s `JSON.parse`) and checks every line, byte and `seq`.');
+  out.push('');
+  out.push('| scenario | metric | runtap light | runtap json | ws light | ws json | socket.io light | socket.io json | runtap/ws (json) | target | verdict |');
+  out.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|');
+  for (const t of modes) out.push(`| ${t.join(' | ')} |`);
+}
 if (failed.length) {
   out.push('');
   out.push('Failed measurements:');

@@ -4,9 +4,14 @@
 # socket.io baseline, and prints the table (also written to
 # bench/results/latest.md; raw results in bench/results/raw.jsonl).
 #
-#   bench/run.sh            full run (< 10 min on 2 cores, with a warm cargo cache)
-#   bench/run.sh --smoke    every scenario, tiny, in well under a minute; no thresholds (CI)
+#   bench/run.sh            full run (< 15 min on 2 cores, with a warm cargo cache)
+#   bench/run.sh --smoke    every scenario, tiny, in about a minute; no thresholds (CI)
 #   bench/run.sh --only fanout,latency [--servers runtap,ws]   a subset (while profiling)
+#
+# Scenarios: fanout, fanout-stalled, latency, latency-stalled, idle-rss,
+# idle-cpu, bigjob, launches (the light client), fanout-json, latency-json,
+# latency100, latency100-json (the two clients side by side), slow-readers,
+# idle-runs.
 #
 # Honours CARGO_TARGET_DIR, and RUNTAP_BIN (a runtap binary to measure instead
 # of the one built here, e.g. an older commit's, for before/after figures
@@ -15,14 +20,14 @@
 set -euo pipefail
 
 MODE=full
-ONLY=fanout,fanout-stalled,latency,latency-stalled,idle-rss,idle-cpu,bigjob,launches
+ONLY=fanout,fanout-json,fanout-stalled,latency,latency-json,latency100,latency100-json,latency-stalled,slow-readers,idle-rss,idle-cpu,bigjob,launches,idle-runs
 SERVER_KINDS=runtap,ws,socketio
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) MODE=smoke ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --servers) SERVER_KINDS=${2:?--servers needs a list}; shift ;;
-        -h | --help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -59,19 +64,25 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------ parameters
 LINE_BYTES=101
+# Slow readers: lines of 100 B, so SLOW_LINES lines are exactly SLOW_LINES * 100 bytes.
+SLOW_MS=1 SLOW_LINE_BYTES=100
 if [[ $MODE == smoke ]]; then
     FAN_SUBS=10 FAN_LINES=1000
-    LAT_SUBS=10 LAT_LINES=300
+    LAT_SUBS=10 LAT_LINES=300 LAT_SMALL_SUBS=5
+    SLOW_SUBS=10 SLOW_LINES=10000 SLOW_BASE_REPS=1
     IDLE_SUBS=100 CPU_SUBS=100 CPU_WINDOW=0.5 SETTLE=0.5
     BIG_BYTES=$((10 * 1000 * 1000)) BIG_REPS=1
     LAUNCH_SECS=2
+    IDLE_RUNS=10 IDLE_RUN_BYTES=1000000 IDLE_RUN_HOLD=10 IDLE_RUN_SETTLE=1
     TIMEOUT=30
 else
     FAN_SUBS=1000 FAN_LINES=100000
-    LAT_SUBS=1000 LAT_LINES=5000
+    LAT_SUBS=1000 LAT_LINES=5000 LAT_SMALL_SUBS=100
+    SLOW_SUBS=100 SLOW_LINES=100000 SLOW_BASE_REPS=3
     IDLE_SUBS=10000 CPU_SUBS=1000 CPU_WINDOW=10 SETTLE=2
     BIG_BYTES=$((1024 * 1024 * 1024)) BIG_REPS=2
     LAUNCH_SECS=5
+    IDLE_RUNS=10 IDLE_RUN_BYTES=16000000 IDLE_RUN_HOLD=30 IDLE_RUN_SETTLE=5
     TIMEOUT=150
 fi
 
@@ -147,15 +158,15 @@ target_args() {
         --server-pid "$SERVER_PID" --run-id "$run"
 }
 
-# stream_scenario NAME KIND SUBS STALLED LINES INTERVAL_US SCAN
+# stream_scenario NAME KIND SUBS STALLED LINES INTERVAL_US SCAN DECODE
 stream_scenario() {
-    local name=$1 kind=$2 subs=$3 stalled=$4 lines=$5 interval=$6 scan=$7 out
+    local name=$1 kind=$2 subs=$3 stalled=$4 lines=$5 interval=$6 scan=$7 decode=$8 out
     start_server "$kind"
-    log "$name: $kind, $subs subscribers (+$stalled stalled), $lines lines"
+    log "$name: $kind, $subs subscribers (+$stalled stalled), $lines lines, $decode client"
     # shellcheck disable=SC2046
     out=$(timeout $((TIMEOUT + 120)) "$LOADGEN" stream $(target_args "$kind" "$name-1") \
-        --subs "$subs" --stalled "$stalled" --expect-lines "$lines" --scan "$scan" --timeout "$TIMEOUT" \
-        -- "$PY" "$JOB" "$lines" "$LINE_BYTES" "$interval") || true
+        --subs "$subs" --stalled "$stalled" --expect-lines "$lines" --scan "$scan" --decode "$decode" \
+        --timeout "$TIMEOUT" -- "$PY" "$JOB" "$lines" "$LINE_BYTES" "$interval") || true
     log "  $out"
     record "$name" "$kind" "$out"
     stop_server
@@ -171,6 +182,52 @@ idle_scenario() {
         --subs "$subs" --settle "$SETTLE" --cpu-window "$window" -- sleep 600) || true
     log "  $out"
     record "$name" "$kind" "$out"
+    stop_server
+}
+
+# Slow readers: SLOW_SUBS subscribers that each spend SLOW_MS on every frame
+# (json client, no resubscribing: a `lagged` cut-off leaves one
+# incomplete) on a burst of SLOW_LINES lines of 100 B. The job's own wall
+# time (lines.py's TIME_FILE) against the same job with no subscriber at all
+# (best of SLOW_BASE_REPS, one fresh server).
+slow_scenario() {
+    local kind=$1 out best= s i jt=$WORK/job-time
+    start_server "$kind"
+    log "slow-readers: $kind, the job alone (best of $SLOW_BASE_REPS)"
+    for i in $(seq "$SLOW_BASE_REPS"); do
+        # shellcheck disable=SC2046
+        out=$(timeout $((TIMEOUT + 120)) "$LOADGEN" stream $(target_args "$kind" "slow-base-$i") \
+            --subs 0 --expect-lines "$SLOW_LINES" --decode json --job-time-file "$jt" --timeout "$TIMEOUT" \
+            -- "$PY" "$JOB" "$SLOW_LINES" "$SLOW_LINE_BYTES" 0 "$jt") || true
+        s=$(grep -o '"job_s":[0-9.]*' <<<"$out" | cut -d: -f2 || true)
+        log "  $out"
+        if [[ -n $s ]] && { [[ -z $best ]] || less_than "$s" "$best"; }; then best=$s; fi
+    done
+    record slow-readers-base "$kind" "{\"job_s\":${best:-null},\"reps\":$SLOW_BASE_REPS}"
+    stop_server
+    start_server "$kind"
+    log "slow-readers: $kind, $SLOW_SUBS subscribers at ${SLOW_MS} ms per frame, $SLOW_LINES lines"
+    # shellcheck disable=SC2046
+    out=$(timeout $((TIMEOUT + 120)) "$LOADGEN" stream $(target_args "$kind" "slow-readers-1") \
+        --subs "$SLOW_SUBS" --expect-lines "$SLOW_LINES" --expect-bytes $((SLOW_LINES * SLOW_LINE_BYTES)) \
+        --decode json --resubscribe 0 --slow-ms "$SLOW_MS" --job-time-file "$jt" --timeout "$TIMEOUT" \
+        -- "$PY" "$JOB" "$SLOW_LINES" "$SLOW_LINE_BYTES" 0 "$jt") || true
+    log "  $out"
+    record slow-readers "$kind" "$out"
+    stop_server
+}
+
+# Idle runs (runtap only): IDLE_RUNS runs that each write IDLE_RUN_BYTES and
+# then sleep; the daemon's RSS IDLE_RUN_SETTLE s after the last burst.
+idle_runs_scenario() {
+    local out
+    start_server runtap
+    log "idle-runs: $IDLE_RUNS runs writing $IDLE_RUN_BYTES bytes each, then idle"
+    out=$(timeout $((TIMEOUT + 120)) "$LOADGEN" idle-runs --socket "$SERVER_SOCKET" --server-pid "$SERVER_PID" \
+        --runs "$IDLE_RUNS" --bytes "$IDLE_RUN_BYTES" --hold "$IDLE_RUN_HOLD" --settle "$IDLE_RUN_SETTLE" \
+        --marker-dir "$WORK/markers" --timeout "$TIMEOUT") || true
+    log "  $out"
+    record idle-runs runtap "$out"
     stop_server
 }
 
@@ -229,14 +286,20 @@ BUSY_BEFORE=$(busy_pct)
 if ((BUSY_BEFORE > 10)); then
     log "warning: the machine is already ${BUSY_BEFORE}% busy; results will be noisy"
 fi
-for name in fanout fanout-stalled latency latency-stalled idle-rss idle-cpu; do
+for name in fanout fanout-json fanout-stalled latency latency-json latency100 latency100-json latency-stalled \
+    slow-readers idle-rss idle-cpu; do
     wanted "$name" || continue
     for kind in "${SERVER_KINDS[@]}"; do
         case $name in
-            fanout) stream_scenario "$name" "$kind" "$FAN_SUBS" 0 "$FAN_LINES" 0 ends ;;
-            fanout-stalled) stream_scenario "$name" "$kind" "$FAN_SUBS" 1 "$FAN_LINES" 0 ends ;;
-            latency) stream_scenario "$name" "$kind" "$LAT_SUBS" 0 "$LAT_LINES" 1000 all ;;
-            latency-stalled) stream_scenario "$name" "$kind" "$LAT_SUBS" 1 "$LAT_LINES" 1000 all ;;
+            fanout) stream_scenario "$name" "$kind" "$FAN_SUBS" 0 "$FAN_LINES" 0 ends light ;;
+            fanout-json) stream_scenario "$name" "$kind" "$FAN_SUBS" 0 "$FAN_LINES" 0 ends json ;;
+            fanout-stalled) stream_scenario "$name" "$kind" "$FAN_SUBS" 1 "$FAN_LINES" 0 ends light ;;
+            latency) stream_scenario "$name" "$kind" "$LAT_SUBS" 0 "$LAT_LINES" 1000 all light ;;
+            latency-json) stream_scenario "$name" "$kind" "$LAT_SUBS" 0 "$LAT_LINES" 1000 all json ;;
+            latency100) stream_scenario "$name" "$kind" "$LAT_SMALL_SUBS" 0 "$LAT_LINES" 1000 all light ;;
+            latency100-json) stream_scenario "$name" "$kind" "$LAT_SMALL_SUBS" 0 "$LAT_LINES" 1000 all json ;;
+            latency-stalled) stream_scenario "$name" "$kind" "$LAT_SUBS" 1 "$LAT_LINES" 1000 all light ;;
+            slow-readers) slow_scenario "$kind" ;;
             idle-rss) idle_scenario "$name" "$kind" "$IDLE_SUBS" "$SETTLE" ;;
             idle-cpu) idle_scenario "$name" "$kind" "$CPU_SUBS" "$CPU_WINDOW" ;;
         esac
@@ -244,6 +307,7 @@ for name in fanout fanout-stalled latency latency-stalled idle-rss idle-cpu; do
 done
 if wanted bigjob; then bigjob_scenario; fi
 if wanted launches; then launches_scenario; fi
+if wanted idle-runs; then idle_runs_scenario; fi
 
 BUSY_AFTER=$(busy_pct)
 elapsed=$(($(date +%s) - started))
