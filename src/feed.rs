@@ -10,18 +10,21 @@
 //!    the file before publishing it, so all of those are there.
 //! 3. Then deliver the queued live batches, dropping anything already sent.
 //!
-//! `next` (the first seq not yet delivered) is the only cursor; every frame
-//! handed out passes through one filter on it. If the live queue overflows,
-//! a [`LagPolicy::Replay`] feed simply starts over at step 1 from `next`
-//! (local tools lose nothing); a [`LagPolicy::Close`] feed reports the lag,
-//! as the spec asks for network subscribers.
+//! `delivered` (the last seq handed out, or `since`) is the only cursor;
+//! every frame handed out passes through one filter on it. It is the last
+//! seq rather than the next one so that `since = u64::MAX` needs no seq
+//! past the top. If the live queue overflows, a [`LagPolicy::Replay`] feed
+//! simply starts over at step 1 after `delivered` (local tools lose
+//! nothing); a [`LagPolicy::Close`] feed reports the lag, as the spec asks
+//! for network subscribers. What the journal lacks, history reports as a
+//! gap (see `journal::history`).
 
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use crate::event::{Batch, Frame};
 use crate::hub::{Hub, Phase, Recv, Subscription};
-use crate::journal::{HistoryReader, Journal, JournalError};
+use crate::journal::{HistoryItem, HistoryReader, Journal, JournalError};
 use crate::run_id::RunId;
 
 /// What to do when the subscriber falls behind the live stream.
@@ -33,29 +36,29 @@ pub(crate) enum LagPolicy {
     Replay,
 }
 
-/// Frames ready to send: shared batches, of which only `seq >= from` are new.
+/// Frames ready to send: shared batches, of which only `seq > after` are new.
 #[derive(Debug)]
 pub(crate) struct Delivery {
     batches: Vec<Arc<Batch>>,
-    from: u64,
+    after: u64,
 }
 
 impl Delivery {
     pub(crate) fn frames(&self) -> impl Iterator<Item = &Frame> {
-        let from = self.from;
-        self.batches.iter().flat_map(|b| b.frames.iter()).filter(move |f| f.seq >= from)
+        let after = self.after;
+        self.batches.iter().flat_map(|b| b.frames.iter()).filter(move |f| f.seq > after)
     }
 
-    /// The shared batches and the first seq in them that is new.
+    /// The shared batches and the last seq in them that is not new.
     pub(crate) fn into_parts(self) -> (Vec<Arc<Batch>>, u64) {
-        (self.batches, self.from)
+        (self.batches, self.after)
     }
 }
 
 #[derive(Debug)]
 pub(crate) enum FeedItem {
     Frames(Delivery),
-    /// Events `from..=to` were published but are not in the (degraded) journal.
+    /// Events `from..=to` were published but are not (intact) in the journal.
     Gap {
         from: u64,
         to: u64,
@@ -70,7 +73,7 @@ pub(crate) enum FeedItem {
 
 enum State {
     Start,
-    History { reader: Box<HistoryReader>, until: u64, live: Option<Subscription> },
+    History { reader: Box<HistoryReader>, live: Option<Subscription> },
     Live(Subscription),
     Done,
 }
@@ -79,8 +82,8 @@ pub(crate) struct Feed {
     journal: Journal,
     hub: Hub,
     run: RunId,
-    /// First seq not yet delivered.
-    next: u64,
+    /// Last seq delivered (or `since`, before anything is).
+    delivered: u64,
     /// Keep going after history (false: stop at the snapshot, like `logs` without `-f`).
     follow: bool,
     lag: LagPolicy,
@@ -94,7 +97,7 @@ pub(crate) struct Feed {
 
 impl Feed {
     pub(crate) fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool, lag: LagPolicy) -> Self {
-        Feed { journal, hub, run, next: since.saturating_add(1), follow, lag, state: State::Start, resume: None }
+        Feed { journal, hub, run, delivered: since, follow, lag, state: State::Start, resume: None }
     }
 
     pub(crate) fn run_id(&self) -> &RunId {
@@ -103,7 +106,7 @@ impl Feed {
 
     /// The last seq delivered so far.
     pub(crate) fn last_seq(&self) -> u64 {
-        self.next - 1
+        self.delivered
     }
 
     /// The next thing to send. Cancel-safe only between calls: callers
@@ -127,10 +130,17 @@ impl Feed {
             match std::mem::replace(&mut self.state, State::Done) {
                 State::Done => return Ok(Some(FeedItem::End)),
                 State::Start => self.start().await?,
-                State::History { mut reader, until, live } => {
-                    let frames = reader.next_frames().await?;
-                    if let Some(item) = self.deliver(vec![Arc::new(Batch { frames, last: false })]) {
-                        self.state = State::History { reader, until, live };
+                State::History { mut reader, live } => {
+                    let item = match reader.next().await? {
+                        HistoryItem::Frames(frames) => self.deliver(vec![Arc::new(Batch { frames, last: false })]),
+                        HistoryItem::Gap { from, to } => {
+                            self.delivered = self.delivered.max(to);
+                            Some(FeedItem::Gap { from, to })
+                        }
+                        HistoryItem::End => None,
+                    };
+                    if let Some(item) = item {
+                        self.state = State::History { reader, live };
                         return Ok(Some(item));
                     }
                     self.state = match live {
@@ -139,11 +149,6 @@ impl Feed {
                     };
                     if self.lag == LagPolicy::Replay {
                         self.resume = reader.position();
-                    }
-                    if self.next <= until {
-                        let gap = FeedItem::Gap { from: self.next, to: until };
-                        self.next = until + 1;
-                        return Ok(Some(gap));
                     }
                 }
                 State::Live(sub) => {
@@ -191,16 +196,17 @@ impl Feed {
             self.state = State::Done;
             return Ok(());
         }
-        self.state = if snap.last_seq >= self.next {
+        self.state = if snap.last_seq > self.delivered {
+            let from = self.delivered + 1;
             let reader = match self.resume.take() {
-                // Lines between the saved offset and `next` were sent live;
+                // Lines between the saved offset and `from` were sent live;
                 // the reader skips them.
-                Some((next, offset)) if next <= self.next => {
-                    self.journal.history_at(&self.run, offset, self.next, snap.last_seq).await?
+                Some((next, offset)) if next <= from => {
+                    self.journal.history_at(&self.run, offset, from, snap.last_seq).await?
                 }
-                _ => self.journal.history(&self.run, self.next, snap.last_seq).await?,
+                _ => self.journal.history(&self.run, from, snap.last_seq).await?,
             };
-            State::History { reader: Box::new(reader), until: snap.last_seq, live }
+            State::History { reader: Box::new(reader), live }
         } else {
             match live {
                 Some(sub) => State::Live(sub),
@@ -212,9 +218,9 @@ impl Feed {
 
     /// Advances the cursor over the new frames; None if there are none.
     fn deliver(&mut self, batches: Vec<Arc<Batch>>) -> Option<FeedItem> {
-        let delivery = Delivery { batches, from: self.next };
+        let delivery = Delivery { batches, after: self.delivered };
         let last = delivery.frames().last().map(|f| f.seq)?;
-        self.next = last + 1;
+        self.delivered = last;
         Some(FeedItem::Frames(delivery))
     }
 }

@@ -6,13 +6,38 @@
 //! `run_id` becomes `RUN_ID=`, so `journalctl RUN_ID=build-42` works. The
 //! level comes from `RUST_LOG` if set, else the config, and can be changed
 //! on reload.
+//!
+//! Two rules hold at every level, because logs are read by people and
+//! parsed by tools:
+//! - **No field can forge a line.** Clients choose some of what is logged
+//!   (a cancel reason, a program name, a malformed message); every field
+//!   and message is written with its control characters escaped (`\n`,
+//!   `\x1b`, ...), so nothing a client sends starts a line of its own.
+//! - **No secret is logged.** Tokens never go into fields; tungstenite,
+//!   which logs every message it receives (auth messages too) at trace
+//!   level, is held at debug whatever the filter says.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
+
+/// Targets that log message contents (and so secrets) below this level.
+const CAPPED_TARGETS: [&str; 2] = ["tungstenite=debug", "tokio_tungstenite=debug"];
+
+/// `directives` with the secret-bearing targets capped.
+fn filter(directives: &str) -> Result<EnvFilter, String> {
+    let mut filter = EnvFilter::try_new(directives).map_err(|e| e.to_string())?;
+    for cap in CAPPED_TARGETS {
+        filter = filter.add_directive(cap.parse().map_err(|e: tracing_subscriber::filter::ParseError| e.to_string())?);
+    }
+    Ok(filter)
+}
 
 /// Changes the level of the installed logger.
 pub struct LogHandle {
@@ -26,16 +51,16 @@ impl LogHandle {
         if self.from_env {
             return Ok(());
         }
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        self.filter.reload(filter).map_err(|e| e.to_string())
+        self.filter.reload(filter(level)?).map_err(|e| e.to_string())
     }
 }
 
 /// Installs the global logger. Call once, before anything logs.
 pub fn init(level: &str) -> LogHandle {
-    let (filter, from_env) = match EnvFilter::try_from_default_env() {
-        Ok(f) => (f, true),
-        Err(_) => (EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")), false),
+    let from_env = std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty());
+    let (filter, from_env) = match from_env.as_deref().map(filter) {
+        Some(Ok(f)) => (f, true),
+        _ => (filter(level).or_else(|_| filter("info")).unwrap_or_else(|_| EnvFilter::new("info")), false),
     };
     let (filter, handle) = reload::Layer::new(filter);
     let journal = systemd_journal_logger::connected_to_journal()
@@ -48,6 +73,7 @@ pub fn init(level: &str) -> LogHandle {
             use std::io::IsTerminal as _;
             let fmt = tracing_subscriber::fmt::layer()
                 .with_ansi(std::io::stderr().is_terminal())
+                .fmt_fields(EscapedFields)
                 .with_writer(std::io::stderr);
             registry.with(fmt).init();
         }
@@ -98,17 +124,83 @@ struct Fields {
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            self.message.push_str(value);
+            push_escaped(&mut self.message, value);
         } else {
-            self.pairs.push((field.name(), value.to_owned()));
+            let mut v = String::new();
+            push_escaped(&mut v, value);
+            self.pairs.push((field.name(), v));
         }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
-        } else {
-            self.pairs.push((field.name(), format!("{value:?}")));
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
+/// Appends `s` with every character that could end a line, or drive a
+/// terminal, escaped.
+fn push_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push('\t'),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
         }
+    }
+}
+
+/// The stderr format's fields (`message key=value ...`), escaped.
+struct EscapedFields;
+
+impl<'writer> FormatFields<'writer> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut v = EscapingVisitor { writer, first: true, result: Ok(()) };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct EscapingVisitor<'writer> {
+    writer: Writer<'writer>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut text = String::with_capacity(value.len() + field.name().len() + 2);
+        if !self.first {
+            text.push(' ');
+        }
+        self.first = false;
+        if field.name() != "message" {
+            text.push_str(field.name());
+            text.push('=');
+        }
+        push_escaped(&mut text, value);
+        self.result = self.writer.write_str(&text);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_cannot_start_a_line() {
+        let mut out = String::new();
+        push_escaped(&mut out, "a\nb\r\u{1b}[31mc\u{2028}d\te");
+        assert_eq!(out, "a\\nb\\r\\u{1b}[31mc\\u{2028}d\te");
     }
 }

@@ -10,18 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{RunStatus, StatusChange};
+pub use crate::journal::Health as JournalHealth;
 use crate::journal::{RecoveredRun, RunMeta};
 use crate::run_id::RunId;
-
-/// Whether every event of the run is in its journal.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JournalHealth {
-    #[default]
-    Ok,
-    /// A write failed: live subscribers got every event, the file does not hold them all.
-    Degraded,
-}
 
 /// A run as `ps`, `GET /runs` and the socket's `status` show it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -48,6 +39,9 @@ pub struct RunInfo {
     pub ended_at: Option<String>,
     /// Last seq published (the number of events so far).
     pub last_seq: u64,
+    /// Whether the journal holds every event; the journal's [`HealthBook`]
+    /// (crate::journal::HealthBook) decides, and owners copy it in when they
+    /// answer.
     pub journal: JournalHealth,
 }
 
@@ -82,6 +76,7 @@ impl RunInfo {
         info.started_at = r.started_at;
         info.ended_at = r.ended_at;
         info.last_seq = r.last_seq;
+        info.journal = r.journal;
         info
     }
 

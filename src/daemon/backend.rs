@@ -84,7 +84,7 @@ impl Runs for DaemonRuns {
         };
         self.table.launch(id, spec).map_err(|e| {
             let code = match &e {
-                LaunchError::EmptyCommand => "bad-request",
+                LaunchError::EmptyCommand | LaunchError::BadSpec(_) => "bad-request",
                 LaunchError::Active(_) => "run-active",
                 LaunchError::Exists(_) => "run-exists",
                 LaunchError::TooMany(_) => "too-many-runs",

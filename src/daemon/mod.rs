@@ -27,7 +27,7 @@ use crate::journal::{Journal, JournalError};
 use crate::run::{RunLimits, RunTable, Timing};
 use crate::server::unix::{self, SocketGuard};
 use crate::server::{Shared, http};
-use crate::sys::create_private_dir;
+use crate::sys::{StateDirLock, create_private_dir, lock_state_dir};
 use crate::upstream::{self, UpstreamStatus};
 use backend::DaemonRuns;
 
@@ -47,6 +47,8 @@ pub enum DaemonError {
     BindUnix { path: PathBuf, error: std::io::Error },
     #[error("bind {addr}: {error}")]
     BindTcp { addr: String, error: std::io::Error },
+    #[error("{0}")]
+    Locked(crate::sys::LockError),
     #[error("recover journal: {0}")]
     Journal(JournalError),
     #[error("load tokens: {0}")]
@@ -60,6 +62,8 @@ const UPSTREAM_DRAIN: Duration = Duration::from_secs(3);
 
 /// Sockets bound before `run`, so binding errors surface before anything starts.
 pub struct Listeners {
+    /// Held for the daemon's life: one daemon per state dir.
+    lock: StateDirLock,
     unix: UnixListener,
     /// Removes the socket file when the daemon is done with it.
     unix_guard: SocketGuard,
@@ -73,12 +77,15 @@ impl Listeners {
         // would otherwise create that dir with the umask (0755 = readable job output).
         let state_dir = &config.daemon.state_dir;
         create_private_dir(state_dir).map_err(|error| DaemonError::StateDir { path: state_dir.clone(), error })?;
+        // Before binding anything: a second daemon must not even replace
+        // the first one's stale-looking socket.
+        let lock = lock_state_dir(state_dir).map_err(DaemonError::Locked)?;
         let addr = &config.daemon.listen;
         let tcp = TcpListener::bind(addr).await.map_err(|error| DaemonError::BindTcp { addr: addr.clone(), error })?;
         let path = &config.daemon.socket;
         let (unix, unix_guard) = unix::bind(path, config.daemon.socket_mode)
             .map_err(|error| DaemonError::BindUnix { path: path.clone(), error })?;
-        Ok(Listeners { unix, unix_guard, tcp })
+        Ok(Listeners { lock, unix, unix_guard, tcp })
     }
 }
 
@@ -149,12 +156,23 @@ pub async fn run(
         _ => None,
     };
     let shared = Arc::new(Shared::new(runs, config.stream.clone(), tokens, stop_connections.clone()));
+    shared.reserve_fds(reserved_fds(config.runs.max_concurrent));
+    let limit = shared.connection_limit();
+    if limit < config.stream.max_connections {
+        tracing::warn!(limit, max_connections = config.stream.max_connections, open_files = ?crate::sys::open_file_limit(),
+            "the open file limit allows fewer connections than stream.max_connections; raise LimitNOFILE");
+    }
     let http_server = tokio::spawn(http::serve(listeners.tcp, shared.clone(), stop_accepting.clone()));
     let retention =
         tokio::spawn(retention_loop(table.clone(), config.clone(), upstream_status.clone(), stop_accepting.clone()));
 
     let status_line = status_line(shared.clone());
     let watchdog = tokio::spawn(crate::systemd::watchdog(status_line.clone(), stop_accepting.clone()));
+    let memory = tokio::spawn(crate::sys::release_when_shrinking(
+        load(shared.clone(), table.clone()),
+        64,
+        stop_accepting.clone(),
+    ));
     crate::systemd::ready(&status_line());
 
     let mut config = config;
@@ -207,7 +225,9 @@ pub async fn run(
     let _ = http_server.await;
     let _ = retention.await;
     let _ = watchdog.await;
+    let _ = memory.await;
     drop(listeners.unix_guard);
+    drop(listeners.lock);
     tracing::info!("runtap daemon stopped");
     Ok(())
 }
@@ -265,6 +285,32 @@ fn reload(old: Config, new: Config, table: &RunTable, shared: &Shared) -> Config
     table.set_limits(run_limits(&new));
     tracing::info!("config reloaded");
     new
+}
+
+/// File descriptors kept from TCP connections: the daemon's own, the Unix
+/// socket's clients, journals open for history reads (a reader that finds
+/// none free retries; see `journal::history`), and each run's stdout and
+/// stderr pipes, journal, state record and child handle.
+fn reserved_fds(max_concurrent: usize) -> usize {
+    const BASE: usize = 64;
+    const UNIX_CLIENTS: usize = 64;
+    const HISTORY_READERS: usize = 64;
+    const PER_RUN: usize = 5;
+    BASE + UNIX_CLIENTS + HISTORY_READERS + PER_RUN * max_concurrent
+}
+
+/// What the daemon's memory follows: open connections, plus output
+/// journaled in the last check (a unit per 64 KiB). When it falls, the
+/// buffers a flood of clients or a burst of output needed are given back.
+fn load(shared: Arc<Shared>, table: RunTable) -> impl Fn() -> usize + Send + 'static {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let last_bytes = AtomicU64::new(0);
+    move || {
+        let conns = usize::try_from(shared.metrics.connections.load(Relaxed)).unwrap_or(0);
+        let bytes = table.journal().stats.bytes_written.load(Relaxed);
+        let burst = bytes.saturating_sub(last_bytes.swap(bytes, Relaxed)) / (64 * 1024);
+        conns + usize::try_from(burst).unwrap_or(usize::MAX)
+    }
 }
 
 /// The one-line summary for `systemctl status`.

@@ -28,7 +28,7 @@ use crate::hub::Publisher;
 use crate::journal::{JournalError, RunMeta, RunWriter};
 use crate::protocol::link::{self, AgentMsg, GatewayMsg, MAX_LINK_MESSAGE, RunCursor, is_event};
 use crate::run_id::RunId;
-use crate::run_info::{JournalHealth, RunInfo};
+use crate::run_info::RunInfo;
 
 /// Deadline for the host's `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -312,9 +312,6 @@ impl Session {
         if let Some((writer, publisher)) = self.writers.get_mut(run) {
             let batch = writer.finish_batch(last);
             publisher.publish(batch);
-            if writer.is_degraded() {
-                self.host.update_run(run, |i| i.journal = JournalHealth::Degraded);
-            }
         }
         self.touched.remove(run);
     }

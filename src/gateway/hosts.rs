@@ -72,8 +72,11 @@ impl Host {
         lock(&self.state).runs.iter().map(|(id, r)| (id.to_string(), r.last_seq)).collect()
     }
 
+    /// A run as it stands now (its journal's health included).
     pub(crate) fn run_info(&self, run: &RunId) -> Option<RunInfo> {
-        lock(&self.state).runs.get(run).cloned()
+        let mut info = lock(&self.state).runs.get(run).cloned()?;
+        info.journal = self.journal.health.of(run);
+        Some(info)
     }
 
     pub(crate) fn update_run(&self, run: &RunId, f: impl FnOnce(&mut RunInfo)) {

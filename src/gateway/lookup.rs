@@ -74,9 +74,10 @@ impl Gateway {
         }
     }
 
-    fn with_host(host: &str, info: &RunInfo) -> Value {
+    fn with_host(host: &Host, info: &RunInfo) -> Value {
         let mut v = json!(info);
-        v["host"] = json!(host);
+        v["host"] = json!(host.id);
+        v["journal"] = json!(host.journal.health.of(&info.run_id));
         v
     }
 
@@ -86,7 +87,7 @@ impl Gateway {
             let st = lock(&h.state);
             let mut runs: Vec<&RunInfo> = st.runs.values().filter(|r| scope.allows(&r.run_id)).collect();
             runs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
-            out.extend(runs.into_iter().map(|r| Self::with_host(&h.id, r)));
+            out.extend(runs.into_iter().map(|r| Self::with_host(&h, r)));
         }
         out
     }
@@ -94,7 +95,7 @@ impl Gateway {
     pub(crate) fn get(&self, host: Option<&str>, run: &RunId) -> Result<Value, LookupError> {
         let h = self.resolve(host, run)?;
         let info = h.run_info(run).ok_or_else(|| LookupError::NotFound(run.to_string()))?;
-        Ok(Self::with_host(&h.id, &info))
+        Ok(Self::with_host(&h, &info))
     }
 
     pub(crate) fn hosts_json(&self) -> Value {

@@ -24,6 +24,7 @@ impl Gateway {
                 s.runs += 1;
                 s.active += usize::from(!r.status.is_final());
             }
+            s.degraded += h.journal.health.count(|id| st.runs.contains_key(id));
             s.subscriptions += h.hub.stats().subscriptions.load(Relaxed);
             s.events_in += h.hub.stats().events_published.load(Relaxed);
             s.journal_bytes += h.journal.stats.bytes_written.load(Relaxed);

@@ -167,9 +167,15 @@ pub async fn run(
     let stop_connections = CancellationToken::new();
     let shared = Shared::new(Arc::new(gateway.clone()), config.stream.clone(), viewers, stop_connections.clone());
     shared.set_agent_tokens(agents);
+    // Its own fds and one open journal per host link; the rest is connections.
+    shared.reserve_fds(128);
     let shared = Arc::new(shared);
     let listen = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let server = tokio::spawn(http::serve(listener, shared.clone(), stop_accepting.clone()));
+    let conns = shared.clone();
+    let load =
+        move || usize::try_from(conns.metrics.connections.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
+    let memory = tokio::spawn(crate::sys::release_when_shrinking(load, 64, stop_accepting.clone()));
     tracing::info!(state_dir = %state_dir.display(), listen = %listen, hosts = gateway.all_hosts().len(), "runtap gateway ready");
     crate::systemd::ready("gateway ready");
     loop {
@@ -197,6 +203,7 @@ pub async fn run(
         tracing::warn!("connections did not close in time");
     }
     let _ = server.await;
+    let _ = memory.await;
     tracing::info!("runtap gateway stopped");
     Ok(())
 }

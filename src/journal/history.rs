@@ -1,14 +1,25 @@
 //! Reading a run's journal back: history for subscribers and replays.
+//!
+//! One rule for damage, whatever its kind (a torn or deleted line, a line
+//! that is not JSON or not UTF-8, a file that ends early or is missing):
+//! every intact event is served, each missing range is reported once as a
+//! [`HistoryItem::Gap`], and the run is marked degraded in the journal's
+//! [`HealthBook`] and its state record. A reader never fails on what it
+//! finds in the file, only on I/O errors.
 
 use std::io::{self, SeekFrom};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::layout::EVENTS_FILE;
+use super::lines::event_seq;
+use super::state::{Health, HealthBook, RunState};
 use super::{Journal, JournalError, io_err};
-use crate::event::{Event, Frame, Utf8Bytes};
+use crate::event::{Frame, Utf8Bytes};
 use crate::run_id::RunId;
 
 /// Most frames, and bytes, one history read hands out: bounds what a slow
@@ -18,17 +29,57 @@ const HISTORY_FRAMES: usize = 1024;
 const HISTORY_BYTES: usize = 1024 * 1024;
 /// Read size when replaying history; large enough that a replay is a few syscalls per MB.
 const READ_CHUNK: usize = 256 * 1024;
+/// Opening a journal that fails for want of file descriptors (EMFILE,
+/// ENFILE) is retried this many times, waiting twice as long each time from
+/// [`OPEN_RETRY_FIRST`] (about 2.5 s in all): a connection flood passes, a
+/// subscriber should not be cut off for it.
+const OPEN_RETRIES: u32 = 8;
+const OPEN_RETRY_FIRST: Duration = Duration::from_millis(10);
+
+/// What a history read hands out.
+#[derive(Debug)]
+pub enum HistoryItem {
+    /// Intact events, in order, with no gap between them.
+    Frames(Vec<Frame>),
+    /// Events `from..=to` are not (intact) in the file.
+    Gap { from: u64, to: u64 },
+    /// `until` is reached.
+    End,
+}
 
 impl Journal {
-    /// Opens a reader over the events with `seq` in `from..=until`.
+    /// Opens a reader over the events with `seq` in `from..=until`. A
+    /// missing events file reads as a gap over the whole range.
     pub async fn history(&self, id: &RunId, from: u64, until: u64) -> Result<HistoryReader, JournalError> {
         let path = self.run_dir(id).join(EVENTS_FILE);
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(JournalError::NotFound(id.clone())),
-            Err(e) => return Err(io_err("open journal", &path)(e)),
+        let mut wait = OPEN_RETRY_FIRST;
+        let mut retries = 0;
+        let file = loop {
+            match tokio::fs::File::open(&path).await {
+                Ok(f) => break Some(f),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break None,
+                Err(e) if out_of_fds(&e) && retries < OPEN_RETRIES => {
+                    tracing::debug!(run_id = %id, error = %e, ?wait, "no file descriptor to read a journal; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    retries += 1;
+                }
+                Err(e) => return Err(io_err("open journal", &path)(e)),
+            }
         };
-        Ok(HistoryReader { path, file, buf: BytesMut::new(), next: from, until, eof: false, consumed: 0 })
+        Ok(HistoryReader {
+            run: id.clone(),
+            health: self.health.clone(),
+            state_path: self.state_path(id),
+            path,
+            file,
+            buf: BytesMut::new(),
+            next: from,
+            until,
+            eof: false,
+            consumed: 0,
+            gap: None,
+        })
     }
 
     /// Like `history`, but starting at a byte offset a previous reader
@@ -43,16 +94,27 @@ impl Journal {
     ) -> Result<HistoryReader, JournalError> {
         use tokio::io::AsyncSeekExt;
         let mut reader = self.history(id, from, until).await?;
-        reader.file.seek(SeekFrom::Start(offset)).await.map_err(io_err("seek journal", &reader.path))?;
-        reader.consumed = offset;
+        if let Some(file) = &mut reader.file {
+            file.seek(SeekFrom::Start(offset)).await.map_err(io_err("seek journal", &reader.path))?;
+            reader.consumed = offset;
+        }
         Ok(reader)
     }
 }
 
+/// EMFILE or ENFILE: the process or the system is out of descriptors.
+fn out_of_fds(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
 /// Reads a run's journal from `seq = from` up to `until`, in chunks.
 pub struct HistoryReader {
+    run: RunId,
+    health: Arc<HealthBook>,
+    state_path: PathBuf,
     path: PathBuf,
-    file: tokio::fs::File,
+    /// `None`: the events file is missing.
+    file: Option<tokio::fs::File>,
     buf: BytesMut,
     next: u64,
     until: u64,
@@ -60,6 +122,8 @@ pub struct HistoryReader {
     /// Bytes of the file handed out or skipped: where line `next` starts
     /// (once `buf` is drained).
     consumed: u64,
+    /// A gap found after the frames just handed out, to hand out next.
+    gap: Option<(u64, u64)>,
 }
 
 impl HistoryReader {
@@ -67,59 +131,108 @@ impl HistoryReader {
     /// `consumed` counts exactly the lines handed out or skipped, so this
     /// holds whatever is still buffered beyond them.
     pub fn position(&self) -> Option<(u64, u64)> {
-        Some((self.next, self.consumed))
+        self.file.as_ref().map(|_| (self.next, self.consumed))
     }
 
-    /// The next frames (up to `HISTORY_FRAMES` and `HISTORY_BYTES`), or an empty vec once
-    /// `until` (or the end of the file) is reached.
-    pub async fn next_frames(&mut self) -> Result<Vec<Frame>, JournalError> {
+    /// The next frames (up to `HISTORY_FRAMES` and `HISTORY_BYTES`), or the
+    /// next gap, or `End` once `until` is reached.
+    pub async fn next(&mut self) -> Result<HistoryItem, JournalError> {
+        if let Some((from, to)) = self.gap.take() {
+            return Ok(HistoryItem::Gap { from, to });
+        }
         let mut frames = Vec::new();
         let mut bytes = 0;
         while frames.len() < HISTORY_FRAMES && bytes < HISTORY_BYTES && self.next <= self.until {
             let Some(nl) = memchr::memchr(b'\n', &self.buf) else {
-                if !frames.is_empty() || self.eof {
-                    // Hand out what we have; or the file ends before `until`
-                    // (a degraded journal) and the caller reports the gap.
-                    break;
+                if !frames.is_empty() {
+                    break; // hand out what we have before reading on
                 }
-                self.buf.reserve(READ_CHUNK);
-                let n = self.file.read_buf(&mut self.buf).await.map_err(io_err("read journal", &self.path))?;
-                self.eof = n == 0;
+                if self.eof || self.file.is_none() {
+                    // The file ends before `until`: the rest never reached it.
+                    let gap = (self.next, self.until);
+                    self.next = self.until.saturating_add(1);
+                    return Ok(self.found_gap(gap, frames));
+                }
+                self.read_more().await?;
                 continue;
             };
             let line = self.buf.split_to(nl + 1).freeze();
             self.consumed += line.len() as u64;
             let json = line.slice(..nl);
-            let corrupt = |why: &str| JournalError::Corrupt { path: self.path.clone(), why: why.to_owned() };
-            let seq = line_seq(&json).ok_or_else(|| corrupt("line without a seq"))?;
-            if seq > self.until {
-                // Not ours yet: put it back, so `position` points at it.
-                self.consumed -= line.len() as u64;
-                let mut rest = BytesMut::from(&line[..]);
-                rest.extend_from_slice(&self.buf);
-                self.buf = rest;
-                self.next = self.until + 1;
-                break;
+            let Some((seq, json)) = event_seq(&json).and_then(|seq| Some((seq, Utf8Bytes::try_from(json).ok()?)))
+            else {
+                // Damaged: skipped; the next intact line's seq (or the end
+                // of the file) says which events it took with it.
+                self.mark_degraded();
+                continue;
+            };
+            if seq < self.next {
+                continue; // before the range, or a line repeated
             }
-            if seq >= self.next {
-                let json = Utf8Bytes::try_from(json).map_err(|_| corrupt("line is not UTF-8"))?;
-                self.next = seq + 1;
-                bytes += json.len();
-                frames.push(Frame { seq, json });
+            if seq > self.next || seq > self.until {
+                // Lines are missing before this one (or it is past the range,
+                // which ends with events the file does not hold): put it back,
+                // so `position` points at it, and report the gap.
+                self.put_back(line);
+                let gap = (self.next, (seq - 1).min(self.until));
+                self.next = gap.1.saturating_add(1);
+                return Ok(self.found_gap(gap, frames));
             }
+            self.next = seq.saturating_add(1);
+            bytes += json.len();
+            frames.push(Frame { seq, json });
         }
-        Ok(frames)
+        Ok(if frames.is_empty() { HistoryItem::End } else { HistoryItem::Frames(frames) })
     }
 
     /// The first seq not yet returned.
     pub fn next_seq(&self) -> u64 {
         self.next
     }
-}
 
-/// The `timestamp` of one journal line.
-pub(super) fn line_timestamp(json: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Event>(json).ok().map(|e| e.timestamp)
+    async fn read_more(&mut self) -> Result<(), JournalError> {
+        let Some(file) = &mut self.file else { return Ok(()) };
+        self.buf.reserve(READ_CHUNK);
+        let n = file.read_buf(&mut self.buf).await.map_err(io_err("read journal", &self.path))?;
+        self.eof = n == 0;
+        Ok(())
+    }
+
+    fn put_back(&mut self, line: Bytes) {
+        self.consumed -= line.len() as u64;
+        let mut rest = BytesMut::with_capacity(line.len() + self.buf.len());
+        rest.extend_from_slice(&line);
+        rest.extend_from_slice(&self.buf);
+        self.buf = rest;
+    }
+
+    /// Hands out `frames` first if there are any, the gap after them.
+    fn found_gap(&mut self, (from, to): (u64, u64), frames: Vec<Frame>) -> HistoryItem {
+        self.mark_degraded();
+        tracing::warn!(run_id = %self.run, from, to, "events missing from the journal; reported as a gap");
+        if frames.is_empty() {
+            HistoryItem::Gap { from, to }
+        } else {
+            self.gap = Some((from, to));
+            HistoryItem::Frames(frames)
+        }
+    }
+
+    /// Damage found: the run's journal is degraded, in memory and in its
+    /// state record, so that it is reported so after a restart too.
+    fn mark_degraded(&self) {
+        if !self.health.mark(&self.run) {
+            return;
+        }
+        tracing::warn!(run_id = %self.run, path = %self.path.display(), "damaged journal: the run is marked degraded");
+        let mut state = RunState::read(&self.state_path).unwrap_or_default();
+        state.journal = Health::Degraded;
+        if let Some(file) = RunState::open(&self.state_path)
+            && let Err(error) = state.write_to(&file)
+        {
+            tracing::error!(run_id = %self.run, %error, "cannot record the damage in the run's state record");
+        }
+    }
 }
 
 /// serde_json writes UTF-8, so this cannot fail for our own events; it is
@@ -127,19 +240,6 @@ pub(super) fn line_timestamp(json: &[u8]) -> Option<String> {
 pub(super) fn utf8(bytes: Bytes) -> Option<Utf8Bytes> {
     Utf8Bytes::try_from(bytes).ok()
 }
-
-/// Pulls `seq` out of a journal line without parsing the whole event.
-/// Every line starts `{"runId":"<id>","seq":N,` (field order is fixed by `Event`).
-pub fn line_seq(json: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b"\"seq\":";
-    let search = &json[..json.len().min(MAX_SEQ_OFFSET)];
-    let at = search.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    let digits = json[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&json[at..at + digits]).ok()?.parse().ok()
-}
-
-/// `{"runId":"` + 128-byte ID + `","seq":` fits well within this.
-const MAX_SEQ_OFFSET: usize = 200;
 
 #[cfg(test)]
 mod tests {
@@ -159,20 +259,10 @@ mod tests {
         assert_eq!(batch.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
         let mut r = j.history(&id, 4, 7).await.unwrap();
         let mut seqs = Vec::new();
-        loop {
-            let frames = r.next_frames().await.unwrap();
-            if frames.is_empty() {
-                break;
-            }
+        while let HistoryItem::Frames(frames) = r.next().await.unwrap() {
             seqs.extend(frames.iter().map(|f| f.seq));
         }
         assert_eq!(seqs, vec![4, 5, 6, 7]);
         assert!(matches!(j.create_run(&id, &meta()), Err(JournalError::Exists(_))));
-    }
-
-    #[test]
-    fn line_seq_reads_prefix() {
-        assert_eq!(line_seq(br#"{"runId":"a","seq":17,"type":"stdout"}"#), Some(17));
-        assert_eq!(line_seq(br#"{"runId":"a"}"#), None);
     }
 }

@@ -15,12 +15,16 @@
 //! - `recover`: what a start finds in the files; closing interrupted runs.
 //! - `writer`: appending one run's events ([`RunWriter`]).
 //! - `encode`: output events serialized by hand, byte-identical to serde.
-//! - `history`: reading a run back ([`HistoryReader`]).
+//! - `lines`: what an intact journal line is, checked cheaply.
+//! - `history`: reading a run back ([`HistoryReader`]), damage reported as gaps.
+//! - `state`: the per-run state record and the [`HealthBook`].
 
 mod encode;
 mod history;
 mod layout;
+mod lines;
 mod recover;
+mod state;
 mod writer;
 
 use std::fs::{self, OpenOptions};
@@ -34,11 +38,14 @@ use serde::{Deserialize, Serialize};
 use crate::run_id::RunId;
 
 pub(crate) use encode::reserve_reusing;
-pub use history::{HistoryReader, line_seq};
+pub use history::{HistoryItem, HistoryReader};
+pub use lines::line_seq;
 pub use recover::RecoveredRun;
+pub use state::{Health, HealthBook};
 pub use writer::RunWriter;
 
 use layout::{EVENTS_FILE, META_FILE};
+use state::RunState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -84,6 +91,8 @@ pub struct Journal {
     root: Arc<PathBuf>,
     host: Option<Arc<str>>,
     pub stats: Arc<JournalStats>,
+    /// Which runs' events are not all in their files.
+    pub health: Arc<HealthBook>,
 }
 
 impl Journal {
@@ -91,7 +100,7 @@ impl Journal {
     pub fn open(state_dir: &Path) -> Result<Self, JournalError> {
         let root = state_dir.join("runs");
         fs::create_dir_all(&root).map_err(io_err("create journal dir", &root))?;
-        Ok(Journal { root: Arc::new(root), host: None, stats: Arc::default() })
+        Ok(Journal { root: Arc::new(root), host: None, stats: Arc::default(), health: Arc::default() })
     }
 
     /// A journal whose events carry `"host"` (the gateway's copy of a host).
@@ -127,6 +136,8 @@ impl Journal {
             .write(true)
             .open(&events_path)
             .map_err(io_err("create journal", &events_path))?;
+        let state_path = self.state_path(id);
+        RunState::create(&state_path).map_err(io_err("create run state", &state_path))?;
         // meta.json last: its presence is what marks the run as existing.
         fs::write(&meta_path, meta_json).map_err(io_err("write run meta", &meta_path))?;
         Ok(RunWriter::new(self, id.clone(), events_path, file, 0))

@@ -1,18 +1,25 @@
-//! What a start finds in the journal: every run's last seq and status, torn
-//! tails cut off, and runs that were active when the daemon died closed as
-//! `lost`.
+//! What a start finds in the journal: every run's last seq, status and
+//! health; torn tails cut off; runs that were active when the daemon died
+//! closed as `lost`.
+//!
+//! Nothing with events is ever deleted here: a damaged run stays visible
+//! and degraded, with what is missing rebuilt from what is left (a lost
+//! `meta.json` from the events, a lost final status from the state record).
+//! Only a launch that provably never started (no meta, no events, nothing
+//! recorded) is removed, and the removal is logged.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use super::history::line_timestamp;
 use super::layout::{EVENTS_FILE, META_FILE};
+use super::lines::{event_seq, line_seq, line_timestamp};
+use super::state::{Health, RunState};
 use super::{Journal, JournalError, RunMeta, RunWriter, io_err};
 use crate::event::{Event, Payload, RunStatus, StatusChange};
 use crate::run_id::RunId;
 
-/// How far back from the end recovery looks for the last complete line.
+/// How far back from the end recovery looks for the last intact line.
 /// One event is at most ~90 KiB (64 KiB of output as base64 plus envelope).
 const TAIL_SCAN: u64 = 512 * 1024;
 
@@ -26,7 +33,18 @@ pub struct RecoveredRun {
     pub last_status: StatusChange,
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
-    pub bytes: u64,
+    pub journal: Health,
+}
+
+/// The end of an events file, after its torn tail (if any) was cut.
+struct Tail {
+    /// The last intact event.
+    last: Option<Event>,
+    /// The highest seq any line shows, damaged ones included.
+    max_seq: u64,
+    /// The very last line is damaged.
+    damaged_last: bool,
+    len: u64,
 }
 
 impl Journal {
@@ -64,81 +82,112 @@ impl Journal {
 
     fn recover_run(&self, id: &RunId, close_active: bool) -> Result<Option<RecoveredRun>, JournalError> {
         let dir = self.run_dir(id);
-        let meta_path = dir.join(META_FILE);
-        let meta_bytes = match fs::read(&meta_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Launch crashed before meta was written: nothing was ever visible.
-                let _ = fs::remove_dir_all(&dir);
-                return Ok(None);
-            }
-            Err(e) => return Err(io_err("read run meta", &meta_path)(e)),
-        };
-        let meta: RunMeta = serde_json::from_slice(&meta_bytes)
-            .map_err(|e| JournalError::Corrupt { path: meta_path.clone(), why: e.to_string() })?;
         let events_path = dir.join(EVENTS_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&events_path)
-            .map_err(io_err("open journal", &events_path))?;
-        let len = file.metadata().map_err(io_err("stat journal", &events_path))?.len();
-        let tail_start = len.saturating_sub(TAIL_SCAN);
-        let mut tail = Vec::new();
-        file.seek(SeekFrom::Start(tail_start)).map_err(io_err("read journal", &events_path))?;
-        file.read_to_end(&mut tail).map_err(io_err("read journal", &events_path))?;
-        let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        if complete < tail.len() {
-            let keep = tail_start + complete as u64;
-            tracing::warn!(run_id = %id, cut = len - keep, "cutting torn journal tail");
-            file.set_len(keep).map_err(io_err("truncate journal", &events_path))?;
-            tail.truncate(complete);
-        }
-        let last_line = tail[..complete.saturating_sub(1)].rsplit(|&b| b == b'\n').next().filter(|l| !l.is_empty());
-        let last: Option<Event> = match last_line {
-            Some(line) => Some(
-                serde_json::from_slice(line)
-                    .map_err(|e| JournalError::Corrupt { path: events_path.clone(), why: format!("last line: {e}") })?,
-            ),
-            None => None,
+        let meta_path = dir.join(META_FILE);
+        let record = RunState::read(&self.state_path(id));
+        let tail = read_tail(id, &events_path)?;
+        let mut damage: Vec<&'static str> = Vec::new();
+        let meta = match fs::read(&meta_path) {
+            Ok(bytes) => match serde_json::from_slice::<RunMeta>(&bytes) {
+                Ok(meta) => Some(meta),
+                Err(_) => {
+                    damage.push("meta.json is not valid");
+                    None
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(_) => {
+                damage.push("meta.json cannot be read");
+                None
+            }
         };
-        let head = read_head_events(&events_path)?;
+        let has_events = tail.as_ref().is_some_and(|t| t.len > 0);
+        if meta.is_none() && damage.is_empty() && !has_events && record.as_ref().is_none_or(|r| r.last_seq == 0) {
+            // No meta, no events, nothing recorded: a launch that crashed
+            // before the run existed. Nobody ever saw it.
+            tracing::warn!(run_id = %id, path = %dir.display(), "removing a launch that never started");
+            fs::remove_dir_all(&dir).map_err(io_err("remove unstarted run", &dir))?;
+            return Ok(None);
+        }
+        let head = if has_events { read_head_events(&events_path)? } else { Vec::new() };
+        let meta = meta.unwrap_or_else(|| {
+            if damage.is_empty() {
+                damage.push("meta.json is missing");
+            }
+            rebuilt_meta(id, &head, &events_path)
+        });
+        match &tail {
+            None => damage.push("events.jsonl is missing"),
+            Some(t) if t.damaged_last => damage.push("its last line is damaged"),
+            Some(_) => {}
+        }
+        let record = record.unwrap_or_default();
+        let file_seq = tail.as_ref().map_or(0, |t| t.max_seq);
+        let degraded = record.journal == Health::Degraded || !damage.is_empty();
         let started = head.iter().find(|e| e.status() == Some(RunStatus::Running));
         let mut run = RecoveredRun {
             run_id: id.clone(),
             meta,
-            last_seq: last.as_ref().map_or(0, |e| e.seq),
-            status: RunStatus::Queued,
+            // Never below what the record says was handed out: those seqs
+            // were seen live, whether or not the file kept them.
+            last_seq: file_seq.max(record.last_seq),
+            status: if started.is_some() { RunStatus::Running } else { RunStatus::Queued },
             last_status: StatusChange::default(),
             started_at: started.map(|e| e.timestamp.clone()),
             ended_at: None,
-            bytes: len + meta_bytes.len() as u64,
+            journal: if degraded { Health::Degraded } else { Health::Ok },
         };
-        if started.is_some() {
-            run.status = RunStatus::Running;
+        if degraded {
+            self.note_degraded(id, record.journal, &damage);
         }
-        if let Some(ev) = &last
-            && let Some(status) = ev.status()
-            && status.is_final()
-        {
-            run.status = status;
-            run.ended_at = Some(ev.timestamp.clone());
-            run.last_status = StatusChange {
-                status: Some(status),
-                exit_code: ev.exit_code,
-                signal: ev.signal,
-                reason: ev.reason.clone(),
-                pid: ev.pid,
-            };
+        let last = tail.and_then(|t| t.last);
+        let ended = last
+            .as_ref()
+            .and_then(|ev| {
+                ev.status_change()
+                    .filter(|c| c.status.is_some_and(RunStatus::is_final))
+                    .map(|c| (c, ev.timestamp.clone()))
+            })
+            .or(record.ended);
+        if let Some((change, at)) = ended {
+            run.status = change.status.unwrap_or(RunStatus::Lost);
+            run.ended_at = Some(at);
+            run.last_status = change;
             return Ok(Some(run));
         }
         if !close_active {
             return Ok(Some(run));
         }
-        // Active when the last daemon died: close it so nobody waits forever.
-        drop(file);
-        let file = OpenOptions::new().append(true).open(&events_path).map_err(io_err("open journal", &events_path))?;
-        let mut writer = RunWriter::new(self, id.clone(), events_path, file, run.last_seq);
+        self.close_lost(&mut run, &events_path)?;
+        Ok(Some(run))
+    }
+
+    /// Marks a run degraded at start, and makes its state record say so.
+    fn note_degraded(&self, id: &RunId, recorded: Health, damage: &[&str]) {
+        self.health.mark(id);
+        if !damage.is_empty() {
+            tracing::warn!(run_id = %id, damage = ?damage, "damaged run files; the run is kept, degraded");
+        }
+        if recorded != Health::Degraded {
+            let path = self.state_path(id);
+            let mut state = RunState::read(&path).unwrap_or_default();
+            state.journal = Health::Degraded;
+            if let Some(file) = RunState::open(&path)
+                && let Err(error) = state.write_to(&file)
+            {
+                tracing::error!(run_id = %id, %error, "cannot record the damage in the run's state record");
+            }
+        }
+    }
+
+    /// Active when the last daemon died: close it so nobody waits forever.
+    fn close_lost(&self, run: &mut RecoveredRun, events_path: &Path) -> Result<(), JournalError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(events_path)
+            .map_err(io_err("open journal", events_path))?;
+        let mut writer = RunWriter::new(self, run.run_id.clone(), events_path.to_owned(), file, run.last_seq);
         let change = StatusChange {
             status: Some(RunStatus::Lost),
             reason: Some("the daemon stopped while the run was active".into()),
@@ -152,9 +201,66 @@ impl Journal {
         // The `lost` event's own timestamp (nothing reads this batch otherwise).
         run.ended_at = batch.frames.last().and_then(|f| line_timestamp(f.bytes()));
         run.last_status = change;
-        tracing::warn!(run_id = %id, last_seq = run.last_seq, "run was active when the daemon died; marked lost");
-        Ok(Some(run))
+        tracing::warn!(run_id = %run.run_id, last_seq = run.last_seq, "run was active when the daemon died; marked lost");
+        Ok(())
     }
+}
+
+/// Cuts a torn tail (a last line without its newline: a write the crash
+/// interrupted, never published) and finds the last intact event. `None`
+/// if there is no events file.
+fn read_tail(id: &RunId, path: &Path) -> Result<Option<Tail>, JournalError> {
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err("open journal", path)(e)),
+    };
+    let len = file.metadata().map_err(io_err("stat journal", path))?.len();
+    let tail_start = len.saturating_sub(TAIL_SCAN);
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(tail_start)).map_err(io_err("read journal", path))?;
+    file.read_to_end(&mut tail).map_err(io_err("read journal", path))?;
+    let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut len = len;
+    if complete < tail.len() {
+        let keep = tail_start + complete as u64;
+        tracing::warn!(run_id = %id, cut = len - keep, "cutting torn journal tail");
+        file.set_len(keep).map_err(io_err("truncate journal", path))?;
+        tail.truncate(complete);
+        len = keep;
+    }
+    let mut lines = tail[..complete.saturating_sub(1)].rsplit(|&b| b == b'\n');
+    let mut out = Tail { last: None, max_seq: 0, damaged_last: false, len };
+    let mut first = true;
+    // The window may start mid-line: the first line of a partial window is not judged.
+    let whole_window = tail_start == 0;
+    while let Some(line) = lines.next() {
+        let partial = !whole_window && lines.clone().next().is_none();
+        if line.is_empty() || partial {
+            break;
+        }
+        if let Some(ev) = event_seq(line).and_then(|_| serde_json::from_slice::<Event>(line).ok()) {
+            out.max_seq = out.max_seq.max(ev.seq);
+            out.last = Some(ev);
+            break;
+        }
+        out.damaged_last |= first;
+        out.max_seq = out.max_seq.max(line_seq(line).unwrap_or(0));
+        first = false;
+    }
+    Ok(Some(out))
+}
+
+/// A `meta.json` for a run that lost its own: everything but when it was
+/// created is unknown (its first event says when).
+fn rebuilt_meta(id: &RunId, head: &[Event], events_path: &Path) -> RunMeta {
+    let created_at = head.first().map(|e| e.timestamp.clone()).unwrap_or_else(|| {
+        fs::metadata(events_path)
+            .and_then(|m| m.modified())
+            .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            .unwrap_or_else(|_| crate::event::now_timestamp())
+    });
+    RunMeta { run_id: Some(id.clone()), command: Vec::new(), cwd: None, pty: false, created_at }
 }
 
 /// The first few events (queued, running) to learn when a run started.

@@ -10,8 +10,9 @@ use bytes::{Bytes, BytesMut};
 
 use super::encode::{MIN_BATCH_BUFFER, OutputBody};
 use super::history::utf8;
+use super::state::{Health, HealthBook, RunState};
 use super::{Journal, JournalStats};
-use crate::event::{Batch, Event, EventType, Frame, Payload, RunStatus, escape_json_into};
+use crate::event::{Batch, Event, EventType, Frame, Payload, RunStatus, StatusChange, escape_json_into};
 use crate::run_id::RunId;
 
 /// Appends one run's events. Owned by the run's supervisor task (or the
@@ -20,7 +21,16 @@ pub struct RunWriter {
     pub(super) run_id: RunId,
     pub(super) host: Option<Arc<str>>,
     pub(super) path: PathBuf,
-    pub(super) file: File,
+    /// Shared with the fsync job, so syncing needs no new file descriptor
+    /// (a daemon out of fds must still be able to sync what it holds).
+    pub(super) file: Arc<File>,
+    /// `runs/<id>/state`, overwritten in place (see `state.rs`); `None` if it
+    /// could not be opened.
+    pub(super) state_file: Option<File>,
+    pub(super) state: RunState,
+    /// The final status appended in the current batch, with its timestamp.
+    pub(super) final_status: Option<(StatusChange, String)>,
+    pub(super) health: Arc<HealthBook>,
     pub(super) next_seq: u64,
     /// `{"runId":"<id>","seq":`, the start of every event line.
     pub(super) line_start: Vec<u8>,
@@ -35,8 +45,9 @@ pub struct RunWriter {
     /// Size of recent batches (the last, or half the one before if that
     /// was bigger), which sizes `buf`'s allocation.
     pub(super) recent_batch: usize,
-    /// Set by the first failed write; the file is left alone from then on.
-    pub(super) degraded: Option<io::ErrorKind>,
+    /// Set by the first failed write: the events file is left alone from
+    /// then on, so it never holds a torn line in the middle.
+    pub(super) degraded: bool,
     /// Bytes written since the last fsync.
     pub(super) unsynced: u64,
     pub(super) stats: Arc<JournalStats>,
@@ -44,6 +55,9 @@ pub struct RunWriter {
 
 impl RunWriter {
     pub(super) fn new(journal: &Journal, run_id: RunId, path: PathBuf, file: File, last_seq: u64) -> Self {
+        let state_path = journal.state_path(&run_id);
+        let state = RunState::read(&state_path).unwrap_or_default();
+        let state_file = RunState::open(&state_path);
         let mut line_start = BytesMut::from(&br#"{"runId":""#[..]);
         escape_json_into(&mut line_start, run_id.as_str());
         line_start.extend_from_slice(br#"","seq":"#);
@@ -57,14 +71,21 @@ impl RunWriter {
             run_id,
             host: journal.host.clone(),
             path,
-            file,
+            file: Arc::new(file),
+            state_file,
+            state: RunState { last_seq, ..state },
+            final_status: None,
+            health: journal.health.clone(),
             next_seq: last_seq + 1,
             line_start: line_start.to_vec(),
             host_field: host_field.to_vec(),
             buf: BytesMut::new(),
             pending: Vec::new(),
             recent_batch: 0,
-            degraded: None,
+            // A new writer may try again: recovery cut any torn tail, so an
+            // append cannot leave a torn line in the middle. The record
+            // keeps saying whether the file is whole.
+            degraded: false,
             unsynced: 0,
             stats: journal.stats.clone(),
         }
@@ -79,7 +100,7 @@ impl RunWriter {
     }
 
     pub fn is_degraded(&self) -> bool {
-        self.degraded.is_some()
+        self.degraded
     }
 
     /// Assigns the next `seq` and serializes the event into the current batch.
@@ -110,6 +131,9 @@ impl RunWriter {
                 event.encoding = data.encoding;
             }
             Payload::Status(change) => {
+                if change.status.is_some_and(RunStatus::is_final) {
+                    self.final_status = Some((change.clone(), event.timestamp.clone()));
+                }
                 event.data = change.status.map(RunStatus::as_str).unwrap_or_default().to_owned();
                 event.exit_code = change.exit_code;
                 event.signal = change.signal;
@@ -129,6 +153,9 @@ impl RunWriter {
             return false;
         }
         self.next_seq += 1;
+        if let Some(change) = event.status_change().filter(|c| c.status.is_some_and(RunStatus::is_final)) {
+            self.final_status = Some((change, event.timestamp.clone()));
+        }
         self.push_event(event);
         true
     }
@@ -153,8 +180,8 @@ impl RunWriter {
             // burst may have grown, rather than keep it while the run idles.
             self.buf = BytesMut::new();
         }
-        if self.degraded.is_none() && !bytes.is_empty() {
-            match self.file.write_all(&bytes) {
+        if !self.degraded && !bytes.is_empty() {
+            match (&*self.file).write_all(&bytes) {
                 Ok(()) => {
                     self.unsynced += bytes.len() as u64;
                     self.stats.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -162,35 +189,57 @@ impl RunWriter {
                 Err(error) => self.degrade(error),
             }
         }
-        let frames = self
+        let frames: Vec<Frame> = self
             .pending
             .drain(..)
             .filter_map(|(seq, start, end)| Some(Frame { seq, json: utf8(bytes.slice(start..end))? }))
             .collect();
+        if let Some(frame) = frames.last() {
+            self.state.last_seq = frame.seq;
+        }
+        let ended = self.final_status.take();
+        // The record only has to keep up when the file cannot: while the
+        // journal is degraded, and once, with the final status.
+        if self.degraded || ended.is_some() {
+            self.state.ended = ended.or(self.state.ended.take());
+            self.save_state();
+        }
         Batch { frames, last }
     }
 
+    /// Writing the events file failed: from now on only the state record
+    /// (which needs no new space) and live subscribers see what happens.
     fn degrade(&mut self, error: io::Error) {
         tracing::error!(run_id = %self.run_id, path = %self.path.display(), %error,
             "journal write failed; run continues live, its journal is degraded");
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-        self.degraded = Some(error.kind());
+        self.degraded = true;
+        self.health.mark(&self.run_id);
+        self.state.journal = Health::Degraded;
+        self.save_state();
     }
 
-    /// A handle for an fsync off the async threads, if there is anything to sync.
-    pub fn take_sync_job(&mut self) -> Option<File> {
-        if self.unsynced == 0 || self.degraded.is_some() {
+    fn save_state(&mut self) {
+        let Some(file) = &self.state_file else { return };
+        if let Err(error) = self.state.write_to(file) {
+            tracing::error!(run_id = %self.run_id, %error, "cannot update the run's state record");
+        }
+    }
+
+    /// A handle for an fsync off the async threads, if there is anything to
+    /// sync. It shares the writer's descriptor: syncing never needs a new one.
+    pub fn take_sync_job(&mut self) -> Option<Arc<File>> {
+        if self.unsynced == 0 || self.degraded {
             return None;
         }
-        match self.file.try_clone() {
-            Ok(f) => {
-                self.unsynced = 0;
-                Some(f)
-            }
-            Err(error) => {
-                self.degrade(error);
-                None
-            }
+        self.unsynced = 0;
+        Some(self.file.clone())
+    }
+
+    /// An fsync failed: the kernel may have dropped what it could not write.
+    pub fn sync_failed(&mut self, error: io::Error) {
+        if !self.degraded {
+            self.degrade(error);
         }
     }
 
@@ -199,13 +248,13 @@ impl RunWriter {
         if let Some(f) = self.take_sync_job()
             && let Err(error) = f.sync_data()
         {
-            self.degrade(error);
+            self.sync_failed(error);
         }
     }
 
     #[cfg(test)]
     fn with_file(mut self, file: File) -> Self {
-        self.file = file;
+        self.file = Arc::new(file);
         self
     }
 }

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -32,8 +33,6 @@ pub(crate) struct Timing {
 pub(crate) trait Observer: Send + Sync + 'static {
     /// A status event was published.
     fn on_status(&self, run: &RunId, change: &StatusChange);
-    /// A journal write failed; the run goes on live.
-    fn on_degraded(&self, run: &RunId);
 }
 
 /// Requests from the run's handle (the table) to this task.
@@ -253,37 +252,43 @@ impl<O: Observer> Supervisor<O> {
     }
 
     fn publish(&mut self, last: bool) {
-        let was_degraded = self.writer.is_degraded();
         let batch = self.writer.finish_batch(last);
-        if self.writer.is_degraded() && !was_degraded {
-            self.observer.on_degraded(&self.run_id);
-        }
         self.publisher.publish(batch);
     }
 
+    /// Starts an fsync on a blocking thread unless one is still running;
+    /// a finished one's failure degrades the journal.
     fn start_sync(&mut self) {
         if self.sync_job.as_ref().is_some_and(|j| !j.is_finished()) {
             return;
+        }
+        if let Some(job) = self.sync_job.take()
+            && let Some(Ok(Err(error))) = job.now_or_never()
+        {
+            self.writer.sync_failed(error);
         }
         if let Some(file) = self.writer.take_sync_job() {
             self.sync_job = Some(tokio::task::spawn_blocking(move || file.sync_data()));
         }
     }
 
-    async fn finish(mut self, change: StatusChange) {
-        let status = change.status;
-        self.record_status(change, true);
-        if let Some(job) = self.sync_job.take() {
-            let _ = job.await;
-        }
-        self.start_sync();
+    /// Waits for the fsync in flight; its failure degrades the journal.
+    async fn wait_sync(&mut self) {
         if let Some(job) = self.sync_job.take() {
             match job.await {
                 Ok(Ok(())) => {}
-                Ok(Err(error)) => tracing::error!(run_id = %self.run_id, %error, "journal fsync failed"),
+                Ok(Err(error)) => self.writer.sync_failed(error),
                 Err(error) => tracing::error!(run_id = %self.run_id, %error, "journal fsync task failed"),
             }
         }
+    }
+
+    async fn finish(mut self, change: StatusChange) {
+        let status = change.status;
+        self.record_status(change, true);
+        self.wait_sync().await;
+        self.start_sync();
+        self.wait_sync().await;
         tracing::info!(run_id = %self.run_id, status = ?status, last_seq = self.writer.last_seq(), "run finished");
     }
 }

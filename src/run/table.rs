@@ -17,12 +17,16 @@ use crate::event::{RunStatus, StatusChange, now_timestamp};
 use crate::hub::Hub;
 use crate::journal::{Journal, JournalError, RunMeta};
 use crate::run_id::RunId;
-use crate::run_info::{CancelError, JournalHealth, RunInfo};
+use crate::run_info::{CancelError, RunInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum LaunchError {
     #[error("empty command")]
     EmptyCommand,
+    /// An environment variable name that is empty or holds `=`, or a NUL
+    /// byte anywhere: the kernel would read them as something else.
+    #[error("{0}")]
+    BadSpec(String),
     #[error("run {0} is already active")]
     Active(RunId),
     #[error(
@@ -35,6 +39,25 @@ pub(crate) enum LaunchError {
     ShuttingDown,
     #[error("create journal: {0}")]
     Journal(JournalError),
+}
+
+/// What `execve` cannot carry as given: refused, not half-applied.
+fn check_spec(spec: &Spec) -> Result<(), LaunchError> {
+    if let Some(arg) = spec.argv.iter().position(|a| a.contains('\0')) {
+        return Err(LaunchError::BadSpec(format!("command argument {arg} contains a NUL byte")));
+    }
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(LaunchError::BadSpec(format!("invalid environment variable name {key:?}")));
+        }
+        if value.contains('\0') {
+            return Err(LaunchError::BadSpec(format!("environment variable {key} contains a NUL byte")));
+        }
+    }
+    if spec.cwd.as_deref().is_some_and(|c| c.contains('\0')) {
+        return Err(LaunchError::BadSpec("cwd contains a NUL byte".into()));
+    }
+    Ok(())
 }
 
 /// Limits and timing for runs, from `[runs]` and `[journal]`.
@@ -129,6 +152,7 @@ impl RunTable {
         if spec.argv.is_empty() || spec.argv[0].is_empty() {
             return Err(LaunchError::EmptyCommand);
         }
+        check_spec(&spec)?;
         if self.inner.tracker.is_closed() {
             return Err(LaunchError::ShuttingDown);
         }
@@ -217,13 +241,17 @@ impl RunTable {
     }
 
     pub(crate) fn degraded_count(&self) -> usize {
-        self.runs().values().filter(|e| e.info.journal == JournalHealth::Degraded).count()
+        let runs = self.runs();
+        self.inner.journal.health.count(|id| runs.contains_key(id))
     }
 
+    /// The row as it stands now: the hub knows the last seq, the journal
+    /// whether it holds every event.
     fn with_seq(&self, mut info: RunInfo) -> RunInfo {
         if let Some(snap) = self.inner.hub.snapshot(&info.run_id) {
             info.last_seq = snap.last_seq;
         }
+        info.journal = self.inner.journal.health.of(&info.run_id);
         info
     }
 
@@ -313,12 +341,6 @@ impl Observer for RunTable {
             // From here on the run counts as finished: cancel answers 409,
             // and it no longer counts against the concurrency cap.
             e.control = None;
-        }
-    }
-
-    fn on_degraded(&self, id: &RunId) {
-        if let Some(e) = self.runs().get_mut(id) {
-            e.info.journal = JournalHealth::Degraded;
         }
     }
 }

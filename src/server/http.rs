@@ -24,7 +24,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -49,8 +49,11 @@ use crate::run_id::RunId;
 const MAX_BODY: usize = 64 * 1024;
 /// How long a refused connection is given to take its 503.
 const REFUSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-/// hyper's smallest allowed read buffer; requests here are tiny.
-const HTTP_READ_BUFFER: usize = 8192;
+/// 503s being sent at once; connections refused beyond this are closed.
+const MAX_REFUSING: usize = 64;
+/// Largest request head read (hyper's buffer grows to it only as needed;
+/// it starts at 8 KiB): room for a large JWT in `Authorization`.
+const HTTP_READ_BUFFER: usize = 32 * 1024;
 
 type Body = Full<Bytes>;
 
@@ -65,6 +68,7 @@ impl Drop for ConnGuard {
 
 /// Accepts connections until `stop_accepting`.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop_accepting: CancellationToken) {
+    let refusing = Arc::new(AtomicUsize::new(0));
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop_accepting.cancelled() => return,
@@ -77,21 +81,41 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop_accep
                 }
             },
         };
-        let max = shared.stream_config().max_connections;
+        let max = shared.connection_limit();
         let open = shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
         let guard = ConnGuard(shared.clone());
         if open >= max as i64 {
             Metrics::add(&shared.metrics.connections_refused, 1);
-            tracing::debug!(%peer, max, "connection refused: max_connections reached");
-            shared.tracker.spawn(refuse(stream, guard));
+            tracing::debug!(%peer, max, "connection refused: connection limit reached");
+            // Each 503 holds its socket for up to REFUSE_LINGER: past a few
+            // at once, a flood is just closed, so refusals cannot eat the fds.
+            if refusing.load(Ordering::Relaxed) < MAX_REFUSING {
+                shared.tracker.spawn(refuse(stream, guard, Refusing::new(&refusing)));
+            }
             continue;
         }
         shared.tracker.spawn(connection(stream, peer, shared.clone(), guard));
     }
 }
 
+/// Counts a 503 being sent, for as long as it is.
+struct Refusing(Arc<AtomicUsize>);
+
+impl Refusing {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Refusing(count.clone())
+    }
+}
+
+impl Drop for Refusing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Over the connection limit: a 503 before any upgrade, then close.
-async fn refuse(mut stream: TcpStream, _guard: ConnGuard) {
+async fn refuse(mut stream: TcpStream, _guard: ConnGuard, _refusing: Refusing) {
     let body = r#"{"code":"too-many-connections","message":"connection limit reached; try again later"}"#;
     let resp = format!(
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}",
@@ -326,8 +350,8 @@ fn upgrade_to(
         r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
         return r;
     }
-    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY) else {
-        return error(StatusCode::BAD_REQUEST, "bad-request", "missing Sec-WebSocket-Key");
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).filter(|k| valid_key(k)) else {
+        return error(StatusCode::BAD_REQUEST, "bad-request", "missing or malformed Sec-WebSocket-Key");
     };
     let allowed = &shared.stream_config().allowed_origins;
     if !allowed.is_empty()
@@ -404,8 +428,14 @@ fn accept_key(req: &Request<Incoming>) -> Option<String> {
     if !is_websocket(req) || req.headers().get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
         return None;
     }
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY)?;
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).filter(|k| valid_key(k))?;
     Some(tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+/// RFC 6455 §4.2.1: the key is 16 bytes, base64-encoded.
+fn valid_key(key: &HeaderValue) -> bool {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(key.as_bytes()).is_ok_and(|k| k.len() == 16)
 }
 
 fn switching_protocols(accept: &str) -> Response<Body> {

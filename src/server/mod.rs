@@ -40,6 +40,10 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
     /// Connection and session tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// File descriptors the program keeps for itself (its runs' pipes and
+    /// journals, the Unix socket's clients); TCP connections get what the
+    /// fd limit leaves, so a flood of clients cannot take those.
+    reserved_fds: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -57,7 +61,24 @@ impl Shared {
             agent_tokens: RwLock::new(None),
             stop,
             tracker: TaskTracker::new(),
+            reserved_fds: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// Keeps `n` file descriptors out of the connections' reach.
+    pub(crate) fn reserve_fds(&self, n: usize) {
+        self.reserved_fds.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Connections accepted at once: `max_connections`, within what the
+    /// fd limit (read now: an operator may lower it on a running daemon)
+    /// leaves after the reserve.
+    pub(crate) fn connection_limit(&self) -> usize {
+        let reserved = self.reserved_fds.load(std::sync::atomic::Ordering::Relaxed);
+        let fd_cap = crate::sys::open_file_limit()
+            .and_then(|limit| usize::try_from(limit).ok())
+            .map_or(usize::MAX, |limit| limit.saturating_sub(reserved).max(1));
+        self.stream_config().max_connections.min(fd_cap)
     }
 
     pub(crate) fn agent_tokens(&self) -> Option<Arc<Tokens>> {

@@ -3,6 +3,7 @@
 //! - this file: one `runtap` process (`Instance`) and its readiness line.
 //! - `daemon`, `gateway`: the two programs; `process`: child processes and waits.
 //! - `ws`, `requests`: real clients. `copies`, `agent`, `proxy`: the gateway tests' tools.
+//! - `observe`, `damage`: the probe tests' clients and damaged journals.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 // The harness is a private module of each test crate; `pub` is how its users see it.
@@ -11,7 +12,9 @@
 pub mod agent;
 pub mod copies;
 pub mod daemon;
+pub mod damage;
 pub mod gateway;
+pub mod observe;
 pub mod process;
 pub mod proxy;
 pub mod requests;
@@ -29,7 +32,11 @@ pub use copies::*;
 #[allow(unused_imports)]
 pub use daemon::*;
 #[allow(unused_imports)]
+pub use damage::*;
+#[allow(unused_imports)]
 pub use gateway::*;
+#[allow(unused_imports)]
+pub use observe::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]

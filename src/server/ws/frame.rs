@@ -125,10 +125,10 @@ impl Outbox {
         self.bytes
     }
 
-    /// Queues `batch`'s events with `seq >= from` as text frames; returns
+    /// Queues `batch`'s events with `seq > after` as text frames; returns
     /// how many events and payload bytes that was.
-    pub(super) fn push_batch(&mut self, batch: Arc<Batch>, from: u64) -> (u64, u64) {
-        let next = batch.frames.partition_point(|f| f.seq < from);
+    pub(super) fn push_batch(&mut self, batch: Arc<Batch>, after: u64) -> (u64, u64) {
+        let next = batch.frames.partition_point(|f| f.seq <= after);
         let frames = &batch.frames[next..];
         if frames.is_empty() {
             return (0, 0);
@@ -244,14 +244,36 @@ pub(super) struct ClientIo {
     tcp: Arc<TcpStream>,
     early: Bytes,
     control: Arc<Mutex<BytesMut>>,
+    /// Bytes the client may still send before it is authenticated; `None`
+    /// once it is. Spent, reads fail: an unauthenticated peer cannot make
+    /// the daemon buffer more than this, in whole or in fragments.
+    budget: Option<usize>,
 }
 
 impl ClientIo {
-    pub(super) fn new(tcp: Arc<TcpStream>, early: Bytes, control: Arc<Mutex<BytesMut>>) -> Self {
+    pub(super) fn new(tcp: Arc<TcpStream>, early: Bytes, control: Arc<Mutex<BytesMut>>, budget: usize) -> Self {
         // `early` is a view into hyper's read buffer (8 KiB or more); keeping
         // the view would keep that buffer for the life of the connection.
         let early = if early.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&early) };
-        ClientIo { tcp, early, control }
+        ClientIo { tcp, early, control, budget: Some(budget) }
+    }
+
+    /// The client is authenticated: only the message limits apply now.
+    pub(super) fn lift_budget(&mut self) {
+        self.budget = None;
+    }
+
+    /// Whether reads failed because the unauthenticated budget was spent.
+    pub(super) fn budget_spent(&self) -> bool {
+        self.budget == Some(0)
+    }
+}
+
+impl ClientIo {
+    fn spend(&mut self, n: usize) {
+        if let Some(left) = &mut self.budget {
+            *left = left.saturating_sub(n);
+        }
     }
 }
 
@@ -268,17 +290,26 @@ fn lock(m: &Mutex<BytesMut>) -> MutexGuard<'_, BytesMut> {
 
 impl AsyncRead for ClientIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let room = match self.budget {
+            Some(0) => return Poll::Ready(Err(io::Error::other("unauthenticated read budget spent"))),
+            Some(left) => left.min(buf.remaining()),
+            None => buf.remaining(),
+        };
         if !self.early.is_empty() {
-            let n = self.early.len().min(buf.remaining());
+            let n = self.early.len().min(room);
             let early = self.early.split_to(n);
             buf.put_slice(&early);
+            self.spend(n);
             return Poll::Ready(Ok(()));
         }
         loop {
             ready!(self.tcp.poll_read_ready(cx))?;
-            match self.tcp.try_read(buf.initialize_unfilled()) {
+            let unfilled = buf.initialize_unfilled();
+            let limit = unfilled.len().min(room);
+            match self.tcp.try_read(&mut unfilled[..limit]) {
                 Ok(n) => {
                     buf.advance(n);
+                    self.spend(n);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -358,7 +389,7 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let mut out = Outbox::default();
         out.push_raw(encode(TEXT, b"hello"));
-        assert_eq!(out.push_batch(batch(1..=3, 5), 2), (2, 10));
+        assert_eq!(out.push_batch(batch(1..=3, 5), 1), (2, 10));
         // Big frames force partial writes once the socket buffer fills.
         out.push_batch(batch(4..=20, 200_000), 0);
         out.push_raw(close_frame(1000, "done"));

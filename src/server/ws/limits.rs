@@ -15,21 +15,23 @@ pub(super) const MAX_SUBSCRIPTIONS: usize = 64;
 /// subscribe message whole.
 const READ_BUFFER: usize = 256;
 
-/// tungstenite reads messages up to this, and the session refuses those over
-/// `max_frame_bytes` itself: a message read in full can be answered with
-/// `message-too-large`; one cut off mid-read leaves bytes unread, and the
-/// close then resets the connection, losing the error on the way.
-fn read_limit(max_frame_bytes: usize) -> usize {
-    (max_frame_bytes * 4).max(256 * 1024)
-}
+/// What a client may send before it is authenticated, in all: enough for
+/// an auth message with a large JWT, and a small fraction of what one
+/// message may be once authenticated. (A flood of unauthenticated peers
+/// sending unfinished fragmented messages is what this bounds.)
+pub(super) const AUTH_READ_BUDGET: usize = 16 * 1024;
 
+/// tungstenite refuses a frame, and a message while it is still being
+/// assembled from fragments, once it passes `max_frame_bytes`; the session
+/// answers `message-too-large` and drains what the client still sends, so
+/// the close does not become a reset that loses the error on the way.
 pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
         // tungstenite only writes pongs and close replies here: pass them on at once.
         .write_buffer_size(0)
-        .max_message_size(Some(read_limit(max_frame_bytes)))
-        .max_frame_size(Some(read_limit(max_frame_bytes)))
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
 }
 
 /// Token bucket: `rate` messages per second, bursts up to `burst`.

@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
 use super::Endpoint;
 use super::error::WsError;
 use super::frame::{self, ClientIo, Outbox};
-use super::limits::{MAX_SUBSCRIPTIONS, RateLimiter, json_depth, ws_config};
+use super::limits::{AUTH_READ_BUDGET, MAX_SUBSCRIPTIONS, RateLimiter, json_depth, ws_config};
 use super::subscription::{Sub, SubOut, Subs};
 use crate::auth::Scope;
 use crate::run_id::RunId;
@@ -53,9 +53,21 @@ enum ClientMsg {
     },
 }
 
-/// After an error close, how long unread client data is still drained so
-/// the close does not turn into a reset that loses the error event.
+impl ClientMsg {
+    fn kind(&self) -> &'static str {
+        match self {
+            ClientMsg::Auth { .. } => "auth",
+            ClientMsg::Subscribe { .. } => "subscribe",
+            ClientMsg::Unsubscribe { .. } => "unsubscribe",
+        }
+    }
+}
+
+/// After an error close, how long (and how much) unread client data is
+/// still drained, so the close does not turn into a reset that loses the
+/// error event on the way.
 const CLOSE_LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Why a session ended without an error of the client's making.
 enum End {
@@ -76,7 +88,7 @@ pub(super) async fn run(
     let cfg = shared.stream_config();
     let tcp = Arc::new(tcp);
     let control = Arc::new(Mutex::new(BytesMut::new()));
-    let io = ClientIo::new(tcp.clone(), early, control.clone());
+    let io = ClientIo::new(tcp.clone(), early, control.clone(), AUTH_READ_BUDGET);
     let reader = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config(cfg.max_frame_bytes))).await;
     shared.metrics.websockets.fetch_add(1, Ordering::Relaxed);
     let mut session = Session {
@@ -110,14 +122,32 @@ pub(super) async fn run(
             session.outbox.push_text(&err.to_json());
             session.outbox.push_raw(frame::close_frame(err.close, err.code));
             session.drain(cfg.write_stall_timeout).await;
-            // Keep reading (and dropping) until the client closes, briefly,
-            // so that unread client data does not turn the close into a
-            // reset that loses the error on the way.
-            let reader = &mut session.reader;
-            let _ = tokio::time::timeout(CLOSE_LINGER, async { while let Some(Ok(_)) = reader.next().await {} }).await;
+            linger(&session.tcp).await;
         }
     }
     shared.metrics.websockets.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Reads and drops what the client still sends, bounded, straight from
+/// the socket (tungstenite may be stopped mid-frame), until it closes.
+async fn linger(tcp: &TcpStream) {
+    let _ = tokio::time::timeout(CLOSE_LINGER, async {
+        // On the heap: the session future must stay small while idle.
+        let mut sink = vec![0u8; 8192];
+        let mut drained = 0;
+        while drained < LINGER_BYTES {
+            if tcp.readable().await.is_err() {
+                return;
+            }
+            match tcp.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(n) => drained += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return,
+            }
+        }
+    })
+    .await;
 }
 
 /// One task per connection: it reads client messages, pulls its
@@ -145,8 +175,15 @@ impl Session {
             Some(t) => self.authenticate(&t)?,
             None => {
                 let first = tokio::time::timeout(self.shared.stream_config().auth_timeout, self.reader.next()).await;
-                let Ok(Some(Ok(Message::Text(text)))) = first else {
-                    return Err(self.auth_failed());
+                let text = match first {
+                    Ok(Some(Ok(Message::Text(text)))) => text,
+                    Ok(Some(Err(WsProtoError::Capacity(_)))) => return Err(self.too_large()),
+                    Ok(Some(Err(_))) if self.reader.get_ref().budget_spent() => {
+                        Metrics::add(&self.shared.metrics.oversized_messages, 1);
+                        let msg = format!("more than {AUTH_READ_BUDGET} bytes before authenticating");
+                        return Err(WsError::new("message-too-large", 1009, msg));
+                    }
+                    _ => return Err(self.auth_failed()),
                 };
                 self.check_message(&text)?;
                 match serde_json::from_str::<ClientMsg>(&text) {
@@ -209,10 +246,14 @@ impl Session {
                             return Ok(End::PeerGone);
                         }
                         Some(Ok(msg)) => self.on_message(msg).await?,
-                        Some(Err(WsProtoError::Capacity(e))) => {
-                            Metrics::add(&self.shared.metrics.oversized_messages, 1);
-                            let limit = cfg.max_frame_bytes;
-                            return Err(WsError::new("message-too-large", 1009, format!("{e} (limit {limit} bytes)")));
+                        Some(Err(WsProtoError::Capacity(_))) => return Err(self.too_large()),
+                        // RFC 6455 §7.4.1: 1007 for a text message that is not
+                        // UTF-8, 1002 for a broken frame.
+                        Some(Err(WsProtoError::Utf8(_))) => {
+                            return Err(WsError::new("bad-request", 1007, "a text message is not valid UTF-8"));
+                        }
+                        Some(Err(WsProtoError::Protocol(e))) => {
+                            return Err(WsError::new("bad-request", 1002, format!("WebSocket protocol error: {e}")));
                         }
                         Some(Err(error)) => {
                             tracing::debug!(%error, "websocket read failed");
@@ -261,11 +302,18 @@ impl Session {
         match self.shared.role(token) {
             Role::Viewer(scope) => {
                 self.scope = Some(scope);
+                self.reader.get_mut().lift_budget();
                 Ok(())
             }
             Role::Agent => Err(WsError::host_token()),
             Role::None => Err(self.auth_failed()),
         }
+    }
+
+    fn too_large(&self) -> WsError {
+        Metrics::add(&self.shared.metrics.oversized_messages, 1);
+        let max = self.shared.stream_config().max_frame_bytes;
+        WsError::new("message-too-large", 1009, format!("message over {max} bytes"))
     }
 
     fn auth_failed(&self) -> WsError {
@@ -296,6 +344,8 @@ impl Session {
                 self.check_message(&text)?;
                 let parsed: ClientMsg =
                     serde_json::from_str(&text).map_err(|e| WsError::bad_request(format!("malformed message: {e}")))?;
+                // What kind and how big, never what it says: an auth message holds a token.
+                tracing::trace!(kind = parsed.kind(), bytes = text.len(), "client message");
                 match parsed {
                     ClientMsg::Auth { .. } => Ok(()), // already authenticated; harmless
                     ClientMsg::Subscribe { .. } | ClientMsg::Unsubscribe { .. } if self.single => {
@@ -359,10 +409,10 @@ impl Session {
     fn on_feed(&mut self, out: SubOut) -> Result<Option<End>, WsError> {
         match out {
             SubOut::Frames(delivery) => {
-                let (batches, from) = delivery.into_parts();
+                let (batches, after) = delivery.into_parts();
                 let (mut events, mut bytes) = (0, 0);
                 for batch in batches {
-                    let (e, b) = self.outbox.push_batch(batch, from);
+                    let (e, b) = self.outbox.push_batch(batch, after);
                     events += e;
                     bytes += b;
                 }
