@@ -13,11 +13,13 @@
 //! `delivered` (the last seq handed out, or `since`) is the only cursor;
 //! every frame handed out passes through one filter on it. It is the last
 //! seq rather than the next one so that `since = u64::MAX` needs no seq
-//! past the top. If the live queue overflows, a [`LagPolicy::Replay`] feed
-//! simply starts over at step 1 after `delivered` (local tools lose
-//! nothing); a [`LagPolicy::Close`] feed reports the lag, as the spec asks
-//! for network subscribers. What the journal lacks, history reports as a
-//! gap (see `journal::history`).
+//! past the top. If the live queue overflows (the subscriber reads more
+//! slowly than the job writes), the feed simply starts over at step 1 after
+//! `delivered`: slow is not stalled, and every subscriber, local or not,
+//! is served from the journal at its own pace and rejoins the live stream
+//! with nothing lost. (Only a subscriber that takes nothing at all is cut
+//! off, by its connection's write-stall timeout.) What the journal lacks,
+//! history reports as a gap (see `journal::history`).
 
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -26,15 +28,6 @@ use crate::event::{Batch, Frame};
 use crate::hub::{Hub, Phase, Recv, Subscription};
 use crate::journal::{HistoryItem, HistoryReader, Journal, JournalError};
 use crate::run_id::RunId;
-
-/// What to do when the subscriber falls behind the live stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LagPolicy {
-    /// Report `Lagged` and stop (network subscribers; they reconnect with `since`).
-    Close,
-    /// Catch up from the journal and carry on (local CLI; never loses output).
-    Replay,
-}
 
 /// Frames ready to send: shared batches, of which only `seq > after` are new.
 #[derive(Debug)]
@@ -63,10 +56,6 @@ pub(crate) enum FeedItem {
         from: u64,
         to: u64,
     },
-    /// The subscriber fell behind; `last_seq` is the last seq delivered.
-    Lagged {
-        last_seq: u64,
-    },
     /// The run is over and everything has been delivered.
     End,
 }
@@ -86,9 +75,8 @@ pub(crate) struct Feed {
     delivered: u64,
     /// Keep going after history (false: stop at the snapshot, like `logs` without `-f`).
     follow: bool,
-    lag: LagPolicy,
     state: State,
-    /// Replay feeds only: where the last history phase stopped in the file
+    /// Where the last history phase stopped in the file
     /// (`(next seq, byte offset)`), so a replay after a lag continues there
     /// instead of re-reading the journal from the start. Just two numbers:
     /// an idle subscriber holds no file or buffer.
@@ -96,8 +84,8 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
-    pub(crate) fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool, lag: LagPolicy) -> Self {
-        Feed { journal, hub, run, delivered: since, follow, lag, state: State::Start, resume: None }
+    pub(crate) fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool) -> Self {
+        Feed { journal, hub, run, delivered: since, follow, state: State::Start, resume: None }
     }
 
     pub(crate) fn run_id(&self) -> &RunId {
@@ -147,9 +135,7 @@ impl Feed {
                         Some(sub) => State::Live(sub),
                         None => State::Done,
                     };
-                    if self.lag == LagPolicy::Replay {
-                        self.resume = reader.position();
-                    }
+                    self.resume = reader.position();
                 }
                 State::Live(sub) => {
                     self.state = State::Live(sub);
@@ -172,16 +158,11 @@ impl Feed {
                     self.state = State::Done;
                     Some(FeedItem::End)
                 }
-                Recv::Lagged => match self.lag {
-                    LagPolicy::Replay => {
-                        self.state = State::Start;
-                        None
-                    }
-                    LagPolicy::Close => {
-                        self.state = State::Done;
-                        Some(FeedItem::Lagged { last_seq: self.last_seq() })
-                    }
-                },
+                Recv::Lagged => {
+                    // Behind the live stream: back to the journal from here.
+                    self.state = State::Start;
+                    None
+                }
             };
             if item.is_some() {
                 return Poll::Ready(item);
@@ -285,7 +266,7 @@ mod tests {
             w.last_seq()
         });
         for k in 0..40u64 {
-            let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), k % 5, true, LagPolicy::Close);
+            let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), k % 5, true);
             handles.push(tokio::spawn(async move { (k % 5, collect(&mut feed).await) }));
             tokio::task::yield_now().await;
         }
@@ -296,7 +277,7 @@ mod tests {
             assert_eq!(seqs, (since + 1..=total).collect::<Vec<_>>());
         }
         // And one that arrives after the end.
-        let mut late = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true, LagPolicy::Close);
+        let mut late = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true);
         let (seqs, _) = collect(&mut late).await;
         assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
     }
@@ -304,7 +285,7 @@ mod tests {
     #[tokio::test]
     async fn subscribe_before_run_exists_waits_for_it() {
         let f = fixture(QueueLimits::default());
-        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true, LagPolicy::Close);
+        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true);
         let reader = tokio::spawn(async move { collect(&mut feed).await });
         tokio::task::yield_now().await;
         let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
@@ -318,43 +299,33 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn lag_closes_or_replays_by_policy() {
-        for policy in [LagPolicy::Close, LagPolicy::Replay] {
-            let f = fixture(QueueLimits { max_bytes: usize::MAX, max_batches: 2 });
-            let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
-            let mut w = f.journal.create_run(&f.id, &meta).unwrap();
-            let publ = f.hub.open(&f.id, 0);
-            let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true, policy);
+    async fn a_lagging_feed_catches_up_from_the_journal() {
+        let f = fixture(QueueLimits { max_bytes: usize::MAX, max_batches: 2 });
+        let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
+        let mut w = f.journal.create_run(&f.id, &meta).unwrap();
+        let publ = f.hub.open(&f.id, 0);
+        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true);
+        append(&mut w, 1);
+        publ.publish(w.finish_batch(false));
+        let FeedItem::Frames(d) = feed.next().await.unwrap() else { panic!() };
+        assert_eq!(d.frames().map(|f| f.seq).collect::<Vec<_>>(), vec![1]);
+        for i in 0..5 {
             append(&mut w, 1);
-            publ.publish(w.finish_batch(false));
-            let FeedItem::Frames(d) = feed.next().await.unwrap() else { panic!() };
-            assert_eq!(d.frames().map(|f| f.seq).collect::<Vec<_>>(), vec![1]);
-            for i in 0..5 {
-                append(&mut w, 1);
-                publ.publish(w.finish_batch(i == 4));
-            }
-            let (seqs, end) = collect(&mut feed).await;
-            match policy {
-                LagPolicy::Close => {
-                    assert_eq!(seqs, vec![2, 3]);
-                    assert!(matches!(end, FeedItem::Lagged { last_seq: 3 }), "{end:?}");
-                }
-                LagPolicy::Replay => {
-                    assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
-                    assert!(matches!(end, FeedItem::End));
-                }
-            }
+            publ.publish(w.finish_batch(i == 4));
         }
+        let (seqs, end) = collect(&mut feed).await;
+        assert_eq!(seqs, vec![2, 3, 4, 5, 6]);
+        assert!(matches!(end, FeedItem::End));
     }
 
-    /// A replay feed that lags again and again delivers everything once, in order.
+    /// A feed that lags again and again delivers everything once, in order.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replay_feed_survives_repeated_lags() {
         let f = fixture(QueueLimits { max_bytes: usize::MAX, max_batches: 3 });
         let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
         let mut w = f.journal.create_run(&f.id, &meta).unwrap();
         let publ = f.hub.open(&f.id, 0);
-        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true, LagPolicy::Replay);
+        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true);
         let mut seqs = Vec::new();
         for round in 0..20 {
             for i in 0..10 {
@@ -380,7 +351,7 @@ mod tests {
         let publ = f.hub.open(&f.id, 0);
         append(&mut w, 3);
         publ.publish(w.finish_batch(false));
-        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 1, false, LagPolicy::Close);
+        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 1, false);
         let (seqs, end) = collect(&mut feed).await;
         assert_eq!(seqs, vec![2, 3]);
         assert!(matches!(end, FeedItem::End));

@@ -8,12 +8,19 @@
 //! Each subscription has its own bounded queue (in batches and in bytes).
 //! Publishing never waits: a subscriber whose queue is full is marked lagged
 //! and dropped from the topic, so a slow reader can never hold up the run,
-//! the journal or anyone else.
+//! the journal or anyone else (its feed catches up from the journal).
+//!
+//! Each topic also counts the subscribers that have not yet taken what was
+//! published ([`Delivered`]): the run's output is batched while that count
+//! is above zero, so events grow with what subscribers can take instead of
+//! with how often the job writes.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
+
+use futures_util::task::AtomicWaker;
 
 use crate::event::Batch;
 use crate::run_id::RunId;
@@ -70,6 +77,41 @@ struct HubInner {
 
 struct Topic {
     state: Mutex<TopicState>,
+    delivered: Arc<Delivered>,
+}
+
+/// How many of a topic's subscribers still have published batches they
+/// have not taken, and who wants to know when none has.
+#[derive(Default)]
+pub(crate) struct Delivered {
+    outstanding: AtomicUsize,
+    waker: AtomicWaker,
+}
+
+impl Delivered {
+    /// Every subscriber has taken everything published (or there are none).
+    pub(crate) fn is_idle(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire) == 0
+    }
+
+    /// Ready once every subscriber has taken everything published.
+    pub(crate) fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.is_idle() {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.is_idle() { Poll::Ready(()) } else { Poll::Pending }
+    }
+
+    fn add(&self) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn done(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
 }
 
 struct TopicState {
@@ -88,6 +130,8 @@ struct QueueState {
     bytes: usize,
     lagged: bool,
     closed: bool,
+    /// Counted in the topic's [`Delivered`]: holds batches and is in the topic.
+    counted: bool,
     /// The one consumer, if it is waiting. Kept here rather than in a
     /// `Notify` so that waiting needs no future: an idle WebSocket
     /// subscriber polls its queue directly and holds no waiter state.
@@ -134,6 +178,7 @@ impl Hub {
             .or_insert_with(|| {
                 Arc::new(Topic {
                     state: Mutex::new(TopicState { last_seq: 0, phase: Phase::Pending, subs: Vec::new() }),
+                    delivered: Arc::default(),
                 })
             })
             .clone()
@@ -206,6 +251,7 @@ impl Hub {
         let now_empty_pending = {
             let mut st = lock(&topic.state);
             st.subs.retain(|q| !Arc::ptr_eq(q, queue));
+            uncount(&mut lock(&queue.state), &topic.delivered);
             st.subs.is_empty() && st.phase == Phase::Pending
         };
         if now_empty_pending {
@@ -234,6 +280,14 @@ fn close_all(st: &mut TopicState) {
     }
 }
 
+/// Takes a queue out of its topic's count of subscribers that have not
+/// taken everything yet.
+fn uncount(qs: &mut QueueState, delivered: &Delivered) {
+    if std::mem::take(&mut qs.counted) {
+        delivered.done();
+    }
+}
+
 /// The one writer of a run's topic, held by its supervisor.
 pub(crate) struct Publisher {
     topic: Arc<Topic>,
@@ -242,6 +296,12 @@ pub(crate) struct Publisher {
 }
 
 impl Publisher {
+    /// Whether every subscriber has taken what was published, and a way to
+    /// wait for it (see [`Delivered`]).
+    pub(crate) fn delivered(&self) -> Arc<Delivered> {
+        self.topic.delivered.clone()
+    }
+
     /// Hands the batch to every subscriber without waiting on any of them.
     pub(crate) fn publish(&self, batch: Batch) {
         let Some(last_seq) = batch.frames.last().map(|f| f.seq) else {
@@ -255,15 +315,21 @@ impl Publisher {
         st.last_seq = last_seq;
         let limits = self.limits;
         let stats = &self.stats;
+        let delivered = &self.topic.delivered;
         st.subs.retain(|q| {
             let mut qs = lock(&q.state);
             let keep = if qs.batches.len() >= limits.max_batches || qs.bytes + bytes > limits.max_bytes {
                 qs.lagged = true;
                 stats.lagged.fetch_add(1, Ordering::Relaxed);
+                uncount(&mut qs, delivered);
                 false
             } else {
                 qs.batches.push_back(batch.clone());
                 qs.bytes += bytes;
+                if !qs.counted {
+                    qs.counted = true;
+                    delivered.add();
+                }
                 true
             };
             let waker = qs.changed();
@@ -274,6 +340,10 @@ impl Publisher {
         if closing {
             st.phase = Phase::Closed;
             close_all(&mut st);
+        }
+        if self.topic.delivered.is_idle() {
+            // No subscriber holds anything: whoever waits need not.
+            self.topic.delivered.waker.wake();
         }
         drop(st);
         self.stats.batches_published.fetch_add(1, Ordering::Relaxed);
@@ -312,6 +382,7 @@ impl Subscription {
         let mut qs = lock(&self.queue.state);
         if !qs.batches.is_empty() {
             qs.bytes = 0;
+            uncount(&mut qs, &self.topic.delivered);
             return Poll::Ready(Recv::Batches(qs.batches.drain(..).collect()));
         }
         if qs.lagged {

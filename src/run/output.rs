@@ -18,7 +18,10 @@ use bytes::{BufMut as _, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::time::{Instant, Sleep};
 
+use std::sync::Arc;
+
 use crate::event::EventType;
+use crate::hub::Delivered;
 
 /// Largest event payload (before encoding).
 pub(crate) const MAX_CHUNK: usize = 64 * 1024;
@@ -116,8 +119,8 @@ fn utf8_cut(bytes: &[u8]) -> usize {
 pub(crate) struct Pacing {
     /// A partial line waits this long for its newline.
     pub line_hold: Duration,
-    /// Complete lines that follow an event within this long are sent
-    /// together when it has passed (see `runs.coalesce` in config.toml).
+    /// The longest complete lines wait, while subscribers are still taking
+    /// the previous event, to go out together (see `runs.coalesce`).
     pub coalesce: Duration,
 }
 
@@ -140,10 +143,14 @@ struct StreamReader {
     /// The last read came back well short of `read_size`.
     quiet: bool,
     line_hold: Duration,
-    /// Complete lines that arrive within this long of the last event wait
-    /// for its end and go out together (zero: every read at once).
+    /// Complete lines that arrive while subscribers are still taking the
+    /// previous event wait for them, at most this long, and go out together
+    /// (zero: every read at once). Batching follows delivery, not the job:
+    /// on an idle system each line goes at once; with a thousand
+    /// subscribers, events grow to what a round of delivery takes.
     coalesce: Duration,
-    last_event: Option<Instant>,
+    /// Whether the run's subscribers have taken everything published.
+    delivered: Arc<Delivered>,
     /// Fires at the end of the coalescing window; armed only while lines wait.
     batch: Pin<Box<Sleep>>,
     batching: bool,
@@ -158,7 +165,11 @@ struct StreamReader {
 }
 
 impl Readers {
-    pub(crate) fn new(streams: Vec<(Box<dyn AsyncRead + Unpin + Send>, EventType)>, pacing: Pacing) -> Self {
+    pub(crate) fn new(
+        streams: Vec<(Box<dyn AsyncRead + Unpin + Send>, EventType)>,
+        pacing: Pacing,
+        delivered: Arc<Delivered>,
+    ) -> Self {
         let streams = streams
             .into_iter()
             .map(|(reader, stream)| StreamReader {
@@ -169,7 +180,7 @@ impl Readers {
                 quiet: true,
                 line_hold: pacing.line_hold,
                 coalesce: pacing.coalesce,
-                last_event: None,
+                delivered: delivered.clone(),
                 batch: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 batching: false,
                 hold: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -220,7 +231,7 @@ impl StreamReader {
             return Poll::Ready(None);
         }
         loop {
-            if self.batching && self.batch.as_mut().poll(cx).is_ready() {
+            if self.batching && (self.delivered.poll_idle(cx).is_ready() || self.batch.as_mut().poll(cx).is_ready()) {
                 self.batching = false;
                 if let Some(out) = self.take(false, false) {
                     return Poll::Ready(Some(out));
@@ -290,9 +301,10 @@ impl StreamReader {
         }
     }
 
-    /// Whether complete lines just read should wait for the end of the
-    /// coalescing window (armed here) rather than go out now. The first
-    /// lines after a quiet spell go at once; a full chunk never waits.
+    /// Whether complete lines just read should wait (the window is armed
+    /// here) rather than go out now: only while subscribers are still
+    /// taking what was published, never past `coalesce`, and never with a
+    /// full chunk.
     fn wait_for_more(&mut self) -> bool {
         if self.coalesce.is_zero() || self.chunker.buf.len() >= MAX_CHUNK {
             return false;
@@ -300,14 +312,13 @@ impl StreamReader {
         if self.batching {
             return true;
         }
-        let Some(last) = self.last_event else { return false };
-        let until = last + self.coalesce;
-        // Only a partial line: `line_hold` decides.
-        if Instant::now() >= until || memchr::memchr(b'\n', &self.chunker.buf).is_none() {
+        // Everyone has taken everything, or only a partial line waits
+        // (`line_hold` decides that): no reason to hold.
+        if self.delivered.is_idle() || memchr::memchr(b'\n', &self.chunker.buf).is_none() {
             return false;
         }
         self.batching = true;
-        self.batch.as_mut().reset(until);
+        self.batch.as_mut().reset(Instant::now() + self.coalesce);
         true
     }
 
@@ -333,7 +344,6 @@ impl StreamReader {
         if pieces.is_empty() {
             return None;
         }
-        self.last_event = Some(Instant::now());
         Some(Output { stream: self.stream, pieces })
     }
 }
@@ -402,7 +412,7 @@ mod tests {
             (Box::new(std::io::Cursor::new(input.clone())), EventType::Stderr),
         ];
         let pacing = Pacing { line_hold: Duration::from_millis(20), coalesce: Duration::from_millis(2) };
-        let mut readers = Readers::new(streams, pacing);
+        let mut readers = Readers::new(streams, pacing, Arc::default());
         let (mut out, mut err) = (Vec::new(), Vec::new());
         while let Some(Output { stream, pieces }) = readers.next().await {
             for piece in pieces {
@@ -418,37 +428,48 @@ mod tests {
         assert_eq!(err, input);
     }
 
-    /// Lines right after an event wait out the window and go together; the
-    /// first line after a quiet spell goes at once.
+    /// Lines wait only while a subscriber has not yet taken what was
+    /// published, go together as soon as it has, and never wait longer
+    /// than the window; with everything taken, a line goes at once.
     #[tokio::test(start_paused = true)]
-    async fn lines_within_the_window_are_coalesced() {
+    async fn lines_wait_only_while_subscribers_are_still_taking_the_last_event() {
+        use crate::event::{Batch, Frame};
+        use crate::hub::{Hub, Recv};
+        use crate::run_id::RunId;
         use tokio::io::AsyncWriteExt;
         let (mut job, pipe) = tokio::io::duplex(256 * 1024);
+        let hub = Hub::default();
+        let id = RunId::parse("c").unwrap();
+        let publ = hub.open(&id, 0);
+        let mut sub = hub.subscribe(&id).1.unwrap();
         let pacing = Pacing { line_hold: Duration::from_millis(20), coalesce: Duration::from_millis(5) };
-        let mut readers = Readers::new(vec![(Box::new(pipe), EventType::Stdout)], pacing);
+        let mut readers = Readers::new(vec![(Box::new(pipe), EventType::Stdout)], pacing, publ.delivered());
         let text = |o: Option<Output>| o.map(|o| o.pieces.concat()).unwrap_or_default();
+        let event = |seq| Batch { frames: vec![Frame { seq, json: "x".into() }], last: false };
 
         job.write_all(b"one\n").await.unwrap();
         let t0 = Instant::now();
         assert_eq!(text(readers.next().await), b"one\n");
-        assert_eq!(t0.elapsed(), Duration::ZERO, "first line goes at once");
+        assert_eq!(t0.elapsed(), Duration::ZERO, "nothing outstanding: at once");
 
+        publ.publish(event(1)); // the subscriber has not taken it yet
         job.write_all(b"two\n").await.unwrap();
         tokio::time::advance(Duration::from_millis(1)).await;
         job.write_all(b"three\n").await.unwrap();
+        let once = std::future::poll_fn(|cx| Poll::Ready(readers.poll_next(cx))).await;
+        assert!(once.is_pending(), "held while the subscriber is behind");
+        assert!(matches!(sub.recv().await, Recv::Batches(_)));
         assert_eq!(text(readers.next().await), b"two\nthree\n");
-        assert_eq!(t0.elapsed(), Duration::from_millis(5), "sent when the window ends");
+        assert_eq!(t0.elapsed(), Duration::from_millis(1), "released when it was taken, together");
 
-        tokio::time::advance(Duration::from_millis(50)).await;
+        publ.publish(event(2)); // and this one it never takes
         job.write_all(b"four\n").await.unwrap();
         let t1 = Instant::now();
         assert_eq!(text(readers.next().await), b"four\n");
-        assert_eq!(t1.elapsed(), Duration::ZERO, "after a quiet spell, at once again");
-        // A full chunk does not wait, even inside the window.
+        assert_eq!(t1.elapsed(), Duration::from_millis(5), "never past the window");
+
+        // A full chunk does not wait, even while the subscriber is behind.
         job.write_all(b"five\n").await.unwrap();
-        let once = std::future::poll_fn(|cx| Poll::Ready(readers.poll_next(cx))).await;
-        assert!(once.is_pending(), "five waits for the window");
-        // With "five\n", exactly one full chunk.
         let big = format!("{}\n", "x".repeat(MAX_CHUNK - 6));
         job.write_all(big.as_bytes()).await.unwrap();
         let t2 = Instant::now();

@@ -123,13 +123,15 @@ impl<O: Observer> Supervisor<O> {
             StatusChange { status: Some(RunStatus::Running), pid: Some(pid), ..Default::default() },
             false,
         );
+        let delivered = self.publisher.delivered();
         let mut readers = match streams {
             Streams::Pipes { stdout, stderr } => output::Readers::new(
                 vec![(Box::new(stdout), EventType::Stdout), (Box::new(stderr), EventType::Stderr)],
                 self.timing.pacing,
+                delivered,
             ),
             Streams::Pty(reader) => {
-                output::Readers::new(vec![(Box::new(reader), EventType::Stdout)], self.timing.pacing)
+                output::Readers::new(vec![(Box::new(reader), EventType::Stdout)], self.timing.pacing, delivered)
             }
         };
 

@@ -8,11 +8,13 @@
 //! - `http`: the TCP listener: HTTP endpoints and WebSocket upgrades.
 //! - `ws`: one WebSocket session (its subscriptions, limits, errors, frames).
 //! - `unix`: the local socket (launch, subscribe, cancel, list, status).
+//! - `outbox`: what waits to be written to one connection, either socket.
 //! - `metrics`: counters behind `/metrics` and `/healthz`.
 
 pub(crate) mod backend;
 pub(crate) mod http;
 pub(crate) mod metrics;
+mod outbox;
 pub(crate) mod unix;
 pub(crate) mod ws;
 

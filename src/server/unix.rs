@@ -5,8 +5,8 @@
 //! the workers allowed to launch jobs); the peer's uid is logged. Each
 //! connection has a reader (requests, in order) and one writer task fed by a
 //! bounded queue; subscriptions run as their own tasks and write through it.
-//! A slow local reader never lags out: its feed catches up from the journal
-//! (`LagPolicy::Replay`), so `runtap run` and `logs -f` lose nothing.
+//! A slow local reader never lags out: its feed catches up from the journal,
+//! so `runtap run` and `logs -f` lose nothing.
 
 use std::collections::HashMap;
 use std::io;
@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
@@ -25,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::backend::Source;
-use crate::feed::{Delivery, Feed, FeedItem, LagPolicy};
+use super::outbox::{Framing, Outbox};
+use crate::feed::{Delivery, Feed, FeedItem};
 use crate::protocol::unix::{LaunchRequest, MAX_REQUEST_BYTES, Request, Response};
 use crate::run_id::RunId;
 use crate::run_info::{CancelError, RunInfo};
@@ -55,8 +55,6 @@ pub(crate) struct Refusal {
 const MAX_SUBSCRIPTIONS: usize = 64;
 /// Lines (or line batches) queued for one connection's writer.
 const WRITE_QUEUE: usize = 32;
-/// Buffers handed to one `writev` (Linux's `IOV_MAX` is 1024).
-const MAX_IOVECS: usize = 512;
 
 /// Send buffer asked for each connection (the kernel default is ~208 KiB):
 /// a journal batch of a fast job (up to 1 MiB) then goes out in one
@@ -232,7 +230,7 @@ impl Connection {
                     return Some(Response::error("too-many-subscriptions", msg));
                 }
                 let Source { journal, hub } = self.runs.source();
-                let feed = Feed::new(journal, hub, id.clone(), since, follow, LagPolicy::Replay);
+                let feed = Feed::new(journal, hub, id.clone(), since, follow);
                 let hello = Response::Subscribed { run_id: id.to_string(), since };
                 let handle = self.tasks.spawn(stream_feed(feed, hello, tx.clone()));
                 self.subs.insert(id, handle);
@@ -309,55 +307,32 @@ fn not_found(id: &RunId) -> Response {
 
 /// Writes whatever is queued for the connection with as few `writev`
 /// calls as it takes: frames go out straight from the journal's batch
-/// buffers, never copied into a line buffer first.
-async fn write_loop(mut write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
-    let mut queued: Vec<Out> = Vec::new();
+/// buffers (the same outbox as a WebSocket's, framed as lines).
+async fn write_loop(write: tokio::net::unix::OwnedWriteHalf, mut rx: mpsc::Receiver<Out>) {
+    let mut outbox = Outbox::new(Framing::Lines);
     while let Some(first) = rx.recv().await {
-        queued.push(first);
-        while queued.len() < WRITE_QUEUE
-            && let Ok(more) = rx.try_recv()
-        {
-            queued.push(more);
+        queue(&mut outbox, first);
+        while let Ok(more) = rx.try_recv() {
+            queue(&mut outbox, more);
         }
-        let mut parts: Vec<&[u8]> = Vec::new();
-        for out in &queued {
-            match out {
-                Out::Line(line) => parts.push(line),
-                Out::Frames(delivery) => {
-                    for f in delivery.frames() {
-                        parts.extend([f.bytes(), b"\n"]);
-                    }
-                }
+        while !outbox.is_empty() {
+            if outbox.write_to(&write).is_err() || (!outbox.is_empty() && write.writable().await.is_err()) {
+                return;
             }
         }
-        if write_all_vectored(&mut write, &parts).await.is_err() {
-            return;
-        }
-        queued.clear();
     }
 }
 
-async fn write_all_vectored(write: &mut tokio::net::unix::OwnedWriteHalf, parts: &[&[u8]]) -> io::Result<()> {
-    let mut next = 0; // first part not completely written
-    let mut offset = 0; // bytes of parts[next] already written
-    while next < parts.len() {
-        let slices: Vec<io::IoSlice<'_>> = std::iter::once(&parts[next][offset..])
-            .chain(parts[next + 1..].iter().copied())
-            .take(MAX_IOVECS)
-            .map(io::IoSlice::new)
-            .collect();
-        let mut n = write.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+fn queue(outbox: &mut Outbox, out: Out) {
+    match out {
+        Out::Line(line) => outbox.push_raw(line),
+        Out::Frames(delivery) => {
+            let (batches, after) = delivery.into_parts();
+            for batch in batches {
+                outbox.push_batch(batch, after, 0);
+            }
         }
-        while next < parts.len() && n >= parts[next].len() - offset {
-            n -= parts[next].len() - offset;
-            next += 1;
-            offset = 0;
-        }
-        offset += n;
     }
-    Ok(())
 }
 
 /// Sends a subscription's frames, as lines, until the run ends.
@@ -382,9 +357,6 @@ async fn stream_feed(mut feed: Feed, hello: Response, tx: mpsc::Sender<Out>) {
             )
             .to_line()
             .into(),
-            FeedItem::Lagged { last_seq } => {
-                Response::error("lagged", format!("subscriber too slow; last seq sent {last_seq}")).to_line().into()
-            }
             FeedItem::End => {
                 let end = Response::End { run_id: feed.run_id().to_string(), last_seq: feed.last_seq() };
                 let _ = tx.send(end.to_line().into()).await;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{LinkConfig, UpstreamError, UpstreamStatus, Ws};
 use crate::event::Utf8Bytes;
-use crate::feed::{Feed, FeedItem, LagPolicy};
+use crate::feed::{Feed, FeedItem};
 use crate::protocol::link::{self, AgentMsg, GatewayMsg, RunCursor};
 use crate::run::RunTable;
 use crate::run_id::RunId;
@@ -177,14 +177,7 @@ impl<'a> Session<'a> {
                 return;
             }
         };
-        let feed = Feed::new(
-            self.table.journal().clone(),
-            self.table.hub().clone(),
-            run.clone(),
-            since,
-            true,
-            LagPolicy::Replay,
-        );
+        let feed = Feed::new(self.table.journal().clone(), self.table.hub().clone(), run.clone(), since, true);
         let hello = AgentMsg::Run { run_id: run.to_string(), meta };
         let handle = self.tasks.spawn(forward_run(feed, hello, tx.clone(), self.status.clone()));
         self.forwarding.insert(run, handle);
@@ -266,7 +259,7 @@ async fn forward_run(mut feed: Feed, hello: AgentMsg, tx: mpsc::Sender<Out>, sta
             Ok(FeedItem::Gap { from, to }) => {
                 tracing::error!(run_id = %run, from, to, "journal gap: these events cannot be forwarded");
             }
-            Ok(FeedItem::End) | Ok(FeedItem::Lagged { .. }) => return run,
+            Ok(FeedItem::End) => return run,
             Err(error) => {
                 tracing::warn!(run_id = %run, %error, "reading the journal to forward failed");
                 return run;

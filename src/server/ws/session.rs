@@ -18,12 +18,13 @@ use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
 
 use super::Endpoint;
 use super::error::WsError;
-use super::frame::{self, ClientIo, Outbox};
+use super::frame::{self, ClientIo};
 use super::limits::{AUTH_READ_BUDGET, MAX_SUBSCRIPTIONS, RateLimiter, json_depth, ws_config};
 use super::subscription::{Sub, SubOut, Subs};
 use crate::auth::Scope;
 use crate::run_id::RunId;
 use crate::server::metrics::Metrics;
+use crate::server::outbox::{Framing, Outbox};
 use crate::server::{Role, Shared};
 
 /// The session pulls more from its feeds once less than this is waiting to
@@ -75,7 +76,8 @@ enum End {
     Close(u16, &'static str),
     /// The client closed, or the socket broke: send what is left (a close reply) if it goes.
     PeerGone,
-    /// Writes made no progress for `write_stall_timeout`: hang up at once.
+    /// Writes made no progress for `write_stall_timeout`: tell it where
+    /// it stopped (`lagged`, 1013), if it ever reads again, and hang up.
     Stalled,
 }
 
@@ -98,7 +100,7 @@ pub(super) async fn run(
         tcp,
         reader,
         control,
-        outbox: Outbox::default(),
+        outbox: Outbox::new(Framing::WebSocket),
         scope: None,
         subs: Subs::default(),
         single: matches!(start.0, Endpoint::Single { .. }),
@@ -116,7 +118,32 @@ pub(super) async fn run(
             session.pull_control();
             session.drain(cfg.write_stall_timeout).await;
         }
-        Ok(End::Stalled) => {}
+        Ok(End::Stalled) => {
+            // What is half written is finished (the stream must stay
+            // parseable); nothing else queued is sent. Each subscription
+            // learns the last event it has in full, to resume `since` it.
+            session.outbox.cut_to_front();
+            Metrics::add(&shared.metrics.lagged_disconnects, 1);
+            let lagged: Vec<WsError> = session
+                .subs
+                .positions()
+                .map(|(run, slot, since)| {
+                    let mut err = WsError::new(
+                        "lagged",
+                        1013,
+                        "accepted no data for write_stall_timeout; reconnect with since=lastSeq",
+                    );
+                    err.last_seq = Some(session.outbox.written(slot).unwrap_or(since));
+                    err.with_run(run.clone())
+                })
+                .collect();
+            for err in &lagged {
+                session.outbox.push_text(&err.to_json());
+            }
+            session.outbox.push_raw(frame::close_frame(1013, "lagged"));
+            session.drain(cfg.write_stall_timeout).await;
+            linger(&session.tcp).await;
+        }
         Err(err) => {
             tracing::debug!(code = err.code, close = err.close, message = %err.message, "closing websocket with error");
             session.outbox.push_text(&err.to_json());
@@ -222,7 +249,7 @@ impl Session {
             if idle {
                 moved = Instant::now();
             }
-            match self.outbox.write_to(&self.tcp) {
+            match self.outbox.write_to(&*self.tcp) {
                 Ok(true) => moved = Instant::now(),
                 Ok(false) => {}
                 Err(error) => {
@@ -401,18 +428,19 @@ impl Session {
             }
             self.outbox.push_text(&ack.to_string());
         }
-        self.subs.insert(key, Sub::new(self.shared.clone(), run, since, host));
+        let slot = self.subs.insert(key, Sub::new(self.shared.clone(), run, since, host), since);
+        self.outbox.forget(slot);
         Ok(())
     }
 
     /// Queues what a subscription produced; `Some` ends the session.
     fn on_feed(&mut self, out: SubOut) -> Result<Option<End>, WsError> {
         match out {
-            SubOut::Frames(delivery) => {
+            SubOut::Frames(delivery, slot) => {
                 let (batches, after) = delivery.into_parts();
                 let (mut events, mut bytes) = (0, 0);
                 for batch in batches {
-                    let (e, b) = self.outbox.push_batch(batch, after);
+                    let (e, b) = self.outbox.push_batch(batch, after, slot);
                     events += e;
                     bytes += b;
                 }
@@ -444,7 +472,7 @@ impl Session {
     async fn drain(&mut self, limit: Duration) {
         let (outbox, tcp) = (&mut self.outbox, &self.tcp);
         let _ = tokio::time::timeout(limit, async {
-            while outbox.write_to(tcp).is_ok() && !outbox.is_empty() {
+            while outbox.write_to(&**tcp).is_ok() && !outbox.is_empty() {
                 if tcp.writable().await.is_err() {
                     return;
                 }

@@ -11,21 +11,19 @@ use std::task::{Context, Poll, ready};
 
 use super::error::WsError;
 use crate::event::Utf8Bytes;
-use crate::feed::{Delivery, Feed, FeedItem, LagPolicy};
+use crate::feed::{Delivery, Feed, FeedItem};
 use crate::journal::JournalError;
 use crate::run_id::RunId;
 use crate::server::Shared;
 
 /// What a subscription hands the session.
 pub(super) enum SubOut {
-    Frames(Delivery),
+    /// Events for the subscription in outbox slot `.1`.
+    Frames(Delivery, usize),
     /// A message of the session's own (a journal gap notice).
     Text(Utf8Bytes),
     /// The run is over and all of it was delivered.
-    End {
-        run: RunId,
-        last_seq: u64,
-    },
+    End { run: RunId, last_seq: u64 },
     /// The subscription failed; the session closes with this error.
     Fail(WsError),
 }
@@ -36,8 +34,16 @@ pub(super) type SubKey = (Option<String>, RunId);
 /// starve the others on the same connection.
 #[derive(Default)]
 pub(super) struct Subs {
-    list: Vec<(SubKey, Sub)>,
+    list: Vec<Entry>,
     turn: usize,
+}
+
+struct Entry {
+    key: SubKey,
+    sub: Sub,
+    /// Its slot in the outbox's record of what was written.
+    slot: usize,
+    since: u64,
 }
 
 impl Subs {
@@ -49,21 +55,30 @@ impl Subs {
         self.list.len()
     }
 
-    pub(super) fn insert(&mut self, key: SubKey, sub: Sub) {
+    /// Adds a subscription; returns its outbox slot (the lowest free one).
+    pub(super) fn insert(&mut self, key: SubKey, sub: Sub, since: u64) -> usize {
+        let slot = (0..).find(|s| self.list.iter().all(|e| e.slot != *s)).unwrap_or(self.list.len());
         // Most sessions hold one subscription; a Vec's first growth would make room for four.
         self.list.reserve_exact(1);
-        self.list.push((key, sub));
+        self.list.push(Entry { key, sub, slot, since });
+        slot
     }
 
     pub(super) fn remove(&mut self, key: &SubKey) {
-        self.list.retain(|(k, _)| k != key);
+        self.list.retain(|e| &e.key != key);
+    }
+
+    /// Each subscription: its run, its slot, and the `since` it started from.
+    pub(super) fn positions(&self) -> impl Iterator<Item = (&RunId, usize, u64)> {
+        self.list.iter().map(|e| (&e.key.1, e.slot, e.since))
     }
 
     pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
         for _ in 0..self.list.len() {
             let i = self.turn % self.list.len();
             self.turn = self.turn.wrapping_add(1);
-            if let Poll::Ready(out) = self.list[i].1.poll(cx) {
+            let slot = self.list[i].slot;
+            if let Poll::Ready(out) = self.list[i].sub.poll(cx, slot) {
                 if out.is_last() {
                     drop(self.list.swap_remove(i));
                 }
@@ -94,19 +109,21 @@ impl Sub {
                 Ok(source) => source,
                 Err(e) => return Err(WsError::bad_request(e.to_string()).with_run(run)),
             };
-            let mut feed = Feed::new(source.journal, source.hub, run, since, true, LagPolicy::Close);
+            // Slow is not stalled: a subscriber that falls behind the live
+            // stream catches up from the journal at its own pace.
+            let mut feed = Feed::new(source.journal, source.hub, run, since, true);
             let item = feed.step().await;
             Ok((feed, item))
         }))
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
+    fn poll(&mut self, cx: &mut Context<'_>, slot: usize) -> Poll<SubOut> {
         loop {
             let (feed, item) = match self {
                 Sub::Live(feed) => match feed.poll_live(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Some(item)) => {
-                        let out = SubOut::from_item(feed, Ok(item));
+                        let out = SubOut::from_item(feed, Ok(item), slot);
                         if out.is_last() {
                             *self = Sub::Done;
                         }
@@ -137,7 +154,7 @@ impl Sub {
             match item {
                 Ok(None) => *self = Sub::Live(feed),
                 item => {
-                    let out = SubOut::from_item(&feed, item.map(|i| i.unwrap_or(FeedItem::End)));
+                    let out = SubOut::from_item(&feed, item.map(|i| i.unwrap_or(FeedItem::End)), slot);
                     *self = if out.is_last() { Sub::Done } else { Sub::Live(feed) };
                     return Poll::Ready(out);
                 }
@@ -151,18 +168,13 @@ impl SubOut {
         matches!(self, SubOut::End { .. } | SubOut::Fail(_))
     }
 
-    fn from_item(feed: &Feed, item: Result<FeedItem, JournalError>) -> SubOut {
+    fn from_item(feed: &Feed, item: Result<FeedItem, JournalError>, slot: usize) -> SubOut {
         let run = || feed.run_id().clone();
         match item {
-            Ok(FeedItem::Frames(d)) => SubOut::Frames(d),
+            Ok(FeedItem::Frames(d)) => SubOut::Frames(d, slot),
             Ok(FeedItem::Gap { from, to }) => {
                 let msg = format!("events {from}..={to} are missing from the degraded journal");
                 SubOut::Text(WsError::new("journal-gap", 0, msg).with_run(run()).to_json())
-            }
-            Ok(FeedItem::Lagged { last_seq }) => {
-                let mut err = WsError::new("lagged", 1013, "subscriber too slow; reconnect with since=lastSeq");
-                err.last_seq = Some(last_seq);
-                SubOut::Fail(err.with_run(run()))
             }
             Ok(FeedItem::End) => SubOut::End { run: run(), last_seq: feed.last_seq() },
             Err(error) => {

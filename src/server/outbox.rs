@@ -1,0 +1,417 @@
+//! What is waiting to be written to one connection, written straight from
+//! the journal's shared event buffers with `writev`: the only copy is the
+//! kernel's. One implementation for both sockets: WebSocket text frames (a
+//! header of at most 10 bytes, built on the stack, before each event) and
+//! the Unix socket's lines (a newline after each).
+//!
+//! Holding a batch costs a pointer, so a subscriber's backlog is bounded by
+//! its hub queue, not here; the owner only refills the outbox once it is
+//! short. The outbox also remembers, per subscription, the last event it
+//! wrote in full: what a subscriber cut off for stalling is told it has.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::event::Batch;
+
+/// Events per `writev` (up to three slices each; Linux allows 1024).
+const EVENTS_PER_WRITE: usize = 256;
+
+/// How events are cut apart on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// An RFC 6455 text frame each (server frames are never masked).
+    WebSocket,
+    /// A line each: the event's JSON and a newline.
+    Lines,
+}
+
+/// A socket that takes what it can without waiting.
+pub(crate) trait TryWrite {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+}
+
+impl TryWrite for tokio::net::TcpStream {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        tokio::net::TcpStream::try_write_vectored(self, bufs)
+    }
+}
+
+impl TryWrite for tokio::net::unix::OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        tokio::net::unix::OwnedWriteHalf::try_write_vectored(self, bufs)
+    }
+}
+
+/// RFC 6455 opcode of a text frame.
+pub(crate) const TEXT: u8 = 0x1;
+
+/// Encodes an unmasked, final frame header (RFC 6455 §5.2) into `out`;
+/// returns its length.
+pub(crate) fn ws_header(opcode: u8, len: usize, out: &mut [u8; 10]) -> usize {
+    out[0] = 0x80 | opcode;
+    if len < 126 {
+        out[1] = len as u8;
+        2
+    } else if let Ok(short) = u16::try_from(len) {
+        out[1] = 126;
+        out[2..4].copy_from_slice(&short.to_be_bytes());
+        4
+    } else {
+        out[1] = 127;
+        out[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        10
+    }
+}
+
+pub(crate) fn ws_header_len(len: usize) -> usize {
+    match len {
+        0..126 => 2,
+        126..=0xffff => 4,
+        _ => 10,
+    }
+}
+
+enum Pending {
+    /// Events `next..end` of a batch shared with every subscriber, for
+    /// subscription `slot`.
+    Batch { batch: Arc<Batch>, next: usize, end: usize, slot: usize },
+    /// Bytes already framed.
+    Raw(Bytes),
+}
+
+/// The bytes of one queued piece, as up to three slices.
+struct Piece<'a> {
+    head: ([u8; 10], usize),
+    body: &'a [u8],
+    tail: &'a [u8],
+}
+
+impl Piece<'_> {
+    fn len(&self) -> usize {
+        self.head.1 + self.body.len() + self.tail.len()
+    }
+}
+
+pub(crate) struct Outbox {
+    framing: Framing,
+    queue: VecDeque<Pending>,
+    /// Bytes of the front piece already written.
+    offset: usize,
+    /// Bytes still to write.
+    bytes: usize,
+    /// Per subscription slot: the last seq written in full.
+    written: Vec<Option<u64>>,
+}
+
+impl Outbox {
+    pub(crate) fn new(framing: Framing) -> Self {
+        Outbox { framing, queue: VecDeque::new(), offset: 0, bytes: 0, written: Vec::new() }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    fn event_len(&self, json: &[u8]) -> usize {
+        match self.framing {
+            Framing::WebSocket => ws_header_len(json.len()) + json.len(),
+            Framing::Lines => json.len() + 1,
+        }
+    }
+
+    /// Queues `batch`'s events with `seq > after`, for subscription `slot`;
+    /// returns how many events and payload bytes that was.
+    pub(crate) fn push_batch(&mut self, batch: Arc<Batch>, after: u64, slot: usize) -> (u64, u64) {
+        let next = batch.frames.partition_point(|f| f.seq <= after);
+        let frames = &batch.frames[next..];
+        if frames.is_empty() {
+            return (0, 0);
+        }
+        let payload: usize = frames.iter().map(|f| f.json.len()).sum();
+        self.bytes += frames.iter().map(|f| self.event_len(f.bytes())).sum::<usize>();
+        let counts = (frames.len() as u64, payload as u64);
+        let end = batch.frames.len();
+        self.queue.push_back(Pending::Batch { batch, next, end, slot });
+        counts
+    }
+
+    /// Queues bytes already framed (a control message, a ping, a close).
+    pub(crate) fn push_raw(&mut self, raw: Bytes) {
+        if !raw.is_empty() {
+            self.bytes += raw.len();
+            self.queue.push_back(Pending::Raw(raw));
+        }
+    }
+
+    /// Queues a message of the connection's own (JSON text), framed.
+    pub(crate) fn push_text(&mut self, text: &str) {
+        let mut framed = Vec::with_capacity(text.len() + 10);
+        match self.framing {
+            Framing::WebSocket => {
+                let mut h = [0u8; 10];
+                let n = ws_header(TEXT, text.len(), &mut h);
+                framed.extend_from_slice(&h[..n]);
+                framed.extend_from_slice(text.as_bytes());
+            }
+            Framing::Lines => {
+                framed.extend_from_slice(text.as_bytes());
+                framed.push(b'\n');
+            }
+        }
+        self.push_raw(Bytes::from(framed));
+    }
+
+    /// Forgets what subscription `slot` had written (the slot is reused).
+    pub(crate) fn forget(&mut self, slot: usize) {
+        if let Some(w) = self.written.get_mut(slot) {
+            *w = None;
+        }
+    }
+
+    /// The last seq of subscription `slot` written in full, if any.
+    pub(crate) fn written(&self, slot: usize) -> Option<u64> {
+        self.written.get(slot).copied().flatten()
+    }
+
+    /// Drops everything queued but what is already on its way: a piece
+    /// that is partly written stays (the stream must stay parseable) and
+    /// counts as written.
+    pub(crate) fn cut_to_front(&mut self) {
+        if self.offset == 0 {
+            self.queue.clear();
+            self.bytes = 0;
+            return;
+        }
+        self.queue.truncate(1);
+        if let Some(Pending::Batch { batch, next, end, slot }) = self.queue.front_mut() {
+            *end = *next + 1;
+            let seq = batch.frames[*next].seq;
+            let slot = *slot;
+            self.note_written(slot, seq);
+        }
+        let front = self.pieces().next().map_or(0, |p| p.len());
+        self.bytes = front - self.offset;
+    }
+
+    fn note_written(&mut self, slot: usize, seq: u64) {
+        if self.written.len() <= slot {
+            self.written.resize(slot + 1, None);
+        }
+        self.written[slot] = Some(seq);
+    }
+
+    fn pieces(&self) -> impl Iterator<Item = Piece<'_>> {
+        let framing = self.framing;
+        self.queue.iter().flat_map(move |p| {
+            let (frames, raw): (&[_], _) = match p {
+                Pending::Batch { batch, next, end, .. } => (&batch.frames[*next..*end], None),
+                Pending::Raw(r) => (&[], Some(Piece { head: ([0; 10], 0), body: r, tail: &[] })),
+            };
+            frames
+                .iter()
+                .map(move |f| {
+                    let json = f.bytes();
+                    match framing {
+                        Framing::WebSocket => {
+                            let mut h = [0u8; 10];
+                            let n = ws_header(TEXT, json.len(), &mut h);
+                            Piece { head: (h, n), body: json, tail: &[] }
+                        }
+                        Framing::Lines => Piece { head: ([0; 10], 0), body: json, tail: b"\n" },
+                    }
+                })
+                .chain(raw)
+        })
+    }
+
+    /// Writes as much as the socket takes without waiting. Ok(true) if
+    /// anything was written; `WouldBlock` is not an error.
+    pub(crate) fn write_to(&mut self, socket: &impl TryWrite) -> io::Result<bool> {
+        let mut progress = false;
+        while !self.queue.is_empty() {
+            // Sized to what is queued: a fixed array for the largest write
+            // would be zeroed on every call, ~12 KiB per subscriber per event.
+            let pieces: Vec<Piece<'_>> = self.pieces().take(EVENTS_PER_WRITE).collect();
+            let mut slices = Vec::with_capacity(3 * pieces.len());
+            let mut skip = self.offset;
+            for piece in &pieces {
+                // Only the front piece can be partly written.
+                for part in [&piece.head.0[..piece.head.1], piece.body, piece.tail] {
+                    let cut = skip.min(part.len());
+                    skip -= cut;
+                    if part.len() > cut {
+                        slices.push(IoSlice::new(&part[cut..]));
+                    }
+                }
+            }
+            let result = socket.try_write_vectored(&slices);
+            drop(slices);
+            drop(pieces);
+            match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => {
+                    self.advance(written);
+                    progress = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Drops `n` written bytes from the front.
+    fn advance(&mut self, mut n: usize) {
+        self.bytes = self.bytes.saturating_sub(n);
+        while n > 0 {
+            let Some(len) = self.pieces().next().map(|p| p.len()) else { return };
+            let left = len - self.offset;
+            if n < left {
+                self.offset += n;
+                return;
+            }
+            n -= left;
+            self.offset = 0;
+            let (done, wrote) = match self.queue.front_mut() {
+                Some(Pending::Batch { batch, next, end, slot }) => {
+                    let seq = batch.frames[*next].seq;
+                    *next += 1;
+                    (*next >= *end, Some((*slot, seq)))
+                }
+                Some(Pending::Raw(_)) => (true, None),
+                None => return,
+            };
+            if let Some((slot, seq)) = wrote {
+                self.note_written(slot, seq);
+            }
+            if done {
+                self.queue.pop_front();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Frame;
+    use std::io::Cursor;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+    #[test]
+    fn headers_parse_back_with_tungstenite() {
+        for len in [0usize, 1, 125, 126, 127, 65535, 65536, 1 << 20] {
+            let mut h = [0u8; 10];
+            let n = ws_header(TEXT, len, &mut h);
+            assert_eq!(n, ws_header_len(len));
+            let (parsed, plen) = FrameHeader::parse(&mut Cursor::new(&h[..n])).unwrap().unwrap();
+            assert_eq!(plen, len as u64);
+            assert!(parsed.is_final && parsed.mask.is_none());
+            assert_eq!(parsed.opcode, OpCode::Data(Data::Text));
+        }
+    }
+
+    fn batch(seqs: std::ops::RangeInclusive<u64>, size: usize) -> Arc<Batch> {
+        let pad = |seq: u64| "0".repeat(size - seq.to_string().len()) + &seq.to_string();
+        let frames = seqs.map(|seq| Frame { seq, json: pad(seq).into() }).collect();
+        Arc::new(Batch { frames, last: false })
+    }
+
+    /// Decodes server frames back into (opcode, payload).
+    fn decode(mut wire: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !wire.is_empty() {
+            let mut c = Cursor::new(wire);
+            let (h, len) = FrameHeader::parse(&mut c).unwrap().unwrap();
+            let start = c.position() as usize;
+            let end = start + len as usize;
+            out.push((u8::from(h.opcode), wire[start..end].to_vec()));
+            wire = &wire[end..];
+        }
+        out
+    }
+
+    /// A connected pair: what the outbox writes, and a task reading it all.
+    async fn pair() -> (TcpStream, tokio::task::JoinHandle<Vec<u8>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        (TcpStream::connect(addr).await.unwrap(), client)
+    }
+
+    async fn flush(out: &mut Outbox, tcp: &TcpStream) {
+        while !out.is_empty() {
+            out.write_to(tcp).unwrap();
+            if !out.is_empty() {
+                tcp.writable().await.unwrap();
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn partial_writes_resume_mid_frame_and_keep_order() {
+        let (tcp, client) = pair().await;
+        let mut out = Outbox::new(Framing::WebSocket);
+        let mut hello = [0u8; 10];
+        let n = ws_header(TEXT, 5, &mut hello);
+        out.push_raw(Bytes::from([&hello[..n], b"hello"].concat()));
+        assert_eq!(out.push_batch(batch(1..=3, 5), 1, 0), (2, 10));
+        // Big frames force partial writes once the socket buffer fills.
+        out.push_batch(batch(4..=20, 200_000), 0, 1);
+        flush(&mut out, &tcp).await;
+        assert_eq!(out.bytes(), 0);
+        assert_eq!((out.written(0), out.written(1), out.written(2)), (Some(3), Some(20), None));
+        drop(tcp);
+        let frames = decode(&client.await.unwrap());
+        assert_eq!(frames.len(), 1 + 2 + 17);
+        assert_eq!(frames[0], (TEXT, b"hello".to_vec()));
+        assert_eq!(frames[1], (TEXT, b"00002".to_vec()));
+        assert_eq!(frames[3].1.len(), 200_000);
+        assert!(frames[19].1.starts_with(b"0000") && frames[19].1.ends_with(b"20"));
+    }
+
+    #[tokio::test]
+    async fn lines_framing_writes_one_line_per_event() {
+        let (tcp, client) = pair().await;
+        let mut out = Outbox::new(Framing::Lines);
+        out.push_raw(Bytes::from_static(b"{\"type\":\"subscribed\"}\n"));
+        out.push_batch(batch(1..=3, 4), 0, 0);
+        flush(&mut out, &tcp).await;
+        drop(tcp);
+        assert_eq!(client.await.unwrap(), b"{\"type\":\"subscribed\"}\n0001\n0002\n0003\n");
+    }
+
+    /// Cut while a frame is half written: that frame is finished (and
+    /// counts as written), nothing after it is sent.
+    #[tokio::test]
+    async fn cut_keeps_only_the_frame_on_its_way() {
+        let (tcp, client) = pair().await;
+        let mut out = Outbox::new(Framing::WebSocket);
+        out.push_batch(batch(1..=40, 100_000), 0, 0);
+        out.write_to(&tcp).unwrap();
+        assert!(!out.is_empty(), "4 MB cannot fit in the socket buffer at once");
+        out.cut_to_front();
+        let cut_at = out.written(0).unwrap();
+        flush(&mut out, &tcp).await;
+        drop(tcp);
+        let frames = decode(&client.await.unwrap());
+        assert_eq!(frames.len() as u64, cut_at, "every frame up to the cut, whole, and none after");
+        assert!(frames.iter().all(|(op, p)| *op == TEXT && p.len() == 100_000));
+    }
+}
