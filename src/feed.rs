@@ -75,6 +75,8 @@ pub(crate) struct Feed {
     delivered: u64,
     /// Keep going after history (false: stop at the snapshot, like `logs` without `-f`).
     follow: bool,
+    /// History is read and handed out this many bytes at a time.
+    step: usize,
     state: State,
     /// Where the last history phase stopped in the file
     /// (`(next seq, byte offset)`), so a replay after a lag continues there
@@ -85,7 +87,23 @@ pub(crate) struct Feed {
 
 impl Feed {
     pub(crate) fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool) -> Self {
-        Feed { journal, hub, run, delivered: since, follow, state: State::Start, resume: None }
+        Feed {
+            journal,
+            hub,
+            run,
+            delivered: since,
+            follow,
+            step: crate::journal::HISTORY_STEP,
+            state: State::Start,
+            resume: None,
+        }
+    }
+
+    /// Reads history `bytes` at a time: what this subscriber holds while it
+    /// catches up.
+    pub(crate) fn with_history_step(mut self, bytes: usize) -> Self {
+        self.step = bytes;
+        self
     }
 
     pub(crate) fn run_id(&self) -> &RunId {
@@ -186,7 +204,8 @@ impl Feed {
                     self.journal.history_at(&self.run, offset, from, snap.last_seq).await?
                 }
                 _ => self.journal.history(&self.run, from, snap.last_seq).await?,
-            };
+            }
+            .with_step(self.step);
             State::History { reader: Box::new(reader), live }
         } else {
             match live {

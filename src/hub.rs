@@ -81,14 +81,39 @@ struct Topic {
 }
 
 /// How many of a topic's subscribers still have published batches they
-/// have not taken, and who wants to know when none has.
+/// have not taken, who wants to know when none has, and how long the last
+/// round of delivery took (from a publish to everyone having taken it).
 #[derive(Default)]
 pub(crate) struct Delivered {
     outstanding: AtomicUsize,
+    /// Subscribers following the live stream now.
+    subscribers: AtomicUsize,
     waker: AtomicWaker,
+    rounds: Mutex<Rounds>,
+}
+
+#[derive(Default)]
+struct Rounds {
+    started: Option<std::time::Instant>,
+    last: std::time::Duration,
 }
 
 impl Delivered {
+    /// How many subscribers follow the live stream now.
+    pub(crate) fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// How long the last complete round of delivery took: what one more
+    /// event costs the run's subscribers, measured.
+    pub(crate) fn last_round(&self) -> std::time::Duration {
+        lock(&self.rounds).last
+    }
+
+    fn round_starts(&self) {
+        lock(&self.rounds).started.get_or_insert_with(std::time::Instant::now);
+    }
+
     /// Every subscriber has taken everything published (or there are none).
     pub(crate) fn is_idle(&self) -> bool {
         self.outstanding.load(Ordering::Acquire) == 0
@@ -109,6 +134,11 @@ impl Delivered {
 
     fn done(&self) {
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let mut rounds = lock(&self.rounds);
+            if let Some(started) = rounds.started.take() {
+                rounds.last = started.elapsed();
+            }
+            drop(rounds);
             self.waker.wake();
         }
     }
@@ -199,6 +229,7 @@ impl Hub {
         }
         let queue = Arc::new(SubQueue { state: Mutex::default() });
         st.subs.push(queue.clone());
+        topic.delivered.subscribers.store(st.subs.len(), Ordering::Relaxed);
         drop(st);
         self.inner.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         let sub = Subscription { queue, topic, hub: self.clone(), run: run.clone() };
@@ -252,6 +283,7 @@ impl Hub {
             let mut st = lock(&topic.state);
             st.subs.retain(|q| !Arc::ptr_eq(q, queue));
             uncount(&mut lock(&queue.state), &topic.delivered);
+            topic.delivered.subscribers.store(st.subs.len(), Ordering::Relaxed);
             st.subs.is_empty() && st.phase == Phase::Pending
         };
         if now_empty_pending {
@@ -316,6 +348,9 @@ impl Publisher {
         let limits = self.limits;
         let stats = &self.stats;
         let delivered = &self.topic.delivered;
+        if delivered.is_idle() && !st.subs.is_empty() {
+            delivered.round_starts();
+        }
         st.subs.retain(|q| {
             let mut qs = lock(&q.state);
             let keep = if qs.batches.len() >= limits.max_batches || qs.bytes + bytes > limits.max_bytes {
@@ -341,6 +376,7 @@ impl Publisher {
             st.phase = Phase::Closed;
             close_all(&mut st);
         }
+        self.topic.delivered.subscribers.store(st.subs.len(), Ordering::Relaxed);
         if self.topic.delivered.is_idle() {
             // No subscriber holds anything: whoever waits need not.
             self.topic.delivered.waker.wake();

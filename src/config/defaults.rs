@@ -21,7 +21,8 @@ pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a partial line is held back, hoping for its newline, before it is flushed.
 pub const DEFAULT_LINE_HOLD: Duration = Duration::from_millis(20);
-pub const DEFAULT_COALESCE: Duration = Duration::from_millis(2);
+/// The longest a complete line waits to join the next event (see `runs.coalesce`).
+pub const DEFAULT_COALESCE: Duration = Duration::from_millis(20);
 /// PTY width for `--pty` runs.
 pub const DEFAULT_PTY_COLS: u16 = 160;
 /// PTY height for `--pty` runs.

@@ -22,13 +22,12 @@ use super::{Journal, JournalError, io_err};
 use crate::event::{Frame, Utf8Bytes};
 use crate::run_id::RunId;
 
-/// Most frames, and bytes, one history read hands out: bounds what a slow
-/// subscriber's pending delivery can hold, and lets a replay interleave
-/// with other work.
+/// Most frames one history read hands out.
 const HISTORY_FRAMES: usize = 1024;
-const HISTORY_BYTES: usize = 1024 * 1024;
-/// Read size when replaying history; large enough that a replay is a few syscalls per MB.
-const READ_CHUNK: usize = 256 * 1024;
+/// Most bytes one history read hands out, and reads from the file at a
+/// time, unless the reader asks for another step (`with_step`): large
+/// enough that a replay is a few syscalls per MB.
+pub const HISTORY_STEP: usize = 1024 * 1024;
 /// Opening a journal that fails for want of file descriptors (EMFILE,
 /// ENFILE) is retried this many times, waiting twice as long each time from
 /// [`OPEN_RETRY_FIRST`] (about 2.5 s in all): a connection flood passes, a
@@ -79,6 +78,7 @@ impl Journal {
             eof: false,
             consumed: 0,
             gap: None,
+            step: HISTORY_STEP,
         })
     }
 
@@ -124,9 +124,19 @@ pub struct HistoryReader {
     consumed: u64,
     /// A gap found after the frames just handed out, to hand out next.
     gap: Option<(u64, u64)>,
+    /// Bytes handed out, and read from the file, at a time.
+    step: usize,
 }
 
 impl HistoryReader {
+    /// Reads and hands out `bytes` at a time: what one subscriber catching
+    /// up holds in memory. Small for network subscribers (a thousand may
+    /// catch up at once), large for one fast local reader.
+    pub fn with_step(mut self, bytes: usize) -> Self {
+        self.step = bytes.max(4096);
+        self
+    }
+
     /// `(next seq, byte offset of its line)`, for `Journal::history_at`.
     /// `consumed` counts exactly the lines handed out or skipped, so this
     /// holds whatever is still buffered beyond them.
@@ -134,7 +144,7 @@ impl HistoryReader {
         self.file.as_ref().map(|_| (self.next, self.consumed))
     }
 
-    /// The next frames (up to `HISTORY_FRAMES` and `HISTORY_BYTES`), or the
+    /// The next frames (up to `HISTORY_FRAMES` and the step), or the
     /// next gap, or `End` once `until` is reached.
     pub async fn next(&mut self) -> Result<HistoryItem, JournalError> {
         if let Some((from, to)) = self.gap.take() {
@@ -142,7 +152,7 @@ impl HistoryReader {
         }
         let mut frames = Vec::new();
         let mut bytes = 0;
-        while frames.len() < HISTORY_FRAMES && bytes < HISTORY_BYTES && self.next <= self.until {
+        while frames.len() < HISTORY_FRAMES && bytes < self.step && self.next <= self.until {
             let Some(nl) = memchr::memchr(b'\n', &self.buf) else {
                 if !frames.is_empty() {
                     break; // hand out what we have before reading on
@@ -192,7 +202,7 @@ impl HistoryReader {
 
     async fn read_more(&mut self) -> Result<(), JournalError> {
         let Some(file) = &mut self.file else { return Ok(()) };
-        self.buf.reserve(READ_CHUNK);
+        self.buf.reserve(self.step);
         let n = file.read_buf(&mut self.buf).await.map_err(io_err("read journal", &self.path))?;
         self.eof = n == 0;
         Ok(())

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::run_id::RunId;
 
 pub(crate) use encode::reserve_reusing;
-pub use history::{HistoryItem, HistoryReader};
+pub use history::{HISTORY_STEP, HistoryItem, HistoryReader};
 pub use lines::line_seq;
 pub use recover::RecoveredRun;
 pub use state::{Health, HealthBook};

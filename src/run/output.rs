@@ -34,6 +34,16 @@ const MAX_READ: usize = 1024 * 1024;
 /// for several reads the buffer is usually free again when it is full, and
 /// is reused instead of a fresh one being faulted in.
 const READS_PER_BUFFER: usize = 4;
+/// Events are spaced by this many times the last round of delivery: the
+/// subscribers' own work on an event (a dashboard parses it) is of the
+/// order of the server's, and both share the machine. Chosen by
+/// measurement (BENCHMARKS.md, issue 11): 1000 subscribers at a line per
+/// ms, factors 0, 1, 2, 3 and 6 and counts of 5, 10 and 20 µs.
+const ROUND_FACTOR: u32 = 3;
+/// ...and by at most this much per subscriber: a bound on what one noisy
+/// round can do to the spacing of a small fan-out (100 subscribers: 2 ms).
+const PER_SUBSCRIBER: Duration = Duration::from_micros(20);
+
 /// A read buffer grown for a burst is let go once its stream has been
 /// waiting this long with nothing buffered, so an idle run holds no MBs.
 const TRIM_AFTER: Duration = Duration::from_secs(1);
@@ -151,7 +161,14 @@ struct StreamReader {
     coalesce: Duration,
     /// Whether the run's subscribers have taken everything published.
     delivered: Arc<Delivered>,
-    /// Fires at the end of the coalescing window; armed only while lines wait.
+    /// When the last event was cut.
+    last_event: Option<Instant>,
+    /// While lines wait: not before this (spacing events)...
+    spaced_until: Instant,
+    /// ...and then until everyone has taken the last event, but not after
+    /// this (the window).
+    window_end: Instant,
+    /// Fires at the next of those two deadlines; armed only while lines wait.
     batch: Pin<Box<Sleep>>,
     batching: bool,
     /// Fires when a partial line has been held for `line_hold`; armed
@@ -181,6 +198,9 @@ impl Readers {
                 line_hold: pacing.line_hold,
                 coalesce: pacing.coalesce,
                 delivered: delivered.clone(),
+                last_event: None,
+                spaced_until: Instant::now(),
+                window_end: Instant::now(),
                 batch: Box::pin(tokio::time::sleep(Duration::ZERO)),
                 batching: false,
                 hold: Box::pin(tokio::time::sleep(Duration::ZERO)),
@@ -231,7 +251,7 @@ impl StreamReader {
             return Poll::Ready(None);
         }
         loop {
-            if self.batching && (self.delivered.poll_idle(cx).is_ready() || self.batch.as_mut().poll(cx).is_ready()) {
+            if self.batching && self.may_release(cx) {
                 self.batching = false;
                 if let Some(out) = self.take(false, false) {
                     return Poll::Ready(Some(out));
@@ -312,14 +332,49 @@ impl StreamReader {
         if self.batching {
             return true;
         }
-        // Everyone has taken everything, or only a partial line waits
-        // (`line_hold` decides that): no reason to hold.
-        if self.delivered.is_idle() || memchr::memchr(b'\n', &self.chunker.buf).is_none() {
+        // Only a partial line waits: `line_hold` decides.
+        if memchr::memchr(b'\n', &self.chunker.buf).is_none() {
             return false;
         }
+        let now = Instant::now();
+        // Events are spaced by a few times what the last one took to
+        // deliver: with many subscribers, each event is worth its cost;
+        // with one, the gap is microseconds.
+        let subscribers = u32::try_from(self.delivered.subscribers()).unwrap_or(u32::MAX);
+        let by_count = PER_SUBSCRIBER.saturating_mul(subscribers);
+        let gap = (self.delivered.last_round() * ROUND_FACTOR).min(by_count).min(self.coalesce);
+        let spaced = self.last_event.map_or(now, |t| t + gap);
+        if spaced <= now && self.delivered.is_idle() {
+            return false;
+        }
+        self.spaced_until = spaced.max(now);
+        self.window_end = now + self.coalesce;
         self.batching = true;
-        self.batch.as_mut().reset(Instant::now() + self.coalesce);
+        self.batch.as_mut().reset(self.spaced_until);
         true
+    }
+
+    /// Whether the lines that wait may go now: once they are spaced from
+    /// the last event and everyone has taken it, or at the window's end.
+    /// Re-arms the timer (and the delivery waker) otherwise.
+    fn may_release(&mut self, cx: &mut Context<'_>) -> bool {
+        let now = Instant::now();
+        if now >= self.window_end {
+            return true;
+        }
+        if now < self.spaced_until {
+            if self.batch.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            self.batch.as_mut().reset(self.window_end);
+        }
+        if self.delivered.poll_idle(cx).is_ready() {
+            return true;
+        }
+        if self.batch.deadline() != self.window_end {
+            self.batch.as_mut().reset(self.window_end);
+        }
+        self.batch.as_mut().poll(cx).is_ready()
     }
 
     /// Drops our hold on the read buffer, which a burst may have grown to
@@ -344,6 +399,7 @@ impl StreamReader {
         if pieces.is_empty() {
             return None;
         }
+        self.last_event = Some(Instant::now());
         Some(Output { stream: self.stream, pieces })
     }
 }

@@ -16,6 +16,11 @@ use crate::journal::JournalError;
 use crate::run_id::RunId;
 use crate::server::Shared;
 
+/// History is read this much at a time for a WebSocket subscriber: what
+/// one catching up holds (plus the outbox's refill mark), so that a
+/// thousand catching up at once stay within tens of MB.
+const HISTORY_STEP: usize = 32 * 1024;
+
 /// What a subscription hands the session.
 pub(super) enum SubOut {
     /// Events for the subscription in outbox slot `.1`.
@@ -111,7 +116,7 @@ impl Sub {
             };
             // Slow is not stalled: a subscriber that falls behind the live
             // stream catches up from the journal at its own pace.
-            let mut feed = Feed::new(source.journal, source.hub, run, since, true);
+            let mut feed = Feed::new(source.journal, source.hub, run, since, true).with_history_step(HISTORY_STEP);
             let item = feed.step().await;
             Ok((feed, item))
         }))
