@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::layout::EVENTS_FILE;
-use super::lines::event_seq;
+use super::lines::{event_seq, line_seq};
 use super::state::{Health, HealthBook, RunState};
 use super::{Journal, JournalError, io_err};
 use crate::event::{Frame, Utf8Bytes};
@@ -28,6 +28,9 @@ const HISTORY_FRAMES: usize = 1024;
 /// time, unless the reader asks for another step (`with_step`): large
 /// enough that a replay is a few syscalls per MB.
 pub const HISTORY_STEP: usize = 1024 * 1024;
+/// Largest read from the file: a few syscalls per MB, and no more memory
+/// in flight per reader than this plus what it handed out.
+const READ_CHUNK: usize = 256 * 1024;
 /// Opening a journal that fails for want of file descriptors (EMFILE,
 /// ENFILE) is retried this many times, waiting twice as long each time from
 /// [`OPEN_RETRY_FIRST`] (about 2.5 s in all): a connection flood passes, a
@@ -79,6 +82,7 @@ impl Journal {
             consumed: 0,
             gap: None,
             step: HISTORY_STEP,
+            written_from: self.health.written_from(id),
         })
     }
 
@@ -126,6 +130,9 @@ pub struct HistoryReader {
     gap: Option<(u64, u64)>,
     /// Bytes handed out, and read from the file, at a time.
     step: usize,
+    /// From this offset on, lines were written by this process (see
+    /// `HealthBook::written_from`): their syntax is not checked again.
+    written_from: Option<u64>,
 }
 
 impl HistoryReader {
@@ -169,8 +176,9 @@ impl HistoryReader {
             let line = self.buf.split_to(nl + 1).freeze();
             self.consumed += line.len() as u64;
             let json = line.slice(..nl);
-            let Some((seq, json)) = event_seq(&json).and_then(|seq| Some((seq, Utf8Bytes::try_from(json).ok()?)))
-            else {
+            let ours = self.written_from.is_some_and(|from| self.consumed - line.len() as u64 >= from);
+            let seq = if ours { line_seq(&json) } else { event_seq(&json) };
+            let Some((seq, json)) = seq.and_then(|seq| Some((seq, Utf8Bytes::try_from(json).ok()?))) else {
                 // Damaged: skipped; the next intact line's seq (or the end
                 // of the file) says which events it took with it.
                 self.mark_degraded();
@@ -202,7 +210,7 @@ impl HistoryReader {
 
     async fn read_more(&mut self) -> Result<(), JournalError> {
         let Some(file) = &mut self.file else { return Ok(()) };
-        self.buf.reserve(self.step);
+        self.buf.reserve(self.step.min(READ_CHUNK));
         let n = file.read_buf(&mut self.buf).await.map_err(io_err("read journal", &self.path))?;
         self.eof = n == 0;
         Ok(())

@@ -15,7 +15,7 @@
 //! line marks the run there, and everything that reports a run's health
 //! (`ps`, `GET /runs`, `/healthz`) asks it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -108,6 +108,10 @@ impl RunState {
 #[derive(Debug, Default)]
 pub struct HealthBook {
     degraded: Mutex<HashSet<RunId>>,
+    /// Per run being written now: the byte offset from which its events
+    /// file holds only what this process wrote (and checked as it wrote
+    /// it). History reads need not check those lines again.
+    written_from: Mutex<HashMap<RunId, u64>>,
 }
 
 impl HealthBook {
@@ -127,6 +131,25 @@ impl HealthBook {
 
     pub(super) fn forget(&self, run: &RunId) {
         self.set().remove(run);
+        self.written().remove(run);
+    }
+
+    fn written(&self) -> MutexGuard<'_, HashMap<RunId, u64>> {
+        self.written_from.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// This process writes the run's file from `offset` on (or, `None`,
+    /// no longer vouches for it: a write failed).
+    pub(super) fn set_written_from(&self, run: &RunId, offset: Option<u64>) {
+        match offset {
+            Some(o) => self.written().insert(run.clone(), o),
+            None => self.written().remove(run),
+        };
+    }
+
+    /// Where the lines this process wrote for the run begin, if it did.
+    pub(super) fn written_from(&self, run: &RunId) -> Option<u64> {
+        self.written().get(run).copied()
     }
 
     /// How many of the runs `keep` accepts are degraded.

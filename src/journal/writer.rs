@@ -58,6 +58,9 @@ impl RunWriter {
         let state_path = journal.state_path(&run_id);
         let state = RunState::read(&state_path).unwrap_or_default();
         let state_file = RunState::open(&state_path);
+        // What is in the file now was checked by recovery or by nobody;
+        // what this writer appends is ours.
+        journal.health.set_written_from(&run_id, file.metadata().ok().map(|m| m.len()));
         let mut line_start = BytesMut::from(&br#"{"runId":""#[..]);
         escape_json_into(&mut line_start, run_id.as_str());
         line_start.extend_from_slice(br#"","seq":"#);
@@ -215,6 +218,8 @@ impl RunWriter {
         self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
         self.degraded = true;
         self.health.mark(&self.run_id);
+        // A failed write may have left part of a line: read it all checked.
+        self.health.set_written_from(&self.run_id, None);
         self.state.journal = Health::Degraded;
         self.save_state();
     }
