@@ -148,6 +148,9 @@ struct TopicState {
     last_seq: u64,
     phase: Phase,
     subs: Vec<Arc<SubQueue>>,
+    /// Where the next publish starts handing out, so that the same
+    /// subscribers are not always woken last (the tail of the latency).
+    turn: usize,
 }
 
 struct SubQueue {
@@ -207,7 +210,7 @@ impl Hub {
             .entry(run.clone())
             .or_insert_with(|| {
                 Arc::new(Topic {
-                    state: Mutex::new(TopicState { last_seq: 0, phase: Phase::Pending, subs: Vec::new() }),
+                    state: Mutex::new(TopicState { last_seq: 0, phase: Phase::Pending, subs: Vec::new(), turn: 0 }),
                     delivered: Arc::default(),
                 })
             })
@@ -351,8 +354,13 @@ impl Publisher {
         if delivered.is_idle() && !st.subs.is_empty() {
             delivered.round_starts();
         }
-        st.subs.retain(|q| {
-            let mut qs = lock(&q.state);
+        let n = st.subs.len();
+        let start = if n == 0 { 0 } else { st.turn % n };
+        st.turn = st.turn.wrapping_add(1);
+        let mut dropped = Vec::new();
+        for k in 0..n {
+            let i = (start + k) % n;
+            let mut qs = lock(&st.subs[i].state);
             let keep = if qs.batches.len() >= limits.max_batches || qs.bytes + bytes > limits.max_bytes {
                 qs.lagged = true;
                 stats.lagged.fetch_add(1, Ordering::Relaxed);
@@ -370,8 +378,14 @@ impl Publisher {
             let waker = qs.changed();
             drop(qs);
             wake(waker);
-            keep
-        });
+            if !keep {
+                dropped.push(i);
+            }
+        }
+        dropped.sort_unstable();
+        for i in dropped.into_iter().rev() {
+            st.subs.swap_remove(i);
+        }
         if closing {
             st.phase = Phase::Closed;
             close_all(&mut st);

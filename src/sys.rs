@@ -1,6 +1,7 @@
 //! The few direct OS calls that have no safe wrapper in nix or std, and
 //! small OS helpers the daemon and the gateway share. `unsafe` is denied
-//! crate-wide and allowed only here and in `run::pty`.
+//! crate-wide and allowed only here, in `run::pty`, and in one constructor
+//! of `journal::encode` (a frame the journal encoded itself).
 
 #![allow(unsafe_code)]
 

@@ -4,13 +4,13 @@
 //! time; these lines are byte-identical to serializing `Event` (the tests
 //! compare the two).
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use base64::Engine as _;
 use bytes::BufMut as _;
 
 use super::RunWriter;
-use crate::event::{Event, EventType, escape_json_into};
+use crate::event::{Event, EventType, Frame, Utf8Bytes, escape_json_into};
 
 /// Largest allocation the batch buffer grows by: several batches of a fast
 /// job fit before it has to be reclaimed or replaced.
@@ -27,6 +27,22 @@ pub(super) enum OutputBody<'a> {
     Text(&'a str, Option<crate::event::Encoding>),
     /// Raw bytes that are not UTF-8, to be written as base64.
     Base64(&'a [u8]),
+}
+
+/// One event of a batch this module encoded, as the text frame every
+/// subscriber shares. Checking it for UTF-8 again would cost a pass over
+/// every byte a run writes, and a check that cannot fail, if it ever did,
+/// could only drop the event from live fan-out.
+#[allow(unsafe_code)]
+pub(super) fn encoded_frame(seq: u64, json: Bytes) -> Frame {
+    debug_assert!(std::str::from_utf8(&json).is_ok(), "an encoded event is not UTF-8");
+    // SAFETY: every byte of a batch is appended either by `push_output`
+    // (ASCII punctuation, digits and field names, a `&str` escaped by
+    // `escape_json_into`, which copies whole characters and writes ASCII
+    // escapes, or base64) or by serde_json from `String`s, which writes
+    // UTF-8; events are cut at the offsets recorded as they were appended,
+    // so every slice starts and ends on a character boundary.
+    Frame { seq, json: unsafe { Utf8Bytes::from_bytes_unchecked(json) } }
 }
 
 /// `n` in decimal, without allocating.

@@ -253,12 +253,6 @@ impl HistoryReader {
     }
 }
 
-/// serde_json writes UTF-8, so this cannot fail for our own events; it is
-/// the one validation each event gets before being shared as a text frame.
-pub(super) fn utf8(bytes: Bytes) -> Option<Utf8Bytes> {
-    Utf8Bytes::try_from(bytes).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_util::{meta, out};

@@ -8,8 +8,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 
-use super::encode::{MIN_BATCH_BUFFER, OutputBody};
-use super::history::utf8;
+use super::encode::{MIN_BATCH_BUFFER, OutputBody, encoded_frame};
 use super::state::{Health, HealthBook, RunState};
 use super::{Journal, JournalStats};
 use crate::event::{Batch, Event, EventType, Frame, Payload, RunStatus, StatusChange, escape_json_into};
@@ -192,11 +191,8 @@ impl RunWriter {
                 Err(error) => self.degrade(error),
             }
         }
-        let frames: Vec<Frame> = self
-            .pending
-            .drain(..)
-            .filter_map(|(seq, start, end)| Some(Frame { seq, json: utf8(bytes.slice(start..end))? }))
-            .collect();
+        let frames: Vec<Frame> =
+            self.pending.drain(..).map(|(seq, start, end)| encoded_frame(seq, bytes.slice(start..end))).collect();
         if let Some(frame) = frames.last() {
             self.state.last_seq = frame.seq;
         }
