@@ -48,12 +48,38 @@ impl RunStatus {
     ];
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventType {
+    #[default]
     Stdout,
     Stderr,
     Status,
+    /// The job reported steps and progress (see `run::steps`); their
+    /// fields are in `payload`.
+    StepStart,
+    StepComplete,
+    StepLog,
+    Progress,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Stdout => "stdout",
+            EventType::Stderr => "stderr",
+            EventType::Status => "status",
+            EventType::StepStart => "step_start",
+            EventType::StepComplete => "step_complete",
+            EventType::StepLog => "step_log",
+            EventType::Progress => "progress",
+        }
+    }
+
+    /// Output of the job (as opposed to what happened to it).
+    pub fn is_output(self) -> bool {
+        matches!(self, EventType::Stdout | EventType::Stderr)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,10 +89,18 @@ pub enum Encoding {
 }
 
 /// What a producer hands to the journal; the journal adds `seq` and time.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Payload {
-    Output { stream: EventType, data: OutputData },
+    Output {
+        stream: EventType,
+        data: OutputData,
+    },
     Status(StatusChange),
+    /// A step or progress report (`kind` is one of the step types).
+    Structured {
+        kind: EventType,
+        payload: serde_json::Value,
+    },
 }
 
 /// Output bytes, already split into a text or a base64 representation.
@@ -100,16 +134,23 @@ pub struct StatusChange {
 }
 
 /// The wire and journal form of one event.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     pub run_id: String,
     pub seq: u64,
     #[serde(rename = "type")]
     pub kind: EventType,
+    #[serde(default)]
     pub data: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<Encoding>,
+    /// Output written while a step was open: that step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+    /// The fields of a step or progress event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -280,6 +321,8 @@ mod tests {
             pid: None,
             timestamp: now_timestamp(),
             host: None,
+            step_id: None,
+            payload: None,
         };
         let json = serde_json::to_string(&ev).unwrap();
         assert!(json.contains(r#""encoding":"base64""#), "{json}");

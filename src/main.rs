@@ -121,6 +121,42 @@ enum Command {
         #[command(flatten)]
         socket: SocketArg,
     },
+    /// Inside a job: report a step of its run (start, end, or a log line).
+    Step {
+        #[command(subcommand)]
+        action: StepAction,
+    },
+    /// Inside a job: report its progress (a fraction from 0 to 1).
+    Progress {
+        fraction: f64,
+        /// The stage it is in.
+        #[arg(long)]
+        stage: Option<String>,
+        message: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StepAction {
+    /// A step starts; output until it ends belongs to it.
+    Start {
+        id: String,
+        /// A name for people [default: the ID].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// A step ends.
+    End {
+        id: String,
+        #[arg(long, default_value = "success", value_parser = ["success", "failure", "skipped"])]
+        status: String,
+    },
+    /// A log line, in the step that is open.
+    Log {
+        #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+        level: String,
+        message: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -255,6 +291,12 @@ fn run_client(command: Command) -> i32 {
             Command::Logs { follow, since, id, socket } => client::logs(&socket.path(), &id, since, follow).await,
             Command::Cancel { id, reason, socket } => client::cancel(&socket.path(), &id, reason).await,
             Command::Ps { json, socket } => client::ps(&socket.path(), json).await,
+            Command::Step { action } => client::step(match action {
+                StepAction::Start { id, name } => client::StepReport::Start { id, name },
+                StepAction::End { id, status } => client::StepReport::End { id, status },
+                StepAction::Log { level, message } => client::StepReport::Log { level, message },
+            }),
+            Command::Progress { fraction, stage, message } => client::progress(fraction, stage, message),
             Command::Daemon { .. } | Command::Gateway { .. } => Ok(0),
         }
     });

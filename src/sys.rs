@@ -152,3 +152,14 @@ pub async fn release_when_shrinking(
         }
     }
 }
+
+nix::ioctl_read_bad!(fionread, libc::FIONREAD, libc::c_int);
+
+/// Bytes written to a pipe and not yet read (either end of it will do).
+pub fn pipe_unread(pipe: &impl std::os::fd::AsRawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one `c_int` through the valid, exclusive
+    // pointer; on a descriptor that is not a pipe it fails, nothing more.
+    unsafe { fionread(pipe.as_raw_fd(), &mut n) }?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}

@@ -172,6 +172,8 @@ mod tests {
                     pid: None,
                     timestamp: "2026-11-22T00:00:00.000000Z".into(),
                     host: (i == 1).then(|| "h".into()),
+                    step_id: (i == 2).then(|| "s1".into()),
+                    payload: None,
                 };
                 let line = serde_json::to_vec(&ev).unwrap();
                 let mut data = Vec::new();

@@ -8,9 +8,11 @@
 //! - `decode`: output events unescaped straight into the sink.
 //! - `sink`: the job's output, written to stdout and stderr in big pieces.
 //! - `commands`: the four commands.
+//! - `report`: `step` and `progress`, written to the job's events channel.
 
 mod commands;
 mod decode;
+mod report;
 mod sink;
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 pub use commands::{RunOptions, cancel, exit_code, logs, ps, ps_table, run};
+pub use report::{StepReport, progress, step};
 pub use sink::OutputSink;
 
 use serde::de::DeserializeSeed as _;
@@ -46,6 +49,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("{message}")]
     Refused { code: String, message: String },
+    /// The command was used where or how it cannot work.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl From<std::io::Error> for ClientError {

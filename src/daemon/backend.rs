@@ -68,7 +68,15 @@ impl Backend for DaemonRuns {
     }
 
     fn extra_metrics(&self) -> String {
-        self.upstream.as_ref().map(|up| up.render(&self.table)).unwrap_or_default()
+        let name = "runtap_event_lines_rejected_total";
+        let mut out = format!(
+            "# HELP {name} Lines dropped from jobs' RUNTAP_EVENTS_FD (malformed, oversized, out of order).\n# TYPE {name} counter\n{name} {}\n",
+            self.table.bad_event_lines()
+        );
+        if let Some(up) = &self.upstream {
+            out.push_str(&up.render(&self.table));
+        }
+        out
     }
 }
 

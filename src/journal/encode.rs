@@ -69,15 +69,14 @@ impl RunWriter {
             OutputBody::Text(text, _) => text.len(),
             OutputBody::Base64(bytes) => bytes.len().div_ceil(3) * 4,
         };
-        self.reserve(data_len + self.line_start.len() + self.host_field.len() + ENVELOPE_BYTES);
+        let step_len = self.step_field.len();
+        self.reserve(data_len + self.line_start.len() + self.host_field.len() + step_len + ENVELOPE_BYTES);
         let start = self.buf.len();
         self.buf.extend_from_slice(&self.line_start);
         self.buf.extend_from_slice(itoa(seq, &mut [0; 20]));
-        self.buf.extend_from_slice(match stream {
-            EventType::Stdout => br#","type":"stdout","data":""#,
-            EventType::Stderr => br#","type":"stderr","data":""#,
-            EventType::Status => br#","type":"status","data":""#,
-        });
+        self.buf.extend_from_slice(br#","type":""#);
+        self.buf.extend_from_slice(stream.as_str().as_bytes());
+        self.buf.extend_from_slice(br#"","data":""#);
         let base64 = match body {
             OutputBody::Text(text, encoding) => {
                 escape_json_into(&mut self.buf, text);
@@ -91,11 +90,9 @@ impl RunWriter {
                 true
             }
         };
-        self.buf.extend_from_slice(if base64 {
-            br#"","encoding":"base64","timestamp":""#
-        } else {
-            br#"","timestamp":""#
-        });
+        self.buf.extend_from_slice(if base64 { br#"","encoding":"base64""# } else { br#"""# });
+        self.buf.extend_from_slice(&self.step_field);
+        self.buf.extend_from_slice(br#","timestamp":""#);
         self.buf.extend_from_slice(crate::event::now_timestamp().as_bytes());
         self.buf.extend_from_slice(b"\"");
         self.buf.extend_from_slice(&self.host_field);
@@ -166,17 +163,22 @@ mod tests {
                 (EventType::Stdout, vec![b'a', 0xff, 0xfe, b'\n']),
                 (EventType::Stdout, Vec::new()),
             ];
-            for (stream, bytes) in &inputs {
-                w.append_output(*stream, bytes);
-                w.append(Payload::Output { stream: *stream, data: OutputData::from_bytes(bytes.clone()) });
+            // Outside a step, then inside one (an ID that needs escaping).
+            for step in [None, Some("s\"1")] {
+                w.set_step(step);
+                for (stream, bytes) in &inputs {
+                    w.append_output(*stream, bytes);
+                    w.append(Payload::Output { stream: *stream, data: OutputData::from_bytes(bytes.clone()) });
+                }
             }
             let batch = w.finish_batch(false);
-            assert_eq!(batch.frames.len(), inputs.len() * 2);
+            assert_eq!(batch.frames.len(), inputs.len() * 4);
             for (i, frame) in batch.frames.iter().enumerate() {
                 let ev: Event = serde_json::from_slice(frame.bytes()).unwrap();
                 assert_eq!(ev.seq, i as u64 + 1);
                 assert_eq!(ev.host.as_deref(), host);
-                assert_eq!(ev.output_bytes().unwrap(), inputs[i / 2].1);
+                assert_eq!(ev.step_id.as_deref(), (i >= inputs.len() * 2).then_some("s\"1"));
+                assert_eq!(ev.output_bytes().unwrap(), inputs[(i / 2) % inputs.len()].1);
                 assert_eq!(serde_json::to_string(&ev).unwrap().as_bytes(), frame.bytes());
             }
         }

@@ -35,6 +35,9 @@ pub struct RunWriter {
     pub(super) line_start: Vec<u8>,
     /// `,"host":"<host>"` when events carry a host, else empty.
     pub(super) host_field: Vec<u8>,
+    /// `,"stepId":"<id>"` while a step is open, else empty.
+    pub(super) step_field: Vec<u8>,
+    pub(super) step: Option<String>,
     /// Serialized events of the current batch, newline-terminated. Each
     /// batch is split off the front, so its frames share one allocation,
     /// and the allocation is reused once every frame cut from it is gone.
@@ -81,6 +84,8 @@ impl RunWriter {
             next_seq: last_seq + 1,
             line_start: line_start.to_vec(),
             host_field: host_field.to_vec(),
+            step_field: Vec::new(),
+            step: None,
             buf: BytesMut::new(),
             pending: Vec::new(),
             recent_batch: 0,
@@ -105,6 +110,18 @@ impl RunWriter {
         self.degraded
     }
 
+    /// The step that output from now on belongs to (`None`: no step).
+    pub fn set_step(&mut self, step: Option<&str>) {
+        self.step = step.map(str::to_owned);
+        self.step_field.clear();
+        if let Some(id) = step {
+            let mut field = BytesMut::from(&br#","stepId":""#[..]);
+            escape_json_into(&mut field, id);
+            field.extend_from_slice(b"\"");
+            self.step_field = field.to_vec();
+        }
+    }
+
     /// Assigns the next `seq` and serializes the event into the current batch.
     pub fn append(&mut self, payload: Payload) -> u64 {
         if let Payload::Output { stream, data } = &payload {
@@ -116,21 +133,20 @@ impl RunWriter {
             run_id: self.run_id.as_str().to_owned(),
             seq,
             kind: EventType::Status,
-            data: String::new(),
-            encoding: None,
-            exit_code: None,
-            signal: None,
-            signal_name: None,
-            reason: None,
-            pid: None,
             timestamp: crate::event::now_timestamp(),
             host: self.host.as_deref().map(str::to_owned),
+            ..Event::default()
         };
         match payload {
             Payload::Output { stream, data } => {
                 event.kind = stream;
                 event.data = data.text;
                 event.encoding = data.encoding;
+                event.step_id = self.step.clone();
+            }
+            Payload::Structured { kind, payload } => {
+                event.kind = kind;
+                event.payload = Some(payload);
             }
             Payload::Status(change) => {
                 if change.status.is_some_and(RunStatus::is_final) {

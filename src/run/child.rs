@@ -10,6 +10,9 @@ use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{ExitStatus, Stdio};
 
+use std::os::fd::AsRawFd as _;
+
+use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
@@ -58,10 +61,19 @@ pub(crate) struct Started {
     pub child: Child,
     pub pgid: Pid,
     pub streams: Streams,
+    /// Where the job writes its step and progress reports (`RUNTAP_EVENTS_FD`).
+    pub events: tokio::net::unix::pipe::Receiver,
 }
 
-/// Starts the job in its own process group with `RUNTAP_RUN_ID` set.
-pub(crate) fn spawn(run_id: &RunId, spec: &Spec) -> io::Result<Started> {
+/// Held while a job's events pipe is inheritable. The write end must
+/// survive `exec` in this job and in no other: spawns that could overlap
+/// (other runs starting on other threads) wait for it.
+#[derive(Clone, Default)]
+pub(crate) struct SpawnLock(std::sync::Arc<std::sync::Mutex<()>>);
+
+/// Starts the job in its own process group with `RUNTAP_RUN_ID` set, and
+/// `RUNTAP_EVENTS_FD` naming the write end of its events pipe.
+pub(crate) fn spawn(run_id: &RunId, spec: &Spec, lock: &SpawnLock) -> io::Result<Started> {
     let (program, args) =
         spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut cmd = Command::new(resolve_program(program, spec)?);
@@ -73,23 +85,34 @@ pub(crate) fn spawn(run_id: &RunId, spec: &Spec) -> io::Result<Started> {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    let (mut child, pty_reader) = match spec.pty {
+    let (events, events_writer) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    cmd.env("RUNTAP_EVENTS_FD", events_writer.as_raw_fd().to_string());
+    let pty_reader = match spec.pty {
         None => {
             cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-            (cmd.spawn()?, None)
+            None
         }
         Some((cols, rows)) => {
             let (reader, slave) = pty::open(cols, rows)?;
             cmd.stdin(slave.try_clone()?).stdout(slave.try_clone()?).stderr(slave);
             cmd.env("TERM", spec.env.get("TERM").map_or("xterm-256color", String::as_str));
             pty::set_controlling_terminal(&mut cmd);
-            let child = cmd.spawn()?;
-            // `cmd` still holds our copies of the slave; drop them now or the
-            // terminal would never report end of stream.
-            drop(cmd);
-            (child, Some(reader))
+            Some(reader)
         }
     };
+    let spawned = {
+        // A poisoned lock guards nothing but this window: carry on.
+        let _inheritable = lock.0.lock().unwrap_or_else(|p| p.into_inner());
+        fcntl(&events_writer, FcntlArg::F_SETFD(FdFlag::empty()))?;
+        let spawned = cmd.spawn();
+        // Our copy of the write end goes before anyone else may spawn: the
+        // job holds its own, and ours would keep the channel from ending.
+        drop(events_writer);
+        spawned
+    };
+    // The same for our copies of a terminal's slave.
+    drop(cmd);
+    let mut child = spawned?;
     let pid = child.id().ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
     let pgid = Pid::from_raw(pid as i32);
     let streams = match pty_reader {
@@ -103,7 +126,8 @@ pub(crate) fn spawn(run_id: &RunId, spec: &Spec) -> io::Result<Started> {
             _ => return Err(io::Error::other("child pipes missing")),
         },
     };
-    Ok(Started { child, pgid, streams })
+    let events = tokio::net::unix::pipe::Receiver::from_owned_fd(events)?;
+    Ok(Started { child, pgid, streams, events })
 }
 
 /// Capacity asked for the job's output pipes (Linux defaults to 64 KiB):

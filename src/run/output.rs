@@ -23,17 +23,13 @@ use std::sync::Arc;
 use crate::event::EventType;
 use crate::hub::Delivered;
 
+use super::chunker::Chunker;
 /// Largest event payload (before encoding).
-pub(crate) const MAX_CHUNK: usize = 64 * 1024;
+pub(crate) use super::chunker::MAX_CHUNK;
 /// Largest read from the child. A job that fills every read gets bigger
 /// ones, up to this: each read is one journal batch, so a fast job costs
 /// fewer wake-ups per byte, while a quiet one keeps a small buffer.
 const MAX_READ: usize = 1024 * 1024;
-/// Reads that fit in one allocation of the read buffer. Pieces handed to
-/// the journal keep their allocation alive until it is written; with room
-/// for several reads the buffer is usually free again when it is full, and
-/// is reused instead of a fresh one being faulted in.
-const READS_PER_BUFFER: usize = 4;
 /// Events are spaced by this many times the last round of delivery: the
 /// subscribers' own work on an event (a dashboard parses it) is of the
 /// order of the server's, and both share the machine. Chosen by
@@ -53,75 +49,6 @@ const TRIM_AFTER: Duration = Duration::from_secs(1);
 pub(crate) struct Output {
     pub stream: EventType,
     pub pieces: Vec<Bytes>,
-}
-
-/// Splits a byte stream into event-sized pieces. Pure logic, no I/O. The
-/// pieces are cut off the front of the buffer the child's output was read
-/// into, so they are not copied.
-#[derive(Default)]
-pub(crate) struct Chunker {
-    buf: BytesMut,
-}
-
-impl Chunker {
-    #[cfg(test)]
-    pub(crate) fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-    }
-
-    pub(crate) fn has_partial(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
-    /// Makes room to read `n` more bytes (see [`READS_PER_BUFFER`]).
-    ///
-    /// With `quiet` (the job is not filling reads), room for this read only:
-    /// an idle run then holds one small buffer per stream, not a burst's MBs.
-    fn reserve(&mut self, n: usize, quiet: bool) {
-        let per_buffer = if quiet { 1 } else { READS_PER_BUFFER };
-        crate::journal::reserve_reusing(&mut self.buf, n, n * per_buffer);
-    }
-
-    /// Takes the next ready piece. With `force`, a partial line is taken too
-    /// (minus an incomplete trailing character, unless `eof`).
-    pub(crate) fn take(&mut self, force: bool, eof: bool) -> Option<Bytes> {
-        if self.buf.is_empty() {
-            return None;
-        }
-        let limit = self.buf.len().min(MAX_CHUNK);
-        let cut = match memchr::memrchr(b'\n', &self.buf[..limit]) {
-            Some(nl) => nl + 1,
-            None if eof => limit,
-            None if force || self.buf.len() >= MAX_CHUNK => match utf8_cut(&self.buf[..limit]) {
-                0 if self.buf.len() >= MAX_CHUNK || eof => limit,
-                0 => return None,
-                cut => cut,
-            },
-            None => return None,
-        };
-        Some(self.buf.split_to(cut).freeze())
-    }
-}
-
-/// The longest prefix of `bytes` that does not end inside a UTF-8 character.
-fn utf8_cut(bytes: &[u8]) -> usize {
-    let len = bytes.len();
-    // Look back at most 3 bytes for the lead byte of a trailing character.
-    for back in 1..=len.min(4) {
-        let b = bytes[len - back];
-        if b & 0b1100_0000 == 0b1000_0000 {
-            continue; // continuation byte
-        }
-        let needed = match b {
-            0x00..=0x7f => 1,
-            0xc0..=0xdf => 2,
-            0xe0..=0xef => 3,
-            0xf0..=0xf7 => 4,
-            _ => return len, // not UTF-8 anyway; any cut is as good
-        };
-        return if needed > back { len - back } else { len };
-    }
-    len
 }
 
 /// How output is cut into events over time (`[runs]` in the config).
@@ -234,6 +161,16 @@ impl Readers {
             }
         }
         if self.is_done() { Poll::Ready(None) } else { Poll::Pending }
+    }
+
+    /// Everything the job has written so far, read now without waiting,
+    /// and taken whole, partial lines included. Called when a step line
+    /// arrives: output and steps come on different pipes, and what is in
+    /// the output pipes by the time the step line is seen was, as long as
+    /// the daemon keeps up, written before it.
+    pub(crate) fn ready_now(&mut self) -> Vec<Output> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.streams.iter_mut().filter(|s| !s.done).filter_map(|s| s.ready_now(&mut cx)).collect()
     }
 
     /// Stops reading (the drain deadline passed) and returns whatever is
@@ -386,6 +323,24 @@ impl StreamReader {
         self.quiet = true;
     }
 
+    /// Reads what is in the pipe without waiting, then takes everything.
+    fn ready_now(&mut self, cx: &mut Context<'_>) -> Option<Output> {
+        loop {
+            self.chunker.reserve(self.read_size, self.quiet);
+            let mut room = (&mut self.chunker.buf).limit(self.read_size);
+            match std::pin::pin!(self.reader.read_buf(&mut room)).poll(cx) {
+                Poll::Ready(Ok(0)) => return self.end(),
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Poll::Ready(Err(_)) => return self.end(),
+                Poll::Pending => break,
+            }
+        }
+        self.holding = false;
+        self.batching = false;
+        self.take(true, false)
+    }
+
     /// Marks the stream ended and takes everything still buffered.
     fn end(&mut self) -> Option<Output> {
         self.done = true;
@@ -407,51 +362,6 @@ impl StreamReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn drain(c: &mut Chunker, force: bool, eof: bool) -> Vec<Vec<u8>> {
-        std::iter::from_fn(|| c.take(force, eof)).map(|b| b.to_vec()).collect()
-    }
-
-    #[test]
-    fn whole_lines_go_out_partial_is_held() {
-        let mut c = Chunker::default();
-        c.push(b"one\ntwo\nthr");
-        assert_eq!(drain(&mut c, false, false), vec![b"one\ntwo\n".to_vec()]);
-        assert!(c.has_partial());
-        c.push(b"ee\n");
-        assert_eq!(drain(&mut c, false, false), vec![b"three\n".to_vec()]);
-    }
-
-    #[test]
-    fn forced_flush_never_splits_a_character() {
-        let mut c = Chunker::default();
-        let euro = "€".as_bytes(); // 3 bytes
-        c.push(b"ab");
-        c.push(&euro[..2]);
-        assert_eq!(drain(&mut c, true, false), vec![b"ab".to_vec()]);
-        c.push(&euro[2..]);
-        assert_eq!(drain(&mut c, true, false), vec![euro.to_vec()]);
-    }
-
-    #[test]
-    fn long_lines_are_cut_at_max_chunk_on_char_boundaries() {
-        let mut c = Chunker::default();
-        let text = "é".repeat(MAX_CHUNK); // 2 bytes each, no newline
-        c.push(text.as_bytes());
-        let pieces = drain(&mut c, false, false);
-        assert!(pieces.iter().all(|p| p.len() <= MAX_CHUNK && std::str::from_utf8(p).is_ok()));
-        let mut all = pieces.concat();
-        all.extend(drain(&mut c, true, true).concat());
-        assert_eq!(all, text.as_bytes());
-    }
-
-    #[test]
-    fn eof_flushes_everything_even_broken_utf8() {
-        let mut c = Chunker::default();
-        c.push(&[b'x', 0xe2, 0x82]);
-        assert_eq!(drain(&mut c, true, false), vec![b"x".to_vec()]);
-        assert_eq!(drain(&mut c, true, true), vec![vec![0xe2, 0x82]]);
-    }
 
     #[tokio::test]
     async fn readers_reassemble_exact_bytes() {

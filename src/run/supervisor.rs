@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::child::{self, Outcome, Spec, Started, Streams};
+use super::child::{self, Outcome, SpawnLock, Spec, Started, Streams};
 use super::output::{self, Output};
+use super::steps::{EventLines, Got, StepEvent, Steps};
 use crate::event::{EventType, Payload, RunStatus, StatusChange};
 use crate::hub::Publisher;
 use crate::journal::RunWriter;
@@ -33,6 +34,8 @@ pub(crate) struct Timing {
 pub(crate) trait Observer: Send + Sync + 'static {
     /// A status event was published.
     fn on_status(&self, run: &RunId, change: &StatusChange);
+    /// A line on the job's events channel was dropped (see `steps`).
+    fn on_bad_event_line(&self) {}
 }
 
 /// Requests from the run's handle (the table) to this task.
@@ -59,19 +62,30 @@ pub(super) struct Supervisor<O> {
     cancel: Option<Cancel>,
     /// Journal fsync running on a blocking thread, so the run never waits on the disk.
     sync_job: Option<JoinHandle<std::io::Result<()>>>,
+    spawn_lock: SpawnLock,
+    /// The steps the job has open.
+    steps: Steps,
+}
+
+/// What a run is written to and controlled through, made by the table.
+pub(super) struct Channels {
+    pub writer: RunWriter,
+    pub publisher: Publisher,
+    pub control: mpsc::UnboundedReceiver<Control>,
 }
 
 impl<O: Observer> Supervisor<O> {
     pub(super) fn new(
         run_id: RunId,
         spec: Spec,
-        writer: RunWriter,
-        publisher: Publisher,
+        channels: Channels,
         observer: O,
-        control: mpsc::UnboundedReceiver<Control>,
         timing: Timing,
+        spawn_lock: SpawnLock,
     ) -> Self {
-        Supervisor { run_id, spec, writer, publisher, observer, control, timing, cancel: None, sync_job: None }
+        let Channels { writer, publisher, control } = channels;
+        let (cancel, sync_job, steps) = (None, None, Steps::default());
+        Supervisor { run_id, spec, writer, publisher, observer, control, timing, cancel, sync_job, spawn_lock, steps }
     }
 
     pub(super) async fn run(mut self) {
@@ -92,7 +106,7 @@ impl<O: Observer> Supervisor<O> {
             };
             return self.finish(change).await;
         }
-        let started = match child::spawn(&self.run_id, &self.spec) {
+        let started = match child::spawn(&self.run_id, &self.spec, &self.spawn_lock) {
             Ok(started) => started,
             Err(error) => {
                 tracing::warn!(run_id = %self.run_id, %error, "job could not be started");
@@ -116,7 +130,8 @@ impl<O: Observer> Supervisor<O> {
     }
 
     async fn supervise(&mut self, started: Started) -> StatusChange {
-        let Started { mut child, pgid, streams } = started;
+        let Started { mut child, pgid, streams, events } = started;
+        let mut events = EventLines::new(events);
         let pid = pgid.as_raw() as u32;
         tracing::info!(run_id = %self.run_id, pid, pty = self.spec.pty.is_some(), "run started");
         self.record_status(
@@ -139,9 +154,19 @@ impl<O: Observer> Supervisor<O> {
         let mut drain_deadline: Option<Instant> = None;
         let mut fsync = tokio::time::interval(self.timing.fsync_interval);
         fsync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        while outcome.is_none() || !readers.is_done() {
+        while outcome.is_none() || !readers.is_done() || !events.is_done() {
             let kill_at = self.cancel.as_ref().filter(|c| !c.killed).map(|c| c.kill_at);
             tokio::select! {
+                // The events channel first, so that output is never taken in
+                // a step that a line already waiting should have changed
+                // (and `on_events_line` reads the output pipes before
+                // applying it).
+                biased;
+                got = events.next(), if !events.is_done() => {
+                    if let Some(got) = got {
+                        self.on_events_line(got, &mut readers);
+                    }
+                }
                 // None when the last stream ends: the loop condition then
                 // sees it at once (a `Some(out)` pattern would disable this
                 // branch and leave the loop waiting on the next fsync tick).
@@ -167,6 +192,7 @@ impl<O: Observer> Supervisor<O> {
                         tracing::info!(run_id = %self.run_id, "cancel after the job exited: ending leftovers");
                         let _ = child::signal_group(pgid, Signal::SIGTERM);
                         self.record_output(readers.stop());
+                        events.stop();
                     } else {
                         self.on_control(ctl, pgid);
                     }
@@ -175,6 +201,7 @@ impl<O: Observer> Supervisor<O> {
                 _ = sleep_until(drain_deadline) => {
                     tracing::info!(run_id = %self.run_id, "output still open after the job exited; closing it");
                     self.record_output(readers.stop());
+                    events.stop();
                     drain_deadline = None;
                 }
                 _ = fsync.tick() => self.start_sync(),
@@ -185,7 +212,40 @@ impl<O: Observer> Supervisor<O> {
             // The job is gone; anything still in its group ignored SIGTERM.
             let _ = child::signal_group(pgid, Signal::SIGKILL);
         }
-        self.final_status(outcome)
+        let change = self.final_status(outcome);
+        let left_open = self.steps.close_all(change.status == Some(RunStatus::Succeeded));
+        if !left_open.is_empty() {
+            self.record_steps(left_open);
+        }
+        change
+    }
+
+    /// A line from the job's events channel. Output already in the pipes
+    /// (or read and held back) was written before it: journaled first, in
+    /// the step it was written in.
+    fn on_events_line(&mut self, got: Got, readers: &mut output::Readers) {
+        let before = self.steps.rejected();
+        let events = match got {
+            Got::Line(line) => self.steps.line(&line),
+            Got::Oversized => self.steps.oversized(),
+        };
+        for _ in before..self.steps.rejected() {
+            self.observer.on_bad_event_line();
+        }
+        if !events.is_empty() {
+            self.record_output(readers.ready_now());
+            self.record_steps(events);
+        }
+    }
+
+    /// Journals step and progress events as one batch; output from now on
+    /// belongs to the step then open.
+    fn record_steps(&mut self, events: Vec<StepEvent>) {
+        for StepEvent { kind, payload } in events {
+            self.writer.append(Payload::Structured { kind, payload });
+        }
+        self.writer.set_step(self.steps.current());
+        self.publish(false);
     }
 
     /// Journals output as one batch and publishes it.

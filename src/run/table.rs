@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::task::TaskTracker;
 
-use super::child::Spec;
-use super::supervisor::{Control, Observer, Supervisor, Timing};
+use super::child::{SpawnLock, Spec};
+use super::supervisor::{Channels, Control, Observer, Supervisor, Timing};
 use crate::event::{RunStatus, StatusChange, now_timestamp};
 use crate::hub::Hub;
 use crate::journal::{Journal, JournalError, RunMeta};
@@ -89,6 +89,10 @@ struct Inner {
     tracker: TaskTracker,
     /// Announces each launch (the upstream link starts forwarding it).
     launches: broadcast::Sender<RunId>,
+    /// One spawn at a time while a job's events pipe is inheritable.
+    spawn_lock: SpawnLock,
+    /// Lines dropped from jobs' events channels, for `/metrics`.
+    bad_event_lines: std::sync::atomic::AtomicU64,
 }
 
 /// Longest cancel reason kept (a status line must stay small enough for
@@ -102,7 +106,16 @@ const LAUNCH_BACKLOG: usize = 1024;
 impl RunTable {
     pub(crate) fn new(journal: Journal, hub: Hub, limits: RunLimits, tracker: TaskTracker) -> Self {
         let (launches, _) = broadcast::channel(LAUNCH_BACKLOG);
-        let inner = Inner { runs: Mutex::default(), journal, hub, limits: Mutex::new(limits), tracker, launches };
+        let inner = Inner {
+            runs: Mutex::default(),
+            journal,
+            hub,
+            limits: Mutex::new(limits),
+            tracker,
+            launches,
+            spawn_lock: SpawnLock::default(),
+            bad_event_lines: Default::default(),
+        };
         RunTable { inner: Arc::new(inner) }
     }
 
@@ -183,7 +196,9 @@ impl RunTable {
             writer
         };
         let publisher = self.inner.hub.open(&id, 0);
-        let sup = Supervisor::new(id.clone(), spec, writer, publisher, self.clone(), rx, limits.timing);
+        let lock = self.inner.spawn_lock.clone();
+        let channels = Channels { writer, publisher, control: rx };
+        let sup = Supervisor::new(id.clone(), spec, channels, self.clone(), limits.timing, lock);
         self.inner.tracker.spawn(sup.run());
         let _ = self.inner.launches.send(id.clone());
         Ok(id)
@@ -238,6 +253,11 @@ impl RunTable {
             *counts.entry(e.info.status).or_default() += 1;
         }
         counts
+    }
+
+    /// Lines dropped from jobs' events channels since start.
+    pub(crate) fn bad_event_lines(&self) -> u64 {
+        self.inner.bad_event_lines.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn degraded_count(&self) -> usize {
@@ -333,6 +353,10 @@ impl RunTable {
 
 /// What a supervisor reports lands in the table's row for its run.
 impl Observer for RunTable {
+    fn on_bad_event_line(&self) {
+        self.inner.bad_event_lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn on_status(&self, id: &RunId, change: &StatusChange) {
         let mut runs = self.runs();
         let Some(e) = runs.get_mut(id) else { return };
