@@ -80,6 +80,63 @@ impl EventType {
     pub fn is_output(self) -> bool {
         matches!(self, EventType::Stdout | EventType::Stderr)
     }
+
+    pub const ALL: [EventType; 7] = [
+        EventType::Stdout,
+        EventType::Stderr,
+        EventType::Status,
+        EventType::StepStart,
+        EventType::StepComplete,
+        EventType::StepLog,
+        EventType::Progress,
+    ];
+
+    pub fn from_wire(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// The type of a journaled event, read from its leading fields
+    /// (`{"runId":"..","seq":N,"type":"..`) without parsing the rest: a
+    /// filtered subscription looks at every event it passes over. A run ID
+    /// holds no `"`, so the first `"type":"` is the event's own.
+    pub fn of_line(json: &[u8]) -> Option<Self> {
+        const KEY: &[u8] = br#","type":""#;
+        let head = &json[..json.len().min(MAX_HEAD)];
+        let at = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+        let len = head[at..].iter().position(|b| *b == b'"')?;
+        Self::from_wire(std::str::from_utf8(&head[at..at + len]).ok()?)
+    }
+}
+
+/// Where `"type"` can be in an event line at the latest: after `runId`
+/// (at most 128 bytes) and `seq` (at most 20 digits).
+const MAX_HEAD: usize = 256;
+
+/// Which event types a subscription wants (`"types":[..]`); all by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TypeSet(u8);
+
+impl TypeSet {
+    pub const ALL: TypeSet = TypeSet(u8::MAX);
+
+    pub fn of(types: impl IntoIterator<Item = EventType>) -> Self {
+        TypeSet(types.into_iter().fold(0, |bits, t| bits | 1 << t as u8))
+    }
+
+    pub fn is_all(self) -> bool {
+        self == Self::ALL
+    }
+
+    pub fn contains(self, t: EventType) -> bool {
+        self.0 & (1 << t as u8) != 0
+    }
+
+    /// Whether a journaled event line is of a wanted type. A line whose
+    /// type cannot be read is passed on: better one event too many than
+    /// a status change lost.
+    pub fn wants_line(self, json: &[u8]) -> bool {
+        self.is_all() || EventType::of_line(json).is_none_or(|t| self.contains(t))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -361,5 +418,25 @@ mod tests {
         for s in RunStatus::ALL {
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
         }
+    }
+
+    #[test]
+    fn type_is_read_from_the_line_head() {
+        for t in EventType::ALL {
+            let ev = Event {
+                run_id: "a-1".into(),
+                seq: 12,
+                kind: t,
+                data: r#","type":"status""#.into(),
+                ..Event::default()
+            };
+            let line = serde_json::to_vec(&ev).unwrap();
+            assert_eq!(EventType::of_line(&line), Some(t));
+        }
+        let only = TypeSet::of([EventType::Status, EventType::StepStart]);
+        assert!(only.wants_line(br#"{"runId":"a","seq":1,"type":"status","data":""}"#));
+        assert!(!only.wants_line(br#"{"runId":"a","seq":2,"type":"stdout","data":"\"type\":\"status\""}"#));
+        assert!(only.wants_line(b"not an event"));
+        assert!(TypeSet::ALL.is_all() && !only.is_all());
     }
 }

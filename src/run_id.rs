@@ -79,6 +79,38 @@ impl fmt::Debug for RunId {
     }
 }
 
+/// `build-*`, or `*` for every run: the runs whose ID starts with what
+/// comes before the `*`. Only a trailing `*` is special, so a pattern is a
+/// prefix and matching one is a `starts_with`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct RunPattern {
+    prefix: String,
+}
+
+impl RunPattern {
+    /// `Ok(None)` when `s` does not end in `*` (it names one run). The part
+    /// before the `*` must be empty or itself a valid run ID, since every
+    /// prefix of a valid run ID is one.
+    pub fn parse(s: &str) -> Result<Option<Self>, RunIdError> {
+        let Some(prefix) = s.strip_suffix('*') else {
+            return Ok(None);
+        };
+        if !prefix.is_empty() {
+            RunId::parse(prefix)?;
+        }
+        Ok(Some(RunPattern { prefix: prefix.to_owned() }))
+    }
+
+    pub fn matches(&self, run: &RunId) -> bool {
+        run.as_str().starts_with(&self.prefix)
+    }
+
+    /// As the client wrote it, with the `*`.
+    pub fn to_wire(&self) -> String {
+        format!("{}*", self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +142,18 @@ mod tests {
         let b = RunId::generate();
         assert!(RunId::parse(a.as_str()).is_ok());
         assert!(a < b);
+    }
+
+    #[test]
+    fn patterns_are_prefixes() {
+        let all = RunPattern::parse("*").unwrap().unwrap();
+        let build = RunPattern::parse("build-*").unwrap().unwrap();
+        let id = |s| RunId::parse(s).unwrap();
+        assert!(all.matches(&id("x")));
+        assert!(build.matches(&id("build-1")) && !build.matches(&id("test-1")));
+        assert_eq!(build.to_wire(), "build-*");
+        assert_eq!(RunPattern::parse("build-1"), Ok(None));
+        assert_eq!(RunPattern::parse("a*b*"), Err(RunIdError::BadChar('*')));
+        assert_eq!(RunPattern::parse("../*"), Err(RunIdError::BadStart));
     }
 }

@@ -12,7 +12,9 @@ use crate::run::{LaunchError, RunTable, Spec};
 use crate::run_id::RunId;
 use crate::run_info::{CancelError, RunInfo};
 use crate::server::Backend;
-use crate::server::backend::{BackendStats, BoxFuture, CancelOutcome, LookupError, Source};
+use crate::server::backend::{
+    ActiveRun, BackendStats, BoxFuture, CancelOutcome, LookupError, RunRef, RunWatch, Source, watch_broadcast,
+};
 use crate::server::unix::{Refusal, Runs};
 use crate::upstream::UpstreamStatus;
 
@@ -65,6 +67,18 @@ impl Backend for DaemonRuns {
             journal_errors: t.journal().stats.write_errors.load(Relaxed),
             by_status,
         }
+    }
+
+    fn watch(&self) -> RunWatch {
+        watch_broadcast(self.table.subscribe_launches(), |run| Some(RunRef { host: None, run }))
+    }
+
+    fn active(&self) -> Vec<ActiveRun> {
+        self.table
+            .active()
+            .into_iter()
+            .map(|(run, status, last_seq)| ActiveRun { at: RunRef { host: None, run }, status, last_seq })
+            .collect()
     }
 
     fn extra_metrics(&self) -> String {

@@ -10,7 +10,10 @@ use super::{Gateway, agent};
 use crate::auth::Scope;
 use crate::run_id::RunId;
 use crate::server::Backend;
-use crate::server::backend::{AgentEndpoint, BackendStats, BoxFuture, CancelOutcome, LookupError, Source};
+use crate::server::backend::{
+    ActiveRun, AgentEndpoint, BackendStats, BoxFuture, CancelOutcome, LookupError, RunRef, RunWatch, Source,
+    watch_broadcast,
+};
 
 impl Backend for Gateway {
     fn source<'a>(&'a self, host: Option<&'a str>, run: &'a RunId) -> BoxFuture<'a, Result<Source, LookupError>> {
@@ -47,6 +50,14 @@ impl Backend for Gateway {
 
     fn agent(&self) -> Option<&dyn AgentEndpoint> {
         Some(self)
+    }
+
+    fn watch(&self) -> RunWatch {
+        watch_broadcast(self.arrivals(), |(host, run)| run.map(|run| RunRef { host: Some(host), run }))
+    }
+
+    fn active(&self) -> Vec<ActiveRun> {
+        self.active_runs()
     }
 }
 

@@ -11,7 +11,7 @@ use super::{Gateway, lock};
 use crate::auth::Scope;
 use crate::run_id::RunId;
 use crate::run_info::RunInfo;
-use crate::server::backend::{LookupError, Source};
+use crate::server::backend::{ActiveRun, LookupError, RunRef, Source};
 
 /// What a waiting subscription is waiting for.
 enum Arrival {
@@ -96,6 +96,25 @@ impl Gateway {
         let h = self.resolve(host, run)?;
         let info = h.run_info(run).ok_or_else(|| LookupError::NotFound(run.to_string()))?;
         Ok(Self::with_host(&h, &info))
+    }
+
+    /// Runs that hosts are forwarding from now on: `(host, Some(run))`.
+    pub(crate) fn arrivals(&self) -> broadcast::Receiver<(String, Option<RunId>)> {
+        self.inner.arrivals.subscribe()
+    }
+
+    /// Every host's runs that are not over.
+    pub(crate) fn active_runs(&self) -> Vec<ActiveRun> {
+        let mut out = Vec::new();
+        for h in self.all_hosts() {
+            let st = lock(&h.state);
+            out.extend(st.runs.values().filter(|r| !r.status.is_final()).map(|r| ActiveRun {
+                at: RunRef { host: Some(h.id.clone()), run: r.run_id.clone() },
+                status: r.status,
+                last_seq: r.last_seq,
+            }));
+        }
+        out
     }
 
     pub(crate) fn hosts_json(&self) -> Value {

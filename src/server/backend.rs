@@ -62,6 +62,50 @@ pub(crate) trait Backend: Send + Sync + 'static {
     fn agent(&self) -> Option<&dyn AgentEndpoint> {
         None
     }
+
+    /// Every run that starts (or, at a gateway, first arrives) from now on,
+    /// for pattern subscriptions. `None` in the stream: some were missed
+    /// (the watcher fell behind); look at `active` again.
+    fn watch(&self) -> RunWatch;
+
+    /// The runs that are active now.
+    fn active(&self) -> Vec<ActiveRun>;
+}
+
+/// A run that has not ended, as a pattern subscription first sees it.
+#[derive(Clone, Debug)]
+pub(crate) struct ActiveRun {
+    pub at: RunRef,
+    pub status: RunStatus,
+    /// Its last event so far: a pattern follows it from there.
+    pub last_seq: u64,
+}
+
+/// A run as a pattern subscription learns of it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct RunRef {
+    /// The host it runs on, where the backend has hosts.
+    pub host: Option<String>,
+    pub run: RunId,
+}
+
+/// Runs as they start; `None`: some were missed.
+pub(crate) type RunWatch = Pin<Box<dyn futures_util::Stream<Item = Option<RunRef>> + Send>>;
+
+/// A `RunWatch` over a broadcast of new runs.
+pub(crate) fn watch_broadcast<T: Clone + Send + 'static>(
+    rx: tokio::sync::broadcast::Receiver<T>,
+    to_ref: impl Fn(T) -> Option<RunRef> + Send + 'static,
+) -> RunWatch {
+    use futures_util::StreamExt as _;
+    use tokio_stream::wrappers::BroadcastStream;
+    Box::pin(BroadcastStream::new(rx).filter_map(move |item| {
+        let out = match item {
+            Ok(t) => to_ref(t).map(Some),
+            Err(_) => Some(None),
+        };
+        std::future::ready(out)
+    }))
 }
 
 /// The other end of `GET /agent`: the server authenticates the agent token

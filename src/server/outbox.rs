@@ -143,6 +143,36 @@ impl Outbox {
         counts
     }
 
+    /// As `push_batch`, but only the events `keep` wants: each run of kept
+    /// events is queued as a range of the shared batch, still no copy.
+    pub(crate) fn push_batch_where(
+        &mut self,
+        batch: Arc<Batch>,
+        after: u64,
+        slot: usize,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> (u64, u64) {
+        let first = batch.frames.partition_point(|f| f.seq <= after);
+        let (mut events, mut payload) = (0, 0);
+        let mut i = first;
+        while i < batch.frames.len() {
+            if !keep(batch.frames[i].bytes()) {
+                i += 1;
+                continue;
+            }
+            let next = i;
+            while i < batch.frames.len() && keep(batch.frames[i].bytes()) {
+                let json = batch.frames[i].bytes();
+                self.bytes += self.event_len(json);
+                payload += json.len() as u64;
+                events += 1;
+                i += 1;
+            }
+            self.queue.push_back(Pending::Batch { batch: batch.clone(), next, end: i, slot });
+        }
+        (events, payload)
+    }
+
     /// Queues bytes already framed (a control message, a ping, a close).
     pub(crate) fn push_raw(&mut self, raw: Bytes) {
         if !raw.is_empty() {
@@ -413,5 +443,17 @@ mod tests {
         let frames = decode(&client.await.unwrap());
         assert_eq!(frames.len() as u64, cut_at, "every frame up to the cut, whole, and none after");
         assert!(frames.iter().all(|(op, p)| *op == TEXT && p.len() == 100_000));
+    }
+
+    #[tokio::test]
+    async fn filtered_batches_send_only_kept_events() {
+        let (tcp, client) = pair().await;
+        let mut out = Outbox::new(Framing::Lines);
+        let keep = |json: &[u8]| json.ends_with(b"2") || json.ends_with(b"3") || json.ends_with(b"6");
+        assert_eq!(out.push_batch_where(batch(1..=6, 4), 1, 0, keep), (3, 12));
+        flush(&mut out, &tcp).await;
+        assert_eq!(out.written(0), Some(6));
+        drop(tcp);
+        assert_eq!(client.await.unwrap(), b"0002\n0003\n0006\n");
     }
 }

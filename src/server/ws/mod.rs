@@ -1,21 +1,26 @@
 //! One WebSocket session: authentication, subscriptions, heartbeat, limits.
 //!
 //! One task per connection reads client messages, pulls each
-//! subscription's feed and writes frames (see `frame`). It only pulls a feed
-//! while its outbox is short, so the backlog of a client that stops reading
-//! piles up in that subscription's hub queue, which is bounded in bytes:
-//! the client gets `lagged` (1013) while the run and every other subscriber
-//! carry on. A write that makes no progress for `write_stall_timeout` ends
-//! the session.
+//! subscription's feed and writes frames (see `frame`). It only pulls a
+//! feed while its outbox is short; a subscriber that falls behind the live
+//! stream catches up from the journal at its own pace (slow is not
+//! stalled), so a slow client costs its own backlog and nothing else. A
+//! write that makes no progress for `write_stall_timeout` ends the session
+//! with `lagged` (1013) and the last seq written of each subscription.
 //!
-//! - `session`: the session's loop; `subscription`: its feeds.
-//! - `frame`: frames written from shared event bytes; the read side for tungstenite.
+//! - `session`: the session's loop; `requests`: what a client may ask.
+//! - `subs`: the set of subscriptions, polled as woken; `subscription`: one feed.
+//! - `patterns`: subscriptions to every run matching `prefix*`.
+//! - `frame`: the read side for tungstenite, control frames.
 //! - `limits`: what a client may send; `error`: the error events and close codes.
 
 mod error;
 mod frame;
 mod limits;
+mod patterns;
+mod requests;
 mod session;
+mod subs;
 mod subscription;
 
 use std::sync::Arc;

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -19,50 +18,22 @@ use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
 use super::Endpoint;
 use super::error::WsError;
 use super::frame::{self, ClientIo};
-use super::limits::{AUTH_READ_BUDGET, MAX_SUBSCRIPTIONS, RateLimiter, json_depth, ws_config};
-use super::subscription::{Sub, SubOut, Subs};
+use super::limits::{AUTH_READ_BUDGET, RateLimiter, ws_config};
+use super::patterns::Patterns;
+use super::requests::ClientMsg;
+use super::subs::{Origin, Polled, Subs};
+use super::subscription::SubOut;
 use crate::auth::Scope;
-use crate::run_id::RunId;
+use crate::event::TypeSet;
+use crate::server::Shared;
+use crate::server::backend::RunRef;
 use crate::server::metrics::Metrics;
 use crate::server::outbox::{Framing, Outbox};
-use crate::server::{Role, Shared};
 
 /// The session pulls more from its feeds once less than this is waiting to
 /// be written. The outbox holds shared batches, not copies, so this only
 /// decides how soon a slow client's backlog moves to its bounded hub queue.
 const REFILL_BELOW: usize = 64 * 1024;
-
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum ClientMsg {
-    Auth {
-        token: String,
-    },
-    #[serde(rename_all = "camelCase")]
-    Subscribe {
-        run_id: Option<String>,
-        #[serde(default)]
-        since: u64,
-        #[serde(default)]
-        host: Option<String>,
-    },
-    #[serde(rename_all = "camelCase")]
-    Unsubscribe {
-        run_id: Option<String>,
-        #[serde(default)]
-        host: Option<String>,
-    },
-}
-
-impl ClientMsg {
-    fn kind(&self) -> &'static str {
-        match self {
-            ClientMsg::Auth { .. } => "auth",
-            ClientMsg::Subscribe { .. } => "subscribe",
-            ClientMsg::Unsubscribe { .. } => "unsubscribe",
-        }
-    }
-}
 
 /// After an error close, how long (and how much) unread client data is
 /// still drained, so the close does not turn into a reset that loses the
@@ -103,6 +74,7 @@ pub(super) async fn run(
         outbox: Outbox::new(Framing::WebSocket),
         scope: None,
         subs: Subs::default(),
+        patterns: Patterns::default(),
         single: matches!(start.0, Endpoint::Single { .. }),
     };
     let ended = match session.start(*start).await {
@@ -181,18 +153,20 @@ async fn linger(tcp: &TcpStream) {
 /// subscriptions' feeds, and writes, so an idle subscriber costs one task
 /// and no buffer beyond tungstenite's small read buffer.
 pub(super) struct Session {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     tcp: Arc<TcpStream>,
-    reader: WebSocketStream<ClientIo>,
+    pub(super) reader: WebSocketStream<ClientIo>,
     /// What tungstenite wrote (pongs, close replies), to send between frames.
     control: Arc<Mutex<BytesMut>>,
-    outbox: Outbox,
+    pub(super) outbox: Outbox,
     /// Set once authenticated.
-    scope: Option<Scope>,
-    subs: Subs,
-    limiter: RateLimiter,
-    max_depth: usize,
-    single: bool,
+    pub(super) scope: Option<Scope>,
+    pub(super) subs: Subs,
+    pub(super) patterns: Patterns,
+    pub(super) limiter: RateLimiter,
+    pub(super) max_depth: usize,
+    /// Came in on `/runs/ID/stream`: one run, no messages.
+    pub(super) single: bool,
 }
 
 impl Session {
@@ -221,7 +195,7 @@ impl Session {
             }
         }
         if let Endpoint::Single { run, since, host } = endpoint {
-            self.subscribe(run?, since, host)?;
+            self.subscribe(run?, since, host, TypeSet::ALL)?;
         }
         Ok(())
     }
@@ -293,6 +267,9 @@ impl Session {
                         return Ok(end);
                     }
                 }
+                started = std::future::poll_fn(|cx| self.patterns.poll_watch(cx)), if self.patterns.is_watching() => {
+                    self.on_run_started(started);
+                }
                 r = std::future::poll_fn(|cx| self.tcp.poll_write_ready(cx)), if !idle => {
                     if r.is_err() {
                         return Ok(End::PeerGone);
@@ -325,122 +302,19 @@ impl Session {
         }
     }
 
-    fn authenticate(&mut self, token: &str) -> Result<(), WsError> {
-        match self.shared.role(token) {
-            Role::Viewer(scope) => {
-                self.scope = Some(scope);
-                self.reader.get_mut().lift_budget();
-                Ok(())
-            }
-            Role::Agent => Err(WsError::host_token()),
-            Role::None => Err(self.auth_failed()),
-        }
-    }
-
-    fn too_large(&self) -> WsError {
-        Metrics::add(&self.shared.metrics.oversized_messages, 1);
-        let max = self.shared.stream_config().max_frame_bytes;
-        WsError::new("message-too-large", 1009, format!("message over {max} bytes"))
-    }
-
-    fn auth_failed(&self) -> WsError {
-        Metrics::add(&self.shared.metrics.auth_failures, 1);
-        WsError::unauthorized()
-    }
-
-    /// Size, rate and nesting depth of one client message.
-    fn check_message(&mut self, text: &str) -> Result<(), WsError> {
-        let max = self.shared.stream_config().max_frame_bytes;
-        if text.len() > max {
-            Metrics::add(&self.shared.metrics.oversized_messages, 1);
-            return Err(WsError::new("message-too-large", 1009, format!("message over {max} bytes")));
-        }
-        if !self.limiter.allow(Instant::now()) {
-            Metrics::add(&self.shared.metrics.rate_limited, 1);
-            return Err(WsError::new("rate-limited", 4429, "too many messages"));
-        }
-        if json_depth(text.as_bytes()) > self.max_depth {
-            return Err(WsError::bad_request(format!("JSON nested deeper than {}", self.max_depth)));
-        }
-        Ok(())
-    }
-
-    async fn on_message(&mut self, msg: Message) -> Result<(), WsError> {
-        match msg {
-            Message::Text(text) => {
-                self.check_message(&text)?;
-                let parsed: ClientMsg =
-                    serde_json::from_str(&text).map_err(|e| WsError::bad_request(format!("malformed message: {e}")))?;
-                // What kind and how big, never what it says: an auth message holds a token.
-                tracing::trace!(kind = parsed.kind(), bytes = text.len(), "client message");
-                match parsed {
-                    ClientMsg::Auth { .. } => Ok(()), // already authenticated; harmless
-                    ClientMsg::Subscribe { .. } | ClientMsg::Unsubscribe { .. } if self.single => {
-                        Err(WsError::bad_request("this endpoint streams one run; use /ws to subscribe by message"))
-                    }
-                    ClientMsg::Subscribe { run_id, since, host } => {
-                        let run = WsError::for_run_id(run_id.as_deref())?;
-                        self.subscribe(run, since, host)
-                    }
-                    ClientMsg::Unsubscribe { run_id, host } => {
-                        let run = WsError::for_run_id(run_id.as_deref())?;
-                        self.subs.remove(&(host, run.clone()));
-                        self.outbox.push_text(&json!({"type": "unsubscribed", "runId": run.as_str()}).to_string());
-                        Ok(())
-                    }
-                }
-            }
-            Message::Binary(b) => {
-                let max = self.shared.stream_config().max_frame_bytes;
-                if b.len() > max {
-                    Metrics::add(&self.shared.metrics.oversized_messages, 1);
-                    return Err(WsError::new("message-too-large", 1009, format!("message over {max} bytes")));
-                }
-                self.check_message("")?;
-                Err(WsError::bad_request("binary messages are not part of the protocol"))
-            }
-            Message::Ping(_) => {
-                self.check_message("")?;
-                // tungstenite has queued the pong; have it written to `control`.
-                let _ = self.reader.flush().await;
-                self.pull_control();
-                Ok(())
-            }
-            Message::Pong(_) | Message::Frame(_) | Message::Close(_) => Ok(()),
-        }
-    }
-
-    fn subscribe(&mut self, run: RunId, since: u64, host: Option<String>) -> Result<(), WsError> {
-        if !self.scope.as_ref().is_some_and(|s| s.allows(&run)) {
-            return Err(WsError::forbidden(&run));
-        }
-        // A daemon has one host: `host` must not make two subscriptions to one run.
-        let host = if self.shared.backend.has_hosts() { host } else { None };
-        let key = (host.clone(), run.clone());
-        self.subs.remove(&key);
-        if self.subs.len() >= MAX_SUBSCRIPTIONS {
-            return Err(WsError::bad_request(format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection")));
-        }
-        if !self.single {
-            let mut ack = json!({"type": "subscribed", "runId": run.as_str(), "since": since});
-            if let Some(h) = &host {
-                ack["host"] = json!(h);
-            }
-            self.outbox.push_text(&ack.to_string());
-        }
-        let slot = self.subs.insert(key, Sub::new(self.shared.clone(), run, since, host), since);
-        self.outbox.forget(slot);
-        Ok(())
-    }
-
     /// Queues what a subscription produced; `Some` ends the session.
-    fn on_feed(&mut self, out: SubOut) -> Result<Option<End>, WsError> {
+    fn on_feed(&mut self, polled: Polled) -> Result<Option<End>, WsError> {
+        let Polled { out, slot, types, host, origin } = polled;
         match out {
-            SubOut::Frames(delivery, slot) => {
+            SubOut::Frames(delivery) => {
                 let (batches, after) = delivery.into_parts();
                 let (mut events, mut bytes) = (0, 0);
                 for batch in batches {
-                    let (e, b) = self.outbox.push_batch(batch, after, slot);
+                    let (e, b) = if types.is_all() {
+                        self.outbox.push_batch(batch, after, slot)
+                    } else {
+                        self.outbox.push_batch_where(batch, after, slot, |json| types.wants_line(json))
+                    };
                     events += e;
                     bytes += b;
                 }
@@ -450,8 +324,18 @@ impl Session {
             SubOut::Text(text) => self.outbox.push_text(&text),
             SubOut::End { .. } if self.single => return Ok(Some(End::Close(1000, "run ended"))),
             SubOut::End { run, last_seq } => {
-                let end = json!({"type": "end", "runId": run.as_str(), "lastSeq": last_seq});
+                let mut end = json!({"type": "end", "runId": run.as_str(), "lastSeq": last_seq});
+                if let Some(h) = host {
+                    end["host"] = json!(h);
+                }
                 self.outbox.push_text(&end.to_string());
+            }
+            // One run a pattern found failed (its journal, or it vanished):
+            // the connection's other runs carry on.
+            SubOut::Fail(err) if origin == Origin::Pattern && err.close != 1013 => {
+                if let Some(run) = err.run.clone() {
+                    self.skipped(&RunRef { host, run }, &err.message);
+                }
             }
             SubOut::Fail(err) => {
                 if err.code == "lagged" {
@@ -464,7 +348,7 @@ impl Session {
     }
 
     /// Moves what tungstenite wrote into the outbox.
-    fn pull_control(&mut self) {
+    pub(super) fn pull_control(&mut self) {
         self.outbox.push_raw(frame::take_control(&self.control));
     }
 

@@ -1,4 +1,4 @@
-//! A WebSocket session's subscriptions, polled by the session's one task.
+//! One subscription of a WebSocket session.
 //!
 //! While a subscription follows the live stream it is just its `Feed`,
 //! polled directly, so an idle subscriber holds no future. Finding the run
@@ -23,75 +23,14 @@ const HISTORY_STEP: usize = 32 * 1024;
 
 /// What a subscription hands the session.
 pub(super) enum SubOut {
-    /// Events for the subscription in outbox slot `.1`.
-    Frames(Delivery, usize),
+    /// Events of the run.
+    Frames(Delivery),
     /// A message of the session's own (a journal gap notice).
     Text(Utf8Bytes),
     /// The run is over and all of it was delivered.
     End { run: RunId, last_seq: u64 },
     /// The subscription failed; the session closes with this error.
     Fail(WsError),
-}
-
-pub(super) type SubKey = (Option<String>, RunId);
-
-/// The session's subscriptions, polled in turn so that one busy run cannot
-/// starve the others on the same connection.
-#[derive(Default)]
-pub(super) struct Subs {
-    list: Vec<Entry>,
-    turn: usize,
-}
-
-struct Entry {
-    key: SubKey,
-    sub: Sub,
-    /// Its slot in the outbox's record of what was written.
-    slot: usize,
-    since: u64,
-}
-
-impl Subs {
-    pub(super) fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    /// Adds a subscription; returns its outbox slot (the lowest free one).
-    pub(super) fn insert(&mut self, key: SubKey, sub: Sub, since: u64) -> usize {
-        let slot = (0..).find(|s| self.list.iter().all(|e| e.slot != *s)).unwrap_or(self.list.len());
-        // Most sessions hold one subscription; a Vec's first growth would make room for four.
-        self.list.reserve_exact(1);
-        self.list.push(Entry { key, sub, slot, since });
-        slot
-    }
-
-    pub(super) fn remove(&mut self, key: &SubKey) {
-        self.list.retain(|e| &e.key != key);
-    }
-
-    /// Each subscription: its run, its slot, and the `since` it started from.
-    pub(super) fn positions(&self) -> impl Iterator<Item = (&RunId, usize, u64)> {
-        self.list.iter().map(|e| (&e.key.1, e.slot, e.since))
-    }
-
-    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
-        for _ in 0..self.list.len() {
-            let i = self.turn % self.list.len();
-            self.turn = self.turn.wrapping_add(1);
-            let slot = self.list[i].slot;
-            if let Poll::Ready(out) = self.list[i].sub.poll(cx, slot) {
-                if out.is_last() {
-                    drop(self.list.swap_remove(i));
-                }
-                return Poll::Ready(out);
-            }
-        }
-        Poll::Pending
-    }
 }
 
 /// What a step through the journal gives back: the feed, and what it found.
@@ -122,13 +61,13 @@ impl Sub {
         }))
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>, slot: usize) -> Poll<SubOut> {
+    pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<SubOut> {
         loop {
             let (feed, item) = match self {
                 Sub::Live(feed) => match feed.poll_live(cx) {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Some(item)) => {
-                        let out = SubOut::from_item(feed, Ok(item), slot);
+                        let out = SubOut::from_item(feed, Ok(item));
                         if out.is_last() {
                             *self = Sub::Done;
                         }
@@ -159,7 +98,7 @@ impl Sub {
             match item {
                 Ok(None) => *self = Sub::Live(feed),
                 item => {
-                    let out = SubOut::from_item(&feed, item.map(|i| i.unwrap_or(FeedItem::End)), slot);
+                    let out = SubOut::from_item(&feed, item.map(|i| i.unwrap_or(FeedItem::End)));
                     *self = if out.is_last() { Sub::Done } else { Sub::Live(feed) };
                     return Poll::Ready(out);
                 }
@@ -173,10 +112,10 @@ impl SubOut {
         matches!(self, SubOut::End { .. } | SubOut::Fail(_))
     }
 
-    fn from_item(feed: &Feed, item: Result<FeedItem, JournalError>, slot: usize) -> SubOut {
+    fn from_item(feed: &Feed, item: Result<FeedItem, JournalError>) -> SubOut {
         let run = || feed.run_id().clone();
         match item {
-            Ok(FeedItem::Frames(d)) => SubOut::Frames(d, slot),
+            Ok(FeedItem::Frames(d)) => SubOut::Frames(d),
             Ok(FeedItem::Gap { from, to }) => {
                 let msg = format!("events {from}..={to} are missing from the degraded journal");
                 SubOut::Text(WsError::new("journal-gap", 0, msg).with_run(run()).to_json())
