@@ -76,10 +76,16 @@ impl Wake for SlotWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        self.enqueue();
+        self.queue.session.wake();
+    }
+}
+
+impl SlotWaker {
+    fn enqueue(&self) {
         if !self.queued.swap(true, Ordering::AcqRel) {
             self.queue.slots.lock().unwrap_or_else(PoisonError::into_inner).push_back(self.slot);
         }
-        self.queue.session.wake();
     }
 }
 
@@ -106,8 +112,8 @@ impl Subs {
         }
         let flag = Arc::new(SlotWaker { slot, queued: AtomicBool::new(false), queue: self.woken.clone() });
         let waker = Waker::from(flag.clone());
-        // Polled first on the session's next turn: that starts its feed.
-        waker.wake_by_ref();
+        // Polled on the session's next turn: that starts its feed.
+        flag.enqueue();
         self.slots[slot] = Some(Entry { key, sub, since, types, origin, flag, waker });
         self.len += 1;
         slot
@@ -157,8 +163,10 @@ impl Subs {
                 self.slots[slot] = None;
                 self.len -= 1;
             } else {
-                // It may have more: after the others that are waiting.
-                entry.waker.wake_by_ref();
+                // It may have more: after the others that are waiting. The
+                // session polls again before it sleeps, so waking it (and
+                // having it scheduled once more per event) is not needed.
+                entry.flag.enqueue();
             }
             return Poll::Ready(polled);
         }
