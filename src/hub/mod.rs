@@ -16,14 +16,15 @@
 //! with how often the job writes.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use futures_util::task::AtomicWaker;
-
 use crate::event::Batch;
 use crate::run_id::RunId;
+
+mod delivered;
+pub(crate) use delivered::Delivered;
 
 /// Bounds of one subscription's queue of not-yet-sent batches.
 #[derive(Clone, Copy, Debug)]
@@ -78,70 +79,6 @@ struct HubInner {
 struct Topic {
     state: Mutex<TopicState>,
     delivered: Arc<Delivered>,
-}
-
-/// How many of a topic's subscribers still have published batches they
-/// have not taken, who wants to know when none has, and how long the last
-/// round of delivery took (from a publish to everyone having taken it).
-#[derive(Default)]
-pub(crate) struct Delivered {
-    outstanding: AtomicUsize,
-    /// Subscribers following the live stream now.
-    subscribers: AtomicUsize,
-    waker: AtomicWaker,
-    rounds: Mutex<Rounds>,
-}
-
-#[derive(Default)]
-struct Rounds {
-    started: Option<std::time::Instant>,
-    last: std::time::Duration,
-}
-
-impl Delivered {
-    /// How many subscribers follow the live stream now.
-    pub(crate) fn subscribers(&self) -> usize {
-        self.subscribers.load(Ordering::Relaxed)
-    }
-
-    /// How long the last complete round of delivery took: what one more
-    /// event costs the run's subscribers, measured.
-    pub(crate) fn last_round(&self) -> std::time::Duration {
-        lock(&self.rounds).last
-    }
-
-    fn round_starts(&self) {
-        lock(&self.rounds).started.get_or_insert_with(std::time::Instant::now);
-    }
-
-    /// Every subscriber has taken everything published (or there are none).
-    pub(crate) fn is_idle(&self) -> bool {
-        self.outstanding.load(Ordering::Acquire) == 0
-    }
-
-    /// Ready once every subscriber has taken everything published.
-    pub(crate) fn poll_idle(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_idle() {
-            return Poll::Ready(());
-        }
-        self.waker.register(cx.waker());
-        if self.is_idle() { Poll::Ready(()) } else { Poll::Pending }
-    }
-
-    fn add(&self) {
-        self.outstanding.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn done(&self) {
-        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let mut rounds = lock(&self.rounds);
-            if let Some(started) = rounds.started.take() {
-                rounds.last = started.elapsed();
-            }
-            drop(rounds);
-            self.waker.wake();
-        }
-    }
 }
 
 struct TopicState {
@@ -232,7 +169,7 @@ impl Hub {
         }
         let queue = Arc::new(SubQueue { state: Mutex::default() });
         st.subs.push(queue.clone());
-        topic.delivered.subscribers.store(st.subs.len(), Ordering::Relaxed);
+        topic.delivered.set_subscribers(st.subs.len());
         drop(st);
         self.inner.stats.subscriptions.fetch_add(1, Ordering::Relaxed);
         let sub = Subscription { queue, topic, hub: self.clone(), run: run.clone() };
@@ -286,7 +223,7 @@ impl Hub {
             let mut st = lock(&topic.state);
             st.subs.retain(|q| !Arc::ptr_eq(q, queue));
             uncount(&mut lock(&queue.state), &topic.delivered);
-            topic.delivered.subscribers.store(st.subs.len(), Ordering::Relaxed);
+            topic.delivered.set_subscribers(st.subs.len());
             st.subs.is_empty() && st.phase == Phase::Pending
         };
         if now_empty_pending {
@@ -390,11 +327,8 @@ impl Publisher {
             st.phase = Phase::Closed;
             close_all(&mut st);
         }
-        self.topic.delivered.subscribers.store(st.subs.len(), Ordering::Relaxed);
-        if self.topic.delivered.is_idle() {
-            // No subscriber holds anything: whoever waits need not.
-            self.topic.delivered.waker.wake();
-        }
+        self.topic.delivered.set_subscribers(st.subs.len());
+        self.topic.delivered.wake_if_idle();
         drop(st);
         self.stats.batches_published.fetch_add(1, Ordering::Relaxed);
         self.stats.events_published.fetch_add(events, Ordering::Relaxed);
@@ -456,60 +390,4 @@ impl Drop for Subscription {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::Frame;
-
-    fn batch(seqs: std::ops::RangeInclusive<u64>, last: bool) -> Batch {
-        Batch { frames: seqs.map(|seq| Frame { seq, json: "x".repeat(10).into() }).collect(), last }
-    }
-
-    #[tokio::test]
-    async fn early_subscriber_gets_everything_then_closed() {
-        let hub = Hub::default();
-        let id = RunId::parse("a").unwrap();
-        let (snap, sub) = hub.subscribe(&id);
-        assert_eq!(snap, Snapshot { last_seq: 0, phase: Phase::Pending });
-        let mut sub = sub.unwrap();
-        let publ = hub.open(&id, 0);
-        publ.publish(batch(1..=3, false));
-        publ.publish(batch(4..=4, true));
-        let Recv::Batches(b) = sub.recv().await else { panic!("expected batches") };
-        let seqs: Vec<u64> = b.iter().flat_map(|b| b.frames.iter().map(|f| f.seq)).collect();
-        assert_eq!(seqs, vec![1, 2, 3, 4]);
-        assert!(matches!(sub.recv().await, Recv::Closed));
-        let (snap, none) = hub.subscribe(&id);
-        assert_eq!(snap, Snapshot { last_seq: 4, phase: Phase::Closed });
-        assert!(none.is_none());
-    }
-
-    #[tokio::test]
-    async fn full_queue_lags_only_that_subscriber() {
-        let hub = Hub::new(QueueLimits { max_bytes: 25, max_batches: 100 });
-        let id = RunId::parse("b").unwrap();
-        let publ = hub.open(&id, 0);
-        let (_, slow) = hub.subscribe(&id);
-        let mut slow = slow.unwrap();
-        let (_, fast) = hub.subscribe(&id);
-        let mut fast = fast.unwrap();
-        publ.publish(batch(1..=2, false));
-        let Recv::Batches(_) = fast.recv().await else { panic!() };
-        publ.publish(batch(3..=4, false)); // slow now holds 40 bytes > 25
-        let Recv::Batches(b) = fast.recv().await else { panic!() };
-        assert_eq!(b[0].frames[0].seq, 3);
-        let Recv::Batches(b) = slow.recv().await else { panic!() };
-        assert_eq!(b.len(), 1, "slow keeps what fit");
-        assert!(matches!(slow.recv().await, Recv::Lagged));
-        assert_eq!(hub.stats().lagged.load(Ordering::Relaxed), 1);
-    }
-
-    #[test]
-    fn pending_topic_is_forgotten_when_its_last_subscriber_leaves() {
-        let hub = Hub::default();
-        let id = RunId::parse("c").unwrap();
-        let (_, sub) = hub.subscribe(&id);
-        assert!(hub.snapshot(&id).is_some());
-        drop(sub);
-        assert!(hub.snapshot(&id).is_none());
-    }
-}
+mod tests;
