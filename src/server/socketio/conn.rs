@@ -91,7 +91,7 @@ pub(super) struct Polling {
 /// Why a connection ends.
 #[derive(Debug)]
 pub(super) enum End {
-    /// The namespace is done (or refused): `41` is queued.
+    /// The namespace is done (or refused), and its `41` was sent.
     Disconnect,
     /// The client closed, or the socket broke.
     PeerGone,
@@ -140,6 +140,11 @@ impl Conn {
                 Err(()) => break End::PeerGone,
             }
             idle = self.outbox.is_empty();
+            // Disconnected, and the DISCONNECT is out (an upgrade under way
+            // still gets its answers until then).
+            if idle && matches!(self.ns, Ns::Closing) {
+                break End::Disconnect;
+            }
             if !idle && timer.deadline() > moved + stall {
                 timer.as_mut().reset(moved + stall);
             }
@@ -157,10 +162,10 @@ impl Conn {
                     }
                 }
                 verdict = std::future::poll_fn(|cx| poll_ns(&mut self.ns, cx, &mut self.outbox)), if refill => {
-                    match verdict {
-                        Verdict::Go => Ok(()),
-                        Verdict::Disconnect => Err(self.disconnect()),
+                    if verdict == Verdict::Disconnect {
+                        self.disconnect();
                     }
+                    Ok(())
                 }
                 () = &mut timer => {
                     let now = Instant::now();
@@ -222,10 +227,9 @@ impl Conn {
     }
 
     /// Queues the namespace's DISCONNECT; the connection ends once it is sent.
-    pub(super) fn disconnect(&mut self) -> End {
+    pub(super) fn disconnect(&mut self) {
         self.outbox.push_message(super::packet::disconnect(self.server.namespace()).into());
         self.ns = Ns::Closing;
-        End::Disconnect
     }
 
     /// Sends what the end calls for, within a bound, and lets go.

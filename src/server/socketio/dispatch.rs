@@ -203,7 +203,8 @@ impl Conn {
             Some(text) => {
                 tracing::debug!(server = ?self.server, "socket.io connect refused");
                 self.outbox.push_message(text.into());
-                Err(self.disconnect())
+                self.disconnect();
+                Ok(())
             }
         }
     }
