@@ -442,4 +442,60 @@ mod tests {
         assert_eq!(frames.len() as u64, cut_at, "every frame up to the cut, whole, and none after");
         assert!(frames.iter().all(|(op, p)| *op == TEXT && p.len() == 100_000));
     }
+
+    const WRAP_WS: Framing = Framing::Wrapped { frame: true, prefix: b"42[\"e\",", suffix: b"]", separator: b"" };
+    const WRAP_POLL: Framing =
+        Framing::Wrapped { frame: false, prefix: b"42[\"e\",", suffix: b"]\x1e", separator: b"\x1e" };
+
+    /// Socket.IO's framing: each event between the prefix and suffix, in a
+    /// text frame of its own; the connection's own messages framed alone.
+    #[tokio::test]
+    async fn wrapped_events_are_whole_frames() {
+        let (tcp, client) = pair().await;
+        let mut out = Outbox::new(WRAP_WS);
+        out.push_message(Bytes::from_static(b"40"));
+        out.push_batch(batch(1..=2, 3), 0, 0);
+        out.push_batch(batch(3..=3, 70_000), 0, 0);
+        let expected = out.bytes();
+        flush(&mut out, &tcp).await;
+        drop(tcp);
+        let wire = client.await.unwrap();
+        assert_eq!(wire.len(), expected, "bytes() counts what is written");
+        let frames = decode(&wire);
+        assert_eq!(frames[0], (TEXT, b"40".to_vec()));
+        assert_eq!(frames[1], (TEXT, b"42[\"e\",001]".to_vec()));
+        assert_eq!(frames[3].1.len(), 7 + 70_000 + 1);
+        assert!(frames[3].1.starts_with(b"42[\"e\",0") && frames[3].1.ends_with(b"3]"));
+    }
+
+    /// A polling body: packets separated by `\x1e`; moved to a WebSocket
+    /// before anything is written, what waits is framed the new way.
+    #[tokio::test]
+    async fn polling_framing_and_the_move_to_websocket() {
+        struct Sink(std::cell::RefCell<Vec<u8>>);
+        impl TryWrite for Sink {
+            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                bufs.iter().for_each(|b| self.0.borrow_mut().extend_from_slice(b));
+                Ok(bufs.iter().map(|b| b.len()).sum())
+            }
+        }
+        let mut out = Outbox::new(WRAP_POLL);
+        out.push_message(Bytes::from_static(b"2"));
+        out.push_batch(batch(1..=2, 2), 0, 0);
+        let sink = Sink(Default::default());
+        out.write_to(&sink).unwrap();
+        assert_eq!(sink.0.into_inner(), b"2\x1e42[\"e\",01]\x1e42[\"e\",02]\x1e");
+        out.push_message(Bytes::from_static(b"3probe"));
+        out.push_batch(batch(3..=3, 2), 0, 0);
+        assert!(out.set_framing(WRAP_WS));
+        let (tcp, client) = pair().await;
+        let expected = out.bytes();
+        flush(&mut out, &tcp).await;
+        drop(tcp);
+        let wire = client.await.unwrap();
+        assert_eq!(wire.len(), expected);
+        assert_eq!(decode(&wire), vec![(TEXT, b"3probe".to_vec()), (TEXT, b"42[\"e\",03]".to_vec())]);
+        out.push_raw(Bytes::from_static(b"raw"));
+        assert!(!out.set_framing(WRAP_POLL), "bytes already framed cannot be re-framed");
+    }
 }
