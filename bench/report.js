@@ -210,10 +210,14 @@ out.push(`- machine: ${machine}; Node ${nodeVersion}`);
 if (busy) out.push(`- machine busy with other work (1 s sample): ${busy}`);
 out.push(`- command: \`bench/run.sh${smoke ? ' --smoke' : ''}\` (${elapsed} s including the build)`);
 out.push('');
-out.push('| scenario | metric | runtap | ws | socket.io | runtap/ws | target | verdict |');
-out.push('|---|---|---:|---:|---:|---:|---|---|');
-for (const t of table) out.push(`| ${t.join(' | ')} |`);
-if (modes.length) {
+// A table with no data at all (e.g. `--only sio-fanout`) is left out.
+const hasData = (t, from, to) => t.slice(from, to).some((v) => v !== '—' && v !== '' && v !== undefined);
+if (table.some((t) => hasData(t, 2, 5))) {
+  out.push('| scenario | metric | runtap | ws | socket.io | runtap/ws | target | verdict |');
+  out.push('|---|---|---:|---:|---:|---:|---|---|');
+  for (const t of table) out.push(`| ${t.join(' | ')} |`);
+}
+if (modes.some((t) => hasData(t, 2, 8))) {
   out.push('');
   out.push('Both clients, side by side: `light` scans each frame for its type and line heads; `json` parses every frame');
   out.push('in full (`serde_json::Value`, as a dashboard\'s `JSON.parse`) and checks every line, byte and `seq`.');

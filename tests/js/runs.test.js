@@ -5,7 +5,7 @@
 'use strict';
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { Daemon, next, gate, runsClient } = require('./helpers');
+const { Daemon, next, within, gate, runsClient } = require('./helpers');
 
 let d;
 before(async () => { d = await Daemon.start(); });
@@ -128,4 +128,31 @@ test('polling answers carry CORS headers for browser pages; the old /runs endpoi
   assert.ok(Array.isArray(await list.json()));
   const slash = await fetch(`${d.url}/runs/`, { headers: { Authorization: `Bearer ${d.token}` } });
   assert.ok(Array.isArray(await slash.json()), 'GET /runs/ without EIO is still the list');
+});
+
+test('polling sessions count against max_connections and expire without GETs', async () => {
+  // A tighter limit and heartbeat than the defaults, so the table fills and empties quickly.
+  const small = await Daemon.start('[stream]\nmax_connections = 4\nping_interval = "1s"\nping_timeout = "2s"\n');
+  try {
+    const handshake = () => fetch(`${small.url}/socket.io/?EIO=4&transport=polling`, { headers: { Connection: 'close' } });
+    const statuses = [];
+    for (let i = 0; i < 6; i += 1) {
+      const r = await handshake();
+      await r.arrayBuffer();
+      statuses.push(r.status);
+    }
+    assert.ok(statuses.includes(503), `the table is bounded: ${statuses}`);
+    assert.ok(statuses.filter((s) => s === 200).length <= 4, `${statuses}`);
+    // Sessions nobody polls end after ping_timeout, and make room again.
+    await within('an expired session to make room', (async () => {
+      for (;;) {
+        const r = await handshake();
+        await r.arrayBuffer();
+        if (r.status === 200) return;
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    })());
+  } finally {
+    await small.stop();
+  }
 });

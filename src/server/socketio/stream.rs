@@ -17,6 +17,7 @@ use crate::feed::{Delivery, Feed, FeedItem};
 use crate::journal::JournalError;
 use crate::run_id::RunId;
 use crate::server::Shared;
+use crate::server::backend::LookupError;
 
 /// What a run's stream hands the connection.
 pub(super) enum StreamOut {
@@ -26,11 +27,11 @@ pub(super) enum StreamOut {
     Gap { from: u64, to: u64 },
     /// The run is over and all of it was handed out.
     End { last_seq: u64 },
-    /// The stream cannot go on: `code` (`not-found`, `journal`) and why.
+    /// The stream cannot go on: `code` (`not-found`, `ambiguous-run-id`, `journal`) and why.
     Fail { code: &'static str, message: String },
 }
 
-type Stepped = Result<(Feed, Result<Option<FeedItem>, JournalError>), String>;
+type Stepped = Result<(Feed, Result<Option<FeedItem>, JournalError>), LookupError>;
 
 pub(super) enum RunStream {
     Live(Feed),
@@ -42,7 +43,7 @@ impl RunStream {
     /// Every event of `run` with `seq > since`, history then live.
     pub(super) fn new(shared: Arc<Shared>, run: RunId, since: u64, host: Option<String>) -> Self {
         RunStream::Busy(Box::pin(async move {
-            let source = shared.backend.source(host.as_deref(), &run).await.map_err(|e| e.to_string())?;
+            let source = shared.backend.source(host.as_deref(), &run).await?;
             let mut feed = Feed::new(source.journal, source.hub, run, since, true).with_history_step(HISTORY_STEP);
             let item = feed.step().await;
             Ok((feed, item))
@@ -75,9 +76,13 @@ impl RunStream {
                 },
                 RunStream::Busy(fut) => match ready!(fut.as_mut().poll(cx)) {
                     Ok(stepped) => stepped,
-                    Err(message) => {
+                    Err(e) => {
                         *self = RunStream::Done;
-                        return Poll::Ready(StreamOut::Fail { code: "not-found", message });
+                        let code = match e {
+                            LookupError::Ambiguous(..) => "ambiguous-run-id",
+                            LookupError::NotFound(_) | LookupError::UnknownHost(_) => "not-found",
+                        };
+                        return Poll::Ready(StreamOut::Fail { code, message: e.to_string() });
                     }
                 },
                 RunStream::Done => return Poll::Pending,
