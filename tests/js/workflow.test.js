@@ -189,3 +189,10 @@ test('a wrong token gets error "unauthorized" and a disconnect', async () => {
   assert.equal((await error).type, 'unauthorized');
   assert.equal(await reason, 'io server disconnect');
 });
+
+test('another namespace is refused with CONNECT_ERROR', async () => {
+  const socket = io(`${d.url}/nope`, { auth: { token: d.token }, transports: ['websocket'], reconnection: false });
+  const err = await next(socket, 'connect_error');
+  assert.equal(err.message, 'Invalid namespace');
+  socket.close();
+});

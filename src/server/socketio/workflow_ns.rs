@@ -60,6 +60,15 @@ enum Source {
     Metrics,
 }
 
+/// A subscription about to be added, and what its client is told first.
+struct NewSub {
+    key: String,
+    source: Source,
+    /// `initial_data` to send now; `None` when it comes from the stream (a run's history).
+    initial: Option<Value>,
+    resource: Value,
+}
+
 /// The reply event (`None`: sent already) and its body, which an ack repeats.
 type Answer = Result<(Option<&'static str>, Value), Refusal>;
 
@@ -151,9 +160,14 @@ impl WorkflowNs {
             Some(Value::Object(f)) => f.clone(),
             Some(_) => return Err(Refusal::bad("filters must be an object")),
         };
-        let (key, source, initial, resource) = match kind {
+        let NewSub { key, source, initial, resource } = match kind {
             "execution" | "logs" => self.run_subscription(kind, req, &filters)?,
-            "metrics" => ("metrics".to_owned(), Source::Metrics, self.metrics_payload(), Value::Null),
+            "metrics" => NewSub {
+                key: "metrics".to_owned(),
+                source: Source::Metrics,
+                initial: self.metrics_payload(),
+                resource: Value::Null,
+            },
             // SEAM: `workflow` (resourceId a run-ID pattern) and `tenant_activity`
             // (every run the token may see) follow the lifecycle of many runs: they
             // will use the `Backend` method that yields runs opened from now on (plus
@@ -189,13 +203,12 @@ impl WorkflowNs {
 
     /// `execution` and `logs`: one run. The initial data is its status now
     /// (`execution`), or its history so far, in pieces as it is read (`logs`).
-    #[allow(clippy::type_complexity)]
     fn run_subscription(
         &self,
         kind: &str,
         req: &Map<String, Value>,
         filters: &Map<String, Value>,
-    ) -> Result<(String, Source, Option<Value>, Value), Refusal> {
+    ) -> Result<NewSub, Refusal> {
         let raw = req.get("resourceId").and_then(Value::as_str).unwrap_or("");
         let run = self.run_id(raw)?;
         if filters.contains_key("stepId") {
@@ -232,7 +245,8 @@ impl WorkflowNs {
         };
         let history_to = if since == 0 { last_seq } else { 0 };
         let stream = RunStream::new(self.shared.clone(), run, since, host);
-        Ok((key, Source::Run { topic, stream, history_to, history_done: initial.is_some() }, initial, resource))
+        let source = Source::Run { topic, stream, history_to, history_done: initial.is_some() };
+        Ok(NewSub { key, source, initial, resource })
     }
 
     fn unsubscribe(&mut self, arg: &Value) -> Answer {
