@@ -5,7 +5,7 @@
 #
 #   tests/setup.sh && cargo test
 #
-# Needs python3 with pip, and node >= 20 with npm.
+# Needs python3 with pip, and node (18 or later) with npm.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
