@@ -176,6 +176,32 @@ for (const base of ['latency', 'latency100']) {
   mrow(label, 'subscribers with every line', base, (r) => `${r.complete_subs}/${r.subs}`, (x) => x ?? '—');
 }
 
+// Socket.IO: runtap's /runs/ endpoint (`--proto runtap-socketio`) against the socket.io peer, same client.
+const sio = [];
+const srow = (scenario, metric, base, f, fmt, target = '', verdict = null) => {
+  const [r, p] = ['runtap', 'socketio'].map((k) => { const x = get(base, k); return x ? f(x) : null; });
+  const rr = typeof r === 'number' && typeof p === 'number' ? ratio(r, p) : null;
+  const met = verdict && r !== null && p !== null ? verdict(r, p) : null;
+  const v = smoke ? (target ? '(smoke)' : '') : !target ? '' : met === null ? 'no data' : met ? 'met' : '**not met**';
+  sio.push([scenario, metric, fmt(r), fmt(p), rr === null ? '—' : `${num(rr, 2)}×`, smoke ? '' : target, v]);
+};
+const sf = get('sio-fanout', 'runtap') || get('sio-fanout', 'socketio');
+const sfLabel = sf ? `Socket.IO fan-out ${sf.subs} × ${sf.expect_lines} lines` : 'Socket.IO fan-out';
+srow(sfLabel, 'time to last subscriber done (s)', 'sio-fanout', finished, (x) => num(x, 2), '≤ 0.25× socket.io', (r, p) => r <= 0.25 * p);
+srow(sfLabel, 'subscribers with every line', 'sio-fanout', (r) => `${r.complete_subs}/${r.subs}`, (x) => x ?? '—', 'all',
+  (r) => r.split('/')[0] === r.split('/')[1]);
+srow(sfLabel, 'server peak RSS (MB)', 'sio-fanout', peakOf, (x) => num(x, 0));
+srow(sfLabel, 'server CPU (s)', 'sio-fanout', (r) => r.server_cpu_s, (x) => num(x, 1));
+const sl = get('sio-latency', 'runtap') || get('sio-latency', 'socketio');
+const slLabel = sl ? `Socket.IO latency, ${sl.subs} subs, 1 line/ms` : 'Socket.IO latency';
+srow(slLabel, 'p50 (ms)', 'sio-latency', (r) => r.p50_ms, (x) => num(x, 2), '≤ 0.5× socket.io', (r, p) => r <= 0.5 * p);
+srow(slLabel, 'p99 (ms)', 'sio-latency', (r) => r.p99_ms, (x) => num(x, 2), '≤ 0.5× socket.io', (r, p) => r <= 0.5 * p);
+srow(slLabel, 'subscribers with every line', 'sio-latency', (r) => `${r.complete_subs}/${r.subs}`, (x) => x ?? '—');
+const si = get('sio-idle-rss', 'runtap') || get('sio-idle-rss', 'socketio');
+const siLabel = si ? `Socket.IO, ${si.subs} idle connections` : 'Socket.IO idle';
+srow(siLabel, 'server RSS per connection (KiB)', 'sio-idle-rss', (r) => r.bytes_per_sub / 1024, (x) => num(x, 2), '≤ 0.5× socket.io',
+  (r, p) => r <= 0.5 * p);
+
 const failed = rows.filter((x) => !x.result || x.result.error);
 out.push(`# runtap benchmarks (${mode})`);
 out.push('');
@@ -184,10 +210,14 @@ out.push(`- machine: ${machine}; Node ${nodeVersion}`);
 if (busy) out.push(`- machine busy with other work (1 s sample): ${busy}`);
 out.push(`- command: \`bench/run.sh${smoke ? ' --smoke' : ''}\` (${elapsed} s including the build)`);
 out.push('');
-out.push('| scenario | metric | runtap | ws | socket.io | runtap/ws | target | verdict |');
-out.push('|---|---|---:|---:|---:|---:|---|---|');
-for (const t of table) out.push(`| ${t.join(' | ')} |`);
-if (modes.length) {
+// A table with no data at all (e.g. `--only sio-fanout`) is left out.
+const hasData = (t, from, to) => t.slice(from, to).some((v) => v !== '—' && v !== '' && v !== undefined);
+if (table.some((t) => hasData(t, 2, 5))) {
+  out.push('| scenario | metric | runtap | ws | socket.io | runtap/ws | target | verdict |');
+  out.push('|---|---|---:|---:|---:|---:|---|---|');
+  for (const t of table) out.push(`| ${t.join(' | ')} |`);
+}
+if (modes.some((t) => hasData(t, 2, 8))) {
   out.push('');
   out.push('Both clients, side by side: `light` scans each frame for its type and line heads; `json` parses every frame');
   out.push('in full (`serde_json::Value`, as a dashboard\'s `JSON.parse`) and checks every line, byte and `seq`.');
@@ -195,6 +225,14 @@ if (modes.length) {
   out.push('| scenario | metric | runtap light | runtap json | ws light | ws json | socket.io light | socket.io json | runtap/ws (json) | target | verdict |');
   out.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|');
   for (const t of modes) out.push(`| ${t.join(' | ')} |`);
+}
+if (sio.some((t) => t[2] !== '—' || t[3] !== '—')) {
+  out.push('');
+  out.push('Socket.IO: runtap\'s `/runs/` endpoint against the socket.io peer, the same load generator (`--proto runtap-socketio` / `socketio`).');
+  out.push('');
+  out.push('| scenario | metric | runtap (Socket.IO) | socket.io | runtap/socket.io | target | verdict |');
+  out.push('|---|---|---:|---:|---:|---|---|');
+  for (const t of sio) out.push(`| ${t.join(' | ')} |`);
 }
 if (failed.length) {
   out.push('');

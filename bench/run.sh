@@ -11,7 +11,9 @@
 # Scenarios: fanout, fanout-stalled, latency, latency-stalled, idle-rss,
 # idle-cpu, bigjob, launches (the light client), fanout-json, latency-json,
 # latency100, latency100-json (the two clients side by side), slow-readers,
-# idle-runs.
+# idle-runs; sio-fanout, sio-latency, sio-idle-rss (Socket.IO: runtap's
+# /runs/ endpoint, `--proto runtap-socketio`, against the socket.io peer,
+# the same client for both).
 #
 # Honours CARGO_TARGET_DIR, and RUNTAP_BIN (a runtap binary to measure instead
 # of the one built here, e.g. an older commit's, for before/after figures
@@ -20,7 +22,7 @@
 set -euo pipefail
 
 MODE=full
-ONLY=fanout,fanout-json,fanout-stalled,latency,latency-json,latency100,latency100-json,latency-stalled,slow-readers,idle-rss,idle-cpu,bigjob,launches,idle-runs
+ONLY=fanout,fanout-json,fanout-stalled,latency,latency-json,latency100,latency100-json,latency-stalled,slow-readers,idle-rss,idle-cpu,bigjob,launches,idle-runs,sio-fanout,sio-latency,sio-idle-rss
 SERVER_KINDS=runtap,ws,socketio
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -152,9 +154,16 @@ record() {
     printf '{"scenario":"%s","server":"%s","result":%s}\n' "$1" "$2" "${3:-null}" >>"$RAW"
 }
 
+# The client protocol for a server kind: runtap's own Socket.IO endpoint in
+# the sio-* scenarios, else the kind itself.
+proto_for() {
+    local kind=$1 scenario=$2
+    if [[ $kind == runtap && $scenario == sio-* ]]; then echo runtap-socketio; else echo "$kind"; fi
+}
+
 target_args() {
     local kind=$1 run=$2
-    echo --proto "$kind" --addr "$SERVER_ADDR" --token "$SERVER_TOKEN" --socket "$SERVER_SOCKET" \
+    echo --proto "$(proto_for "$kind" "$run")" --addr "$SERVER_ADDR" --token "$SERVER_TOKEN" --socket "$SERVER_SOCKET" \
         --server-pid "$SERVER_PID" --run-id "$run"
 }
 
@@ -287,7 +296,7 @@ if ((BUSY_BEFORE > 10)); then
     log "warning: the machine is already ${BUSY_BEFORE}% busy; results will be noisy"
 fi
 for name in fanout fanout-json fanout-stalled latency latency-json latency100 latency100-json latency-stalled \
-    slow-readers idle-rss idle-cpu; do
+    slow-readers idle-rss idle-cpu sio-fanout sio-latency sio-idle-rss; do
     wanted "$name" || continue
     for kind in "${SERVER_KINDS[@]}"; do
         case $name in
@@ -302,6 +311,10 @@ for name in fanout fanout-json fanout-stalled latency latency-json latency100 la
             slow-readers) slow_scenario "$kind" ;;
             idle-rss) idle_scenario "$name" "$kind" "$IDLE_SUBS" "$SETTLE" ;;
             idle-cpu) idle_scenario "$name" "$kind" "$CPU_SUBS" "$CPU_WINDOW" ;;
+            # Socket.IO: runtap's endpoint and the socket.io peer only.
+            sio-fanout) [[ $kind == ws ]] || stream_scenario "$name" "$kind" "$FAN_SUBS" 0 "$FAN_LINES" 0 ends light ;;
+            sio-latency) [[ $kind == ws ]] || stream_scenario "$name" "$kind" "$LAT_SUBS" 0 "$LAT_LINES" 1000 all light ;;
+            sio-idle-rss) [[ $kind == ws ]] || idle_scenario "$name" "$kind" "$IDLE_SUBS" "$SETTLE" ;;
         esac
     done
 done

@@ -28,6 +28,15 @@ pub(crate) enum Proto {
     Runtap,
     Ws,
     Socketio,
+    /// runtap's own Socket.IO endpoint (path `/runs/`, the run in the handshake query).
+    RuntapSocketio,
+}
+
+impl Proto {
+    /// Launched and cancelled over runtap's Unix socket.
+    pub(crate) fn is_runtap(self) -> bool {
+        matches!(self, Proto::Runtap | Proto::RuntapSocketio)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]

@@ -33,6 +33,9 @@ pub(crate) async fn connect_with(t: &Target, since: u64, rcvbuf: Option<u32>) ->
             format!("ws://{}/runs?runId={}&token={}&since={since}", t.addr, enc(&t.run_id), enc(&t.token))
         }
         Proto::Socketio => format!("ws://{}/socket.io/?EIO=4&transport=websocket", t.addr),
+        Proto::RuntapSocketio => {
+            format!("ws://{}/runs/?EIO=4&transport=websocket&runId={}&since={since}", t.addr, enc(&t.run_id))
+        }
     };
     let req = url.into_client_request().map_err(|e| e.to_string())?;
     let addr: std::net::SocketAddr = t.addr.parse().map_err(|e| format!("--addr {}: {e}", t.addr))?;
@@ -46,10 +49,30 @@ pub(crate) async fn connect_with(t: &Target, since: u64, rcvbuf: Option<u32>) ->
     let (mut ws, _) = tokio_tungstenite::client_async_with_config(req, MaybeTlsStream::Plain(tcp), Some(ws_config()))
         .await
         .map_err(|e| format!("handshake: {e}"))?;
-    if t.proto == Proto::Socketio {
-        socketio_subscribe(&mut ws, t).await?;
+    match t.proto {
+        Proto::Socketio => socketio_subscribe(&mut ws, t).await?,
+        Proto::RuntapSocketio => socketio_connect(&mut ws, t).await?,
+        Proto::Runtap | Proto::Ws => {}
     }
     Ok(ws)
+}
+
+/// runtap's `/runs/`: the run is in the handshake; CONNECT with the token
+/// (seed 000's `auth: {token}`), and the run's events follow the reply.
+pub(crate) async fn socketio_connect(ws: &mut Ws, t: &Target) -> Result<(), String> {
+    while let Some(msg) = ws.next().await {
+        let Message::Text(text) = msg.map_err(|e| e.to_string())? else { continue };
+        let s = text.as_str();
+        if s.starts_with('0') {
+            let connect = format!("40{}", json!({"token": t.token}));
+            ws.send(Message::text(connect)).await.map_err(|e| e.to_string())?;
+        } else if s.starts_with("40") {
+            return Ok(());
+        } else if s.starts_with("44") || s.starts_with("42[\"error\"") {
+            return Err(format!("socket.io connect refused: {s}"));
+        }
+    }
+    Err("closed during socket.io handshake".into())
 }
 
 pub(crate) async fn socketio_subscribe(ws: &mut Ws, t: &Target) -> Result<(), String> {

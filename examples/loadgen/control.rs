@@ -13,7 +13,7 @@ use crate::cli::{Proto, Target};
 /// Launches the job: runtap over its Unix socket, the baselines by HTTP.
 pub(crate) async fn launch(t: &Target, command: &[String]) -> Result<(), String> {
     match t.proto {
-        Proto::Runtap => {
+        Proto::Runtap | Proto::RuntapSocketio => {
             let req = json!({"type": "launch", "runId": t.run_id, "command": command});
             let answer = unix_request(socket_of(t)?, &req).await?;
             match answer["type"].as_str() {
@@ -30,7 +30,9 @@ pub(crate) async fn launch(t: &Target, command: &[String]) -> Result<(), String>
 
 pub(crate) async fn cancel(t: &Target) -> Result<(), String> {
     match t.proto {
-        Proto::Runtap => unix_request(socket_of(t)?, &json!({"type": "cancel", "runId": t.run_id})).await.map(|_| ()),
+        Proto::Runtap | Proto::RuntapSocketio => {
+            unix_request(socket_of(t)?, &json!({"type": "cancel", "runId": t.run_id})).await.map(|_| ())
+        }
         Proto::Ws | Proto::Socketio => http_post(&t.addr, &format!("/cancel?runId={}", t.run_id), "").await,
     }
 }

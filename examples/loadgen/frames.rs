@@ -60,7 +60,7 @@ pub(crate) fn classify_event(s: &str) -> Kind {
 pub(crate) fn classify(proto: Proto, s: &str) -> Kind {
     match proto {
         Proto::Runtap | Proto::Ws => classify_event(s),
-        Proto::Socketio => {
+        Proto::Socketio | Proto::RuntapSocketio => {
             if let Some(rest) = s.strip_prefix("42[\"run-event\",") {
                 classify_event(rest)
             } else if s.starts_with("42[\"subscribed\"") {

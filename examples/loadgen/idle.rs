@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{IdleArgs, Proto, Target};
+use crate::cli::{IdleArgs, Target};
 use crate::conn::connect;
 use crate::control::{cancel, launch};
 use crate::frames::{Kind, classify};
@@ -37,7 +37,8 @@ pub(crate) async fn idle_subscriber(
             return;
         }
     };
-    let mut announced = t.proto != Proto::Runtap;
+    // runtap streams the run's history: ready once it has reached `running`.
+    let mut announced = !t.proto.is_runtap();
     if announced {
         let _ = ready.send(Ok(())).await;
     }

@@ -34,7 +34,7 @@ pub(crate) enum Packet {
 pub(crate) fn decode(proto: Proto, b: &[u8]) -> Result<Packet, String> {
     match proto {
         Proto::Runtap | Proto::Ws => serde_json::from_slice::<Value>(b).map(Packet::Event).map_err(|e| e.to_string()),
-        Proto::Socketio => match b {
+        Proto::Socketio | Proto::RuntapSocketio => match b {
             b"2" => Ok(Packet::Ping),
             [b'4', b'2', rest @ ..] => match serde_json::from_slice::<Value>(rest).map_err(|e| e.to_string())? {
                 Value::Array(mut a) if a.len() == 2 && a[0].as_str() == Some("run-event") => {

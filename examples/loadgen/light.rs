@@ -12,7 +12,7 @@ use crate::stats::{Step, SubStats};
 /// Handles one text frame; `last_seq` is runtap's, for resubscribing.
 pub(crate) fn light_frame(proto: Proto, s: &str, scan: Scan, st: &mut SubStats, last_seq: &mut u64) -> Step {
     let kind = classify(proto, s);
-    if proto == Proto::Runtap && matches!(kind, Kind::Output | Kind::Status { .. }) {
+    if proto.is_runtap() && matches!(kind, Kind::Output | Kind::Status { .. }) {
         *last_seq = num_after(s, "\"seq\":").unwrap_or(*last_seq);
     }
     match kind {

@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Decode, Proto, Scan, Target};
+use crate::cli::{Decode, Scan, Target};
 use crate::conn::{STALLED_RCVBUF, Ws, connect, connect_with};
 use crate::json::json_frame;
 use crate::light::light_frame;
@@ -86,7 +86,7 @@ pub(crate) async fn subscriber(
                 if code == Some(1013) {
                     st.cut_offs += 1;
                 }
-                if code == Some(1013) && t.proto == Proto::Runtap && st.resubscribes < opts.resubscribe {
+                if code == Some(1013) && t.proto.is_runtap() && st.resubscribes < opts.resubscribe {
                     match reconnect(&t, last_seq, &mut st).await {
                         Some(w) => {
                             ws = w;

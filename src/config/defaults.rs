@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::{DaemonConfig, GatewayConfig, JournalConfig, RunsConfig, ShutdownPolicy, StreamConfig};
+use super::{DaemonConfig, GatewayConfig, JournalConfig, RunsConfig, ShutdownPolicy, SocketIoConfig, StreamConfig};
 
 pub(super) const KIB: usize = 1024;
 pub(super) const MIB: usize = 1024 * KIB;
@@ -65,6 +65,16 @@ pub const DEFAULT_SUBSCRIBER_QUEUE_BYTES: usize = 8 * MIB;
 pub const DEFAULT_SUBSCRIBER_QUEUE_BATCHES: usize = 4096;
 /// A subscriber whose socket accepts nothing for this long is closed.
 pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Socket.IO `/workflow`: `subscribe` events per minute per connection (the seed dashboards' limit).
+pub const DEFAULT_SIO_SUBSCRIBE_PER_MINUTE: u32 = 10;
+/// Socket.IO `/workflow`: `unsubscribe` events per minute per connection.
+pub const DEFAULT_SIO_UNSUBSCRIBE_PER_MINUTE: u32 = 20;
+/// Socket.IO `/workflow`: `ping` events per minute per connection.
+pub const DEFAULT_SIO_PING_PER_MINUTE: u32 = 30;
+/// Socket.IO `/workflow`: `get_status` events per minute per connection.
+pub const DEFAULT_SIO_GET_STATUS_PER_MINUTE: u32 = 10;
+/// Socket.IO `/workflow`: how often a `metrics` subscription gets `metrics.updated`.
+pub const DEFAULT_SIO_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 /// Shortest accepted token, so a configured token cannot be guessed.
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -127,6 +137,19 @@ impl Default for StreamConfig {
             write_stall_timeout: DEFAULT_WRITE_STALL_TIMEOUT,
             allowed_origins: Vec::new(),
             restricted_tokens: Vec::new(),
+            socketio: SocketIoConfig::default(),
+        }
+    }
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        Self {
+            subscribe_per_minute: DEFAULT_SIO_SUBSCRIBE_PER_MINUTE,
+            unsubscribe_per_minute: DEFAULT_SIO_UNSUBSCRIBE_PER_MINUTE,
+            ping_per_minute: DEFAULT_SIO_PING_PER_MINUTE,
+            get_status_per_minute: DEFAULT_SIO_GET_STATUS_PER_MINUTE,
+            metrics_interval: DEFAULT_SIO_METRICS_INTERVAL,
         }
     }
 }

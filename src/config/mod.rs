@@ -162,6 +162,23 @@ pub struct StreamConfig {
     pub allowed_origins: Vec<String>,
     /// Tokens that may only see runs whose ID starts with a prefix (others: `forbidden`).
     pub restricted_tokens: Vec<RestrictedToken>,
+    /// `[stream.socketio]`: what only Socket.IO clients have.
+    pub socketio: SocketIoConfig,
+}
+
+/// `[stream.socketio]`: per-event rate limits of the `/workflow` namespace
+/// (each a budget per minute per connection, refilled evenly; over it, the
+/// client gets an `error` and keeps its connection) and how often `metrics`
+/// subscribers get an update. Defaults: the `DEFAULT_SIO_*` constants.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    pub subscribe_per_minute: u32,
+    pub unsubscribe_per_minute: u32,
+    pub ping_per_minute: u32,
+    pub get_status_per_minute: u32,
+    #[serde(deserialize_with = "de_duration")]
+    pub metrics_interval: Duration,
 }
 
 /// A viewer token limited to the runs whose ID starts with `run_prefix`.
@@ -195,6 +212,7 @@ impl fmt::Debug for StreamConfig {
                 "restricted_tokens",
                 &self.restricted_tokens.iter().map(|t| format!("[redacted] -> {:?}", t.run_prefix)).collect::<Vec<_>>(),
             )
+            .field("socketio", &self.socketio)
             .finish()
     }
 }

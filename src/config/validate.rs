@@ -36,6 +36,7 @@ impl Config {
             ("stream.handshake_timeout", s.handshake_timeout),
             ("stream.auth_timeout", s.auth_timeout),
             ("stream.write_stall_timeout", s.write_stall_timeout),
+            ("stream.socketio.metrics_interval", s.socketio.metrics_interval),
         ] {
             ensure(!value.is_zero(), key, || "must be greater than zero".to_owned())?;
         }
@@ -53,6 +54,10 @@ impl Config {
             ("stream.max_json_depth", s.max_json_depth, 1),
             ("stream.subscriber_queue_bytes", s.subscriber_queue_bytes, 64 * KIB),
             ("stream.subscriber_queue_batches", s.subscriber_queue_batches, 1),
+            ("stream.socketio.subscribe_per_minute", s.socketio.subscribe_per_minute as usize, 1),
+            ("stream.socketio.unsubscribe_per_minute", s.socketio.unsubscribe_per_minute as usize, 1),
+            ("stream.socketio.ping_per_minute", s.socketio.ping_per_minute as usize, 1),
+            ("stream.socketio.get_status_per_minute", s.socketio.get_status_per_minute as usize, 1),
         ] {
             ensure(value >= min, key, || format!("must be at least {min} (got {value})"))?;
         }

@@ -11,13 +11,15 @@
 //! | `GET /ws` | WebSocket: subscribe by message |
 //! | `GET /hosts` | backends with hosts: hosts and their connection state (token) |
 //! | `GET /agent` | backends with an agent endpoint: WebSocket for host daemons (agent token) |
+//! | `/socket.io/`, `/runs/?EIO=4` | Socket.IO (Engine.IO polling and WebSocket), see `socketio` |
 //!
 //! Where the backend has hosts every run endpoint takes `host=HOST`;
 //! without it the run ID must be unique across hosts.
 //!
 //! A TCP connection gets `handshake_timeout` in all for its HTTP requests
 //! (keep-alive included) or its upgrade, so a slow or idle client cannot
-//! hold a slot before it has upgraded. (Keep-alive stays on: with it off,
+//! hold a slot before it has upgraded; an Engine.IO polling request extends
+//! that (`KeepOpen`), as a long poll lasts up to `ping_interval`. (Keep-alive stays on: with it off,
 //! hyper answers `Connection: close`, which breaks the 101 response.)
 //! Launching runs over HTTP is deliberately absent.
 
@@ -40,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::backend::{CancelOutcome, LookupError};
 use super::metrics::Metrics;
+use super::socketio;
 use super::ws::{self, Endpoint, WsError};
 use super::{Role, Shared};
 use crate::auth::{Scope, request_token};
@@ -133,31 +136,73 @@ async fn refuse(mut stream: TcpStream, _guard: ConnGuard, _refusing: Refusing) {
     .await;
 }
 
+/// How long an HTTP connection may stay open: `handshake_timeout` from its
+/// start, or longer once an Engine.IO polling request asks (a long poll
+/// lasts up to `ping_interval`, and a polling client keeps its connection).
+pub(crate) struct KeepOpen {
+    start: tokio::time::Instant,
+    /// Milliseconds after `start`.
+    until: std::sync::atomic::AtomicU64,
+}
+
+impl KeepOpen {
+    fn new(first: std::time::Duration) -> Self {
+        KeepOpen { start: tokio::time::Instant::now(), until: (first.as_millis() as u64).into() }
+    }
+
+    /// Keeps the connection open for at least `d` from now.
+    pub(crate) fn extend(&self, d: std::time::Duration) {
+        let until = (self.start.elapsed() + d).as_millis() as u64;
+        self.until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        self.start + std::time::Duration::from_millis(self.until.load(Ordering::Relaxed))
+    }
+}
+
 async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard) {
     let _ = stream.set_nodelay(true);
-    let timeout = shared.stream_config().handshake_timeout;
+    let keep = Arc::new(KeepOpen::new(shared.stream_config().handshake_timeout));
     let guard = Arc::new(guard);
     let svc_shared = shared.clone();
+    let svc_keep = keep.clone();
     let svc = service_fn(move |req| {
-        let (shared, guard) = (svc_shared.clone(), guard.clone());
-        async move { Ok::<_, Infallible>(route(req, peer, shared, guard).await) }
+        let (shared, guard, keep) = (svc_shared.clone(), guard.clone(), svc_keep.clone());
+        async move { Ok::<_, Infallible>(route(req, peer, shared, guard, keep).await) }
     });
     let conn = http1::Builder::new()
         .max_buf_size(HTTP_READ_BUFFER)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
-    match tokio::time::timeout(timeout, conn).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => tracing::debug!(%peer, %error, "http connection error"),
-        Err(_) => tracing::debug!(%peer, "handshake timeout"),
+    tokio::pin!(conn);
+    loop {
+        let deadline = keep.deadline();
+        match tokio::time::timeout_at(deadline, conn.as_mut()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "http connection error"),
+            Err(_) if keep.deadline() > deadline => continue,
+            Err(_) => tracing::debug!(%peer, "handshake timeout"),
+        }
+        return;
     }
 }
 
-async fn route(req: Request<Incoming>, peer: SocketAddr, shared: Arc<Shared>, guard: Arc<ConnGuard>) -> Response<Body> {
+async fn route(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    guard: Arc<ConnGuard>,
+    keep: Arc<KeepOpen>,
+) -> Response<Body> {
     let query: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let param = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let path = req.uri().path().to_owned();
+    if let Some(server) = socketio::server_for(&path, &query) {
+        tracing::debug!(%peer, method = %req.method(), path = %path, "socket.io request");
+        return socketio::handle(req, server, query, shared, guard, keep).await;
+    }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let upgrade = is_websocket(&req);
     tracing::debug!(%peer, method = %req.method(), path = %path, upgrade, "http request");
@@ -424,7 +469,7 @@ fn upgrade_agent(
 }
 
 /// The `Sec-WebSocket-Accept` value for a valid version-13 upgrade request.
-fn accept_key(req: &Request<Incoming>) -> Option<String> {
+pub(crate) fn accept_key(req: &Request<Incoming>) -> Option<String> {
     if !is_websocket(req) || req.headers().get(header::SEC_WEBSOCKET_VERSION).is_none_or(|v| v != "13") {
         return None;
     }
@@ -438,7 +483,7 @@ fn valid_key(key: &HeaderValue) -> bool {
     base64::engine::general_purpose::STANDARD.decode(key.as_bytes()).is_ok_and(|k| k.len() == 16)
 }
 
-fn switching_protocols(accept: &str) -> Response<Body> {
+pub(crate) fn switching_protocols(accept: &str) -> Response<Body> {
     let mut r = Response::new(Full::default());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();

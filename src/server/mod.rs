@@ -7,6 +7,7 @@
 //! - `backend`: the [`Backend`] trait and the types it answers with.
 //! - `http`: the TCP listener: HTTP endpoints and WebSocket upgrades.
 //! - `ws`: one WebSocket session (its subscriptions, limits, errors, frames).
+//! - `socketio`: Socket.IO v5 over Engine.IO v4 (polling and WebSocket) for dashboards.
 //! - `unix`: the local socket (launch, subscribe, cancel, list, status).
 //! - `outbox`: what waits to be written to one connection, either socket.
 //! - `metrics`: counters behind `/metrics` and `/healthz`.
@@ -15,6 +16,7 @@ pub(crate) mod backend;
 pub(crate) mod http;
 pub(crate) mod metrics;
 mod outbox;
+pub(crate) mod socketio;
 pub(crate) mod unix;
 pub(crate) mod ws;
 
@@ -42,6 +44,8 @@ pub(crate) struct Shared {
     pub stop: CancellationToken,
     /// Connection and session tasks, so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Engine.IO polling sessions by `sid`, so a request can find its connection's task.
+    pub socketio: socketio::Sessions,
     /// File descriptors the program keeps for itself (its runs' pipes and
     /// journals, the Unix socket's clients); TCP connections get what the
     /// fd limit leaves, so a flood of clients cannot take those.
@@ -63,6 +67,7 @@ impl Shared {
             agent_tokens: RwLock::new(None),
             stop,
             tracker: TaskTracker::new(),
+            socketio: socketio::Sessions::default(),
             reserved_fds: std::sync::atomic::AtomicUsize::new(0),
         }
     }

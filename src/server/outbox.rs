@@ -1,8 +1,10 @@
 //! What is waiting to be written to one connection, written straight from
 //! the journal's shared event buffers with `writev`: the only copy is the
-//! kernel's. One implementation for both sockets: WebSocket text frames (a
-//! header of at most 10 bytes, built on the stack, before each event) and
-//! the Unix socket's lines (a newline after each).
+//! kernel's. One implementation for every socket: WebSocket text frames (a
+//! header of at most 10 bytes, built on the stack, before each event), the
+//! Unix socket's lines (a newline after each), and Socket.IO's events (the
+//! event between a fixed prefix and suffix, in a WebSocket frame or
+//! followed by a polling body's separator).
 //!
 //! Holding a batch costs a pointer, so a subscriber's backlog is bounded by
 //! its hub queue, not here; the owner only refills the outbox once it is
@@ -17,7 +19,7 @@ use bytes::Bytes;
 
 use crate::event::Batch;
 
-/// Events per `writev` (up to three slices each; Linux allows 1024).
+/// Events per `writev` (up to four slices each; Linux allows 1024).
 const EVENTS_PER_WRITE: usize = 256;
 
 /// How events are cut apart on the wire.
@@ -27,6 +29,11 @@ pub(crate) enum Framing {
     WebSocket,
     /// A line each: the event's JSON and a newline.
     Lines,
+    /// `prefix`, the event's JSON and `suffix`, in an RFC 6455 text frame
+    /// each (`frame`), or not framed (a polling body: then `suffix` ends
+    /// with the separator). The connection's own messages are framed the
+    /// same way without the prefix and suffix, or followed by `separator`.
+    Wrapped { frame: bool, prefix: &'static [u8], suffix: &'static [u8], separator: &'static [u8] },
 }
 
 /// A socket that takes what it can without waiting.
@@ -67,7 +74,8 @@ pub(crate) fn ws_header(opcode: u8, len: usize, out: &mut [u8; 10]) -> usize {
     }
 }
 
-pub(crate) fn ws_header_len(len: usize) -> usize {
+#[cfg(test)]
+fn ws_header_len(len: usize) -> usize {
     match len {
         0..126 => 2,
         126..=0xffff => 4,
@@ -81,18 +89,48 @@ enum Pending {
     Batch { batch: Arc<Batch>, next: usize, end: usize, slot: usize },
     /// Bytes already framed.
     Raw(Bytes),
+    /// A message of the connection's own, framed when it is written (so
+    /// that a connection may change its framing, see [`Outbox::set_framing`]).
+    Text(Bytes),
 }
 
-/// The bytes of one queued piece, as up to three slices.
+/// The bytes of one queued piece, as up to four slices.
 struct Piece<'a> {
     head: ([u8; 10], usize),
+    pre: &'static [u8],
     body: &'a [u8],
     tail: &'a [u8],
 }
 
-impl Piece<'_> {
+impl<'a> Piece<'a> {
     fn len(&self) -> usize {
-        self.head.1 + self.body.len() + self.tail.len()
+        self.head.1 + self.pre.len() + self.body.len() + self.tail.len()
+    }
+
+    fn plain(body: &'a [u8]) -> Self {
+        Piece { head: ([0; 10], 0), pre: &[], body, tail: &[] }
+    }
+
+    /// `body` as `framing` frames it; `wrap`: between the framing's prefix
+    /// and suffix (an event) or not (a message of the connection's own).
+    fn framed(framing: Framing, body: &'a [u8], wrap: bool) -> Self {
+        let header = |payload: usize| {
+            let mut h = [0u8; 10];
+            let n = ws_header(TEXT, payload, &mut h);
+            (h, n)
+        };
+        match framing {
+            Framing::WebSocket => Piece { head: header(body.len()), ..Piece::plain(body) },
+            Framing::Lines => Piece { tail: b"\n", ..Piece::plain(body) },
+            Framing::Wrapped { frame, prefix, suffix, separator } => match (wrap, frame) {
+                (true, true) => {
+                    Piece { head: header(prefix.len() + body.len() + suffix.len()), pre: prefix, body, tail: suffix }
+                }
+                (true, false) => Piece { pre: prefix, tail: suffix, ..Piece::plain(body) },
+                (false, true) => Piece { head: header(body.len()), ..Piece::plain(body) },
+                (false, false) => Piece { tail: separator, ..Piece::plain(body) },
+            },
+        }
     }
 }
 
@@ -121,10 +159,19 @@ impl Outbox {
     }
 
     fn event_len(&self, json: &[u8]) -> usize {
-        match self.framing {
-            Framing::WebSocket => ws_header_len(json.len()) + json.len(),
-            Framing::Lines => json.len() + 1,
+        Piece::framed(self.framing, json, true).len()
+    }
+
+    /// Frames what is queued from now on, and the messages already queued
+    /// but not yet started, the new way (a Socket.IO connection upgraded
+    /// from polling to WebSocket). Only when nothing is half written.
+    pub(crate) fn set_framing(&mut self, framing: Framing) -> bool {
+        if self.offset != 0 || self.queue.iter().any(|p| matches!(p, Pending::Raw(_))) {
+            return false;
         }
+        self.framing = framing;
+        self.bytes = self.pieces().map(|p| p.len()).sum();
+        true
     }
 
     /// Queues `batch`'s events with `seq > after`, for subscription `slot`;
@@ -183,20 +230,13 @@ impl Outbox {
 
     /// Queues a message of the connection's own (JSON text), framed.
     pub(crate) fn push_text(&mut self, text: &str) {
-        let mut framed = Vec::with_capacity(text.len() + 10);
-        match self.framing {
-            Framing::WebSocket => {
-                let mut h = [0u8; 10];
-                let n = ws_header(TEXT, text.len(), &mut h);
-                framed.extend_from_slice(&h[..n]);
-                framed.extend_from_slice(text.as_bytes());
-            }
-            Framing::Lines => {
-                framed.extend_from_slice(text.as_bytes());
-                framed.push(b'\n');
-            }
-        }
-        self.push_raw(Bytes::from(framed));
+        self.push_message(Bytes::copy_from_slice(text.as_bytes()));
+    }
+
+    /// Queues a message of the connection's own, framed when written.
+    pub(crate) fn push_message(&mut self, text: Bytes) {
+        self.bytes += Piece::framed(self.framing, &text, false).len();
+        self.queue.push_back(Pending::Text(text));
     }
 
     /// Forgets what subscription `slot` had written (the slot is reused).
@@ -241,24 +281,12 @@ impl Outbox {
     fn pieces(&self) -> impl Iterator<Item = Piece<'_>> {
         let framing = self.framing;
         self.queue.iter().flat_map(move |p| {
-            let (frames, raw): (&[_], _) = match p {
+            let (frames, own): (&[_], _) = match p {
                 Pending::Batch { batch, next, end, .. } => (&batch.frames[*next..*end], None),
-                Pending::Raw(r) => (&[], Some(Piece { head: ([0; 10], 0), body: r, tail: &[] })),
+                Pending::Raw(r) => (&[], Some(Piece::plain(r))),
+                Pending::Text(t) => (&[], Some(Piece::framed(framing, t, false))),
             };
-            frames
-                .iter()
-                .map(move |f| {
-                    let json = f.bytes();
-                    match framing {
-                        Framing::WebSocket => {
-                            let mut h = [0u8; 10];
-                            let n = ws_header(TEXT, json.len(), &mut h);
-                            Piece { head: (h, n), body: json, tail: &[] }
-                        }
-                        Framing::Lines => Piece { head: ([0; 10], 0), body: json, tail: b"\n" },
-                    }
-                })
-                .chain(raw)
+            frames.iter().map(move |f| Piece::framed(framing, f.bytes(), true)).chain(own)
         })
     }
 
@@ -270,11 +298,11 @@ impl Outbox {
             // Sized to what is queued: a fixed array for the largest write
             // would be zeroed on every call, ~12 KiB per subscriber per event.
             let pieces: Vec<Piece<'_>> = self.pieces().take(EVENTS_PER_WRITE).collect();
-            let mut slices = Vec::with_capacity(3 * pieces.len());
+            let mut slices = Vec::with_capacity(4 * pieces.len());
             let mut skip = self.offset;
             for piece in &pieces {
                 // Only the front piece can be partly written.
-                for part in [&piece.head.0[..piece.head.1], piece.body, piece.tail] {
+                for part in [&piece.head.0[..piece.head.1], piece.pre, piece.body, piece.tail] {
                     let cut = skip.min(part.len());
                     skip -= cut;
                     if part.len() > cut {
@@ -316,7 +344,7 @@ impl Outbox {
                     *next += 1;
                     (*next >= *end, Some((*slot, seq)))
                 }
-                Some(Pending::Raw(_)) => (true, None),
+                Some(Pending::Raw(_) | Pending::Text(_)) => (true, None),
                 None => return,
             };
             if let Some((slot, seq)) = wrote {
@@ -455,5 +483,61 @@ mod tests {
         assert_eq!(out.written(0), Some(6));
         drop(tcp);
         assert_eq!(client.await.unwrap(), b"0002\n0003\n0006\n");
+    }
+
+    const WRAP_WS: Framing = Framing::Wrapped { frame: true, prefix: b"42[\"e\",", suffix: b"]", separator: b"" };
+    const WRAP_POLL: Framing =
+        Framing::Wrapped { frame: false, prefix: b"42[\"e\",", suffix: b"]\x1e", separator: b"\x1e" };
+
+    /// Socket.IO's framing: each event between the prefix and suffix, in a
+    /// text frame of its own; the connection's own messages framed alone.
+    #[tokio::test]
+    async fn wrapped_events_are_whole_frames() {
+        let (tcp, client) = pair().await;
+        let mut out = Outbox::new(WRAP_WS);
+        out.push_message(Bytes::from_static(b"40"));
+        out.push_batch(batch(1..=2, 3), 0, 0);
+        out.push_batch(batch(3..=3, 70_000), 0, 0);
+        let expected = out.bytes();
+        flush(&mut out, &tcp).await;
+        drop(tcp);
+        let wire = client.await.unwrap();
+        assert_eq!(wire.len(), expected, "bytes() counts what is written");
+        let frames = decode(&wire);
+        assert_eq!(frames[0], (TEXT, b"40".to_vec()));
+        assert_eq!(frames[1], (TEXT, b"42[\"e\",001]".to_vec()));
+        assert_eq!(frames[3].1.len(), 7 + 70_000 + 1);
+        assert!(frames[3].1.starts_with(b"42[\"e\",0") && frames[3].1.ends_with(b"3]"));
+    }
+
+    /// A polling body: packets separated by `\x1e`; moved to a WebSocket
+    /// before anything is written, what waits is framed the new way.
+    #[tokio::test]
+    async fn polling_framing_and_the_move_to_websocket() {
+        struct Sink(std::cell::RefCell<Vec<u8>>);
+        impl TryWrite for Sink {
+            fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+                bufs.iter().for_each(|b| self.0.borrow_mut().extend_from_slice(b));
+                Ok(bufs.iter().map(|b| b.len()).sum())
+            }
+        }
+        let mut out = Outbox::new(WRAP_POLL);
+        out.push_message(Bytes::from_static(b"2"));
+        out.push_batch(batch(1..=2, 2), 0, 0);
+        let sink = Sink(Default::default());
+        out.write_to(&sink).unwrap();
+        assert_eq!(sink.0.into_inner(), b"2\x1e42[\"e\",01]\x1e42[\"e\",02]\x1e");
+        out.push_message(Bytes::from_static(b"3probe"));
+        out.push_batch(batch(3..=3, 2), 0, 0);
+        assert!(out.set_framing(WRAP_WS));
+        let (tcp, client) = pair().await;
+        let expected = out.bytes();
+        flush(&mut out, &tcp).await;
+        drop(tcp);
+        let wire = client.await.unwrap();
+        assert_eq!(wire.len(), expected);
+        assert_eq!(decode(&wire), vec![(TEXT, b"3probe".to_vec()), (TEXT, b"42[\"e\",03]".to_vec())]);
+        out.push_raw(Bytes::from_static(b"raw"));
+        assert!(!out.set_framing(WRAP_POLL), "bytes already framed cannot be re-framed");
     }
 }

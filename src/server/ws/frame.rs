@@ -24,11 +24,11 @@ use tokio::net::TcpStream;
 use crate::server::outbox::ws_header;
 
 /// RFC 6455 opcodes the server sends.
-pub(super) const CLOSE: u8 = 0x8;
-pub(super) const PING: u8 = 0x9;
+pub(in crate::server) const CLOSE: u8 = 0x8;
+pub(in crate::server) const PING: u8 = 0x9;
 
 /// One complete frame, encoded: for the session's own messages, pings and closes.
-pub(super) fn encode(opcode: u8, payload: &[u8]) -> Bytes {
+pub(in crate::server) fn encode(opcode: u8, payload: &[u8]) -> Bytes {
     let mut h = [0u8; 10];
     let n = ws_header(opcode, payload.len(), &mut h);
     let mut out = BytesMut::with_capacity(n + payload.len());
@@ -38,7 +38,7 @@ pub(super) fn encode(opcode: u8, payload: &[u8]) -> Bytes {
 }
 
 /// A close frame with its status code and a short reason.
-pub(super) fn close_frame(code: u16, reason: &str) -> Bytes {
+pub(in crate::server) fn close_frame(code: u16, reason: &str) -> Bytes {
     // Control frames carry at most 125 bytes: the code and up to 123 of reason.
     let mut cut = reason.len().min(123);
     while !reason.is_char_boundary(cut) {
@@ -53,7 +53,7 @@ pub(super) fn close_frame(code: u16, reason: &str) -> Bytes {
 /// The read side of a connection as tungstenite sees it: reads come from
 /// the socket (after any bytes hyper read past the upgrade request), and
 /// writes are collected in `control` for the session to send.
-pub(super) struct ClientIo {
+pub(in crate::server) struct ClientIo {
     tcp: Arc<TcpStream>,
     early: Bytes,
     control: Arc<Mutex<BytesMut>>,
@@ -64,7 +64,12 @@ pub(super) struct ClientIo {
 }
 
 impl ClientIo {
-    pub(super) fn new(tcp: Arc<TcpStream>, early: Bytes, control: Arc<Mutex<BytesMut>>, budget: usize) -> Self {
+    pub(in crate::server) fn new(
+        tcp: Arc<TcpStream>,
+        early: Bytes,
+        control: Arc<Mutex<BytesMut>>,
+        budget: usize,
+    ) -> Self {
         // `early` is a view into hyper's read buffer (8 KiB or more); keeping
         // the view would keep that buffer for the life of the connection.
         let early = if early.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&early) };
@@ -72,12 +77,12 @@ impl ClientIo {
     }
 
     /// The client is authenticated: only the message limits apply now.
-    pub(super) fn lift_budget(&mut self) {
+    pub(in crate::server) fn lift_budget(&mut self) {
         self.budget = None;
     }
 
     /// Whether reads failed because the unauthenticated budget was spent.
-    pub(super) fn budget_spent(&self) -> bool {
+    pub(in crate::server) fn budget_spent(&self) -> bool {
         self.budget == Some(0)
     }
 }
@@ -91,7 +96,7 @@ impl ClientIo {
 }
 
 /// Takes whatever tungstenite wrote (complete frames) since the last call.
-pub(super) fn take_control(control: &Mutex<BytesMut>) -> Bytes {
+pub(in crate::server) fn take_control(control: &Mutex<BytesMut>) -> Bytes {
     lock(control).split().freeze()
 }
 

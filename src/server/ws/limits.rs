@@ -19,7 +19,7 @@ const READ_BUFFER: usize = 256;
 /// an auth message with a large JWT, and a small fraction of what one
 /// message may be once authenticated. (A flood of unauthenticated peers
 /// sending unfinished fragmented messages is what this bounds.)
-pub(super) const AUTH_READ_BUDGET: usize = 16 * 1024;
+pub(in crate::server) const AUTH_READ_BUDGET: usize = 16 * 1024;
 
 /// tungstenite refuses a frame, and a message while it is still being
 /// assembled from fragments, once it passes `max_frame_bytes`; the session
@@ -35,7 +35,7 @@ pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
 }
 
 /// Token bucket: `rate` messages per second, bursts up to `burst`.
-pub(super) struct RateLimiter {
+pub(in crate::server) struct RateLimiter {
     rate: f64,
     burst: f64,
     tokens: f64,
@@ -43,12 +43,12 @@ pub(super) struct RateLimiter {
 }
 
 impl RateLimiter {
-    pub(super) fn new(rate: u32, burst: u32) -> Self {
+    pub(in crate::server) fn new(rate: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
         RateLimiter { rate: f64::from(rate), burst, tokens: burst, last: Instant::now() }
     }
 
-    pub(super) fn allow(&mut self, now: Instant) -> bool {
+    pub(in crate::server) fn allow(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
@@ -62,7 +62,7 @@ impl RateLimiter {
 }
 
 /// Deepest nesting of objects/arrays in `json` (strings skipped), without parsing it.
-pub(super) fn json_depth(json: &[u8]) -> usize {
+pub(in crate::server) fn json_depth(json: &[u8]) -> usize {
     let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
     for &b in json {
         if in_str {

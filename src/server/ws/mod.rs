@@ -15,8 +15,8 @@
 //! - `limits`: what a client may send; `error`: the error events and close codes.
 
 mod error;
-mod frame;
-mod limits;
+pub(super) mod frame;
+pub(super) mod limits;
 mod patterns;
 mod requests;
 mod session;
