@@ -10,13 +10,17 @@
 //! - `socketio`: Socket.IO v5 over Engine.IO v4 (polling and WebSocket) for dashboards.
 //! - `unix`: the local socket (launch, subscribe, cancel, list, status).
 //! - `outbox`: what waits to be written to one connection, either socket.
+//! - `run_stream`: one run's events for one network subscriber; `streams`: a
+//!   connection's set of them, polled as woken.
 //! - `metrics`: counters behind `/metrics` and `/healthz`.
 
 pub(crate) mod backend;
 pub(crate) mod http;
 pub(crate) mod metrics;
 mod outbox;
+mod run_stream;
 pub(crate) mod socketio;
+mod streams;
 pub(crate) mod unix;
 pub(crate) mod ws;
 

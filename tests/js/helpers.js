@@ -105,4 +105,4 @@ function runsClient(d, runId, { transports = ['websocket'], token = d.token, ext
   return { socket, events, done: () => within(`the end of ${runId}`, done) };
 }
 
-module.exports = { Daemon, WAIT_MS, within, next, gate, runsClient, io };
+module.exports = { Daemon, BIN, WAIT_MS, within, next, gate, runsClient, io };

@@ -1,11 +1,11 @@
 // Path `/socket.io/`, namespace `/workflow` (spec "Socket.IO", seed 001):
-// `connected`, each implemented subscription type, unsubscribe, ping,
+// `connected`, each subscription type, step updates and filters, unsubscribe, ping,
 // get_status, per-event rate limits, and errors that leave the other
 // subscriptions alone.
 'use strict';
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
-const { Daemon, next, within, gate, io } = require('./helpers');
+const { Daemon, BIN, next, within, gate, io } = require('./helpers');
 
 let d;
 // Only the metrics period is shortened; every limit keeps its default.
@@ -168,11 +168,12 @@ test('a bad payload is answered by error; the other subscriptions go on', async 
   socket.emit('subscribe', { type: 'logs', resourceId: 'wf-keep' });
   await when(socket, 'subscription_confirmed', (c) => c.resourceId === 'wf-keep');
   for (const bad of ['garbage', { type: 'nonsense' }, { type: 'logs' }, { type: 'logs', resourceId: '../etc' },
-    { type: 'logs', resourceId: 'x', filters: { logLevel: 'loud' } }, { type: 'workflow', resourceId: 'wf-*' },
-    { type: 'tenant_activity' }, { type: 'logs', resourceId: 'wf-keep', filters: { stepId: 's1' } }]) {
+    { type: 'logs', resourceId: 'x', filters: { logLevel: 'loud' } }, { type: 'workflow', resourceId: 'wf-1' },
+    { type: 'workflow', resourceId: 'a*b*' }, { type: 'logs', resourceId: 'wf-keep', filters: { stepId: 3 } },
+    { type: 'execution', resourceId: 'wf-keep', filters: { stepId: 's1' } }]) {
     socket.emit('subscribe', bad);
     const error = await next(socket, 'error');
-    assert.ok(['bad-request', 'unsupported'].includes(error.type), JSON.stringify(error));
+    assert.equal(error.type, 'bad-request', JSON.stringify(error));
   }
   socket.emit('unsubscribe', 42);
   assert.equal((await next(socket, 'error')).type, 'bad-request');
@@ -195,4 +196,84 @@ test('another namespace is refused with CONNECT_ERROR', async () => {
   const err = await next(socket, 'connect_error');
   assert.equal(err.message, 'Invalid namespace');
   socket.close();
+});
+
+test('execution: step updates; logs: filters.stepId keeps one step\'s output and step logs', async () => {
+  const { socket, got } = await client();
+  await next(socket, 'connect');
+  socket.emit('subscribe', { type: 'execution', resourceId: 'wf-steps' });
+  socket.emit('subscribe', { type: 'logs', resourceId: 'wf-steps', filters: { stepId: 's1' } });
+  await when(socket, 'subscription_confirmed', (c) => c.subscriptionKey === 'logs:wf-steps:step=s1');
+  const done = when(socket, 'update', (u) => u.type === 'execution.completed');
+  const warned = when(socket, 'update', (u) => u.type === 'log.created' && u.payload.message === 'careful');
+  const script = `${BIN} step start s1 --name Build && echo in-s1 && ${BIN} step log --level warn careful && ` +
+    `${BIN} step end s1 && echo outside && ${BIN} step start s2 && ${BIN} step end s2 --status failure`;
+  assert.equal(d.run('run', '--id', 'wf-steps', '--', 'sh', '-c', script).status, 0);
+  await done;
+  const updates = got.filter((g) => g.event === 'update');
+  const steps = updates.filter((u) => u.body.type.startsWith('step.')).map((u) => [u.body.type, u.body.payload.stepId]);
+  assert.deepEqual(steps, [['step.started', 's1'], ['step.completed', 's1'], ['step.started', 's2'], ['step.failed', 's2']]);
+  const started = updates.find((u) => u.body.type === 'step.started').body.payload;
+  assert.deepEqual([started.stepName, started.executionId], ['Build', 'wf-steps']);
+  const completed = updates.find((u) => u.body.type === 'step.completed').body.payload;
+  assert.ok(Number.isInteger(completed.duration), JSON.stringify(completed));
+  // Everything of step s1 the logs subscription will get: one line, one warning.
+  const logs = () => updates.filter((u) => u.body.type === 'log.created').map((u) => [u.body.payload.level, u.body.payload.message]);
+  await warned;
+  assert.deepEqual(logs(), [['info', 'in-s1\n'], ['warn', 'careful']]);
+  socket.disconnect();
+});
+
+test('workflow: a run-ID pattern follows the lifecycle of matching runs, active and later', async () => {
+  const { socket, got } = await client();
+  await next(socket, 'connect');
+  socket.emit('subscribe', { type: 'execution', resourceId: 'wfp-active' });
+  const running = when(socket, 'update', (u) => u.type === 'execution.started' && u.payload.runId === 'wfp-active');
+  const job = d.spawnRun('run', '--id', 'wfp-active', '--', 'sleep', '30');
+  await running;
+  const initial = when(socket, 'initial_data', (i) => i.type === 'workflow');
+  socket.emit('subscribe', { type: 'workflow', resourceId: 'wfp-*' });
+  const confirmed = await when(socket, 'subscription_confirmed', (c) => c.type === 'workflow');
+  assert.deepEqual([confirmed.resourceId, confirmed.subscriptionKey], ['wfp-*', 'workflow:wfp-*']);
+  const active = await initial;
+  assert.deepEqual(active.data.map((r) => [r.runId, r.status]), [['wfp-active', 'running']]);
+  assert.equal(active.complete, true);
+  // Started in this order: were other-1 let through, it would come first.
+  assert.equal(d.run('run', '--id', 'other-1', '--', 'true').status, 0);
+  const later = when(socket, 'update', (u) => u.type === 'execution.completed' && u.payload.runId === 'wfp-later');
+  assert.equal(d.run('run', '--id', 'wfp-later', '--', 'true').status, 0);
+  await later;
+  const cancelled = when(socket, 'update', (u) => u.type === 'execution.cancelled' && u.payload.runId === 'wfp-active');
+  assert.equal(d.run('cancel', 'wfp-active').status, 0);
+  await cancelled;
+  await job;
+  const seen = got.filter((g) => g.event === 'update').map((g) => g.body.payload.runId);
+  assert.ok(!seen.includes('other-1'), JSON.stringify(seen));
+  const laterTypes = got.filter((g) => g.event === 'update' && g.body.payload.runId === 'wfp-later').map((g) => g.body.type);
+  assert.deepEqual(laterTypes, ['execution.started', 'execution.completed']);
+  socket.emit('unsubscribe', { subscriptionKey: 'workflow:wfp-*' });
+  await next(socket, 'unsubscription_confirmed');
+  socket.disconnect();
+});
+
+test('tenant_activity: every run the token may see, and only those', async () => {
+  const scoped = await Daemon.start('[[stream.restricted_tokens]]\ntoken = "team-a-token-0123456789"\nrun_prefix = "team-a-"\n');
+  try {
+    const socket = io(`${scoped.url}/workflow`, { auth: { token: 'team-a-token-0123456789' }, transports: ['websocket', 'polling'], reconnection: false });
+    const updates = [];
+    socket.on('update', (u) => updates.push(u));
+    const hello = await next(socket, 'connected');
+    assert.equal(hello.tenantId, 'team-a-');
+    socket.emit('subscribe', { type: 'tenant_activity' });
+    const initial = await next(socket, 'initial_data');
+    assert.deepEqual([initial.type, initial.data], ['tenant_activity', []]);
+    assert.equal(scoped.run('run', '--id', 'team-b-1', '--', 'true').status, 0);
+    const mine = when(socket, 'update', (u) => u.type === 'execution.completed' && u.payload.runId === 'team-a-1');
+    assert.equal(scoped.run('run', '--id', 'team-a-1', '--', 'true').status, 0);
+    await mine;
+    assert.deepEqual([...new Set(updates.map((u) => u.payload.runId))], ['team-a-1']);
+    socket.disconnect();
+  } finally {
+    await scoped.stop();
+  }
 });

@@ -14,10 +14,6 @@ use crate::config::SocketIoConfig;
 /// Subscriptions one `/workflow` connection may hold at once.
 pub(super) const MAX_SUBSCRIPTIONS: usize = 64;
 
-/// Journal bytes read per step of history: what one subscription catching
-/// up holds, and the most one `initial_data` piece carries (as for WebSocket).
-pub(super) const HISTORY_STEP: usize = 32 * 1024;
-
 /// The connection asks its feeds for more once less than this waits to be
 /// written (as `ws::session`): a slow client's backlog stays in its
 /// bounded hub queue, then in the journal.

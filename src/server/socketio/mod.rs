@@ -14,17 +14,17 @@
 //!   `dispatch`: what it does with the client's packets.
 //! - `runs_ns`: path `/runs/`, namespace `/`: one run as `run-event`s.
 //! - `workflow_ns`: path `/socket.io/`, namespace `/workflow`: subscriptions by message;
+//!   `lifecycle`: its `workflow` and `tenant_activity` (many runs);
 //!   `updates`: journaled events → `/workflow` messages; `limits`: per-event rate limits.
-//! - `stream`: a run's feed, polled by the connection's task.
 
 mod conn;
 mod dispatch;
 mod engine;
+mod lifecycle;
 mod limits;
 mod link;
 mod packet;
 mod runs_ns;
-mod stream;
 mod updates;
 mod workflow_ns;
 

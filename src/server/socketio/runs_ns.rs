@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 
 use super::conn::Verdict;
 use super::packet;
-use super::stream::{RunStream, StreamOut};
 use crate::run_id::RunId;
 use crate::server::metrics::Metrics;
 use crate::server::outbox::Outbox;
+use crate::server::run_stream::{RunStream, StreamOut};
 use crate::server::{Role, Shared};
 
 /// The outbox slot of the one subscription (for `lastSeq` after a stall).
@@ -90,7 +90,8 @@ impl RunsNs {
                 outbox.push_message(packet::event("/", "run-end", &[&end]).into());
                 Verdict::Disconnect
             }
-            StreamOut::Fail { code, message } => {
+            StreamOut::Fail(error) => {
+                let (code, message) = (error.code(), error.to_string());
                 tracing::debug!(code, %message, "socket.io run stream failed");
                 let detail = json!({"message": message});
                 outbox.push_message(packet::event("/", "error", &[&Value::from(code), &detail]).into());

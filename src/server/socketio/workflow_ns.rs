@@ -17,19 +17,20 @@ use std::task::{Context, Poll};
 use serde_json::{Map, Value, json};
 use tokio::time::{Instant, Sleep};
 
+use super::lifecycle::Lifecycle;
 use super::limits::{EventLimits, Limited, MAX_SUBSCRIPTIONS};
 use super::packet;
-use super::stream::{RunStream, StreamOut};
 use super::updates::{Level, Topic, update_for};
 use crate::auth::Scope;
 use crate::event::now_timestamp;
 use crate::feed::Delivery;
-use crate::run_id::RunId;
+use crate::run_id::{RunId, RunPattern};
 use crate::server::backend::LookupError;
 use crate::server::outbox::Outbox;
+use crate::server::run_stream::{RunStream, StreamOut};
 use crate::server::{Role, Shared};
 
-const NS: &str = "/workflow";
+pub(super) const NS: &str = "/workflow";
 
 pub(super) struct WorkflowNs {
     shared: Arc<Shared>,
@@ -51,13 +52,15 @@ struct Sub {
 enum Source {
     Run {
         topic: Topic,
-        stream: RunStream,
+        stream: Box<RunStream>,
         /// Events up to this seq are history: they go out as `initial_data`.
         history_to: u64,
         /// The last `initial_data` piece has been sent.
         history_done: bool,
     },
     Metrics,
+    /// `workflow` and `tenant_activity`: the lifecycle of many runs.
+    Lifecycle(Box<Lifecycle>),
 }
 
 /// A subscription about to be added, and what its client is told first.
@@ -168,14 +171,7 @@ impl WorkflowNs {
                 initial: self.metrics_payload(),
                 resource: Value::Null,
             },
-            // SEAM: `workflow` (resourceId a run-ID pattern) and `tenant_activity`
-            // (every run the token may see) follow the lifecycle of many runs: they
-            // will use the `Backend` method that yields runs opened from now on (plus
-            // the active ones), one `RunStream` of status events per run, mapped by
-            // `updates::update_for`.
-            "workflow" | "tenant_activity" => {
-                return Err(Refusal("unsupported", format!("subscription type {kind} is not available yet")));
-            }
+            "workflow" | "tenant_activity" => return self.lifecycle_subscription(kind, req, outbox),
             other => return Err(Refusal::bad(format!("unknown subscription type {other:?}"))),
         };
         self.subs.retain(|s| s.key != key);
@@ -211,10 +207,12 @@ impl WorkflowNs {
     ) -> Result<NewSub, Refusal> {
         let raw = req.get("resourceId").and_then(Value::as_str).unwrap_or("");
         let run = self.run_id(raw)?;
-        if filters.contains_key("stepId") {
-            // SEAM: step filters arrive with step events (updates::update_for).
-            return Err(Refusal("unsupported", "filters.stepId is not available yet".into()));
-        }
+        let step = match filters.get("stepId") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if kind == "logs" => Some(s.clone()),
+            Some(_) if kind == "logs" => return Err(Refusal::bad("filters.stepId is a string")),
+            Some(_) => return Err(Refusal::bad("filters.stepId applies to logs")),
+        };
         let min_level = match filters.get("logLevel") {
             None | Some(Value::Null) => None,
             Some(v) => Some(
@@ -238,15 +236,55 @@ impl WorkflowNs {
         if let Some(level) = filters.get("logLevel").and_then(Value::as_str) {
             key = format!("{key}:{level}");
         }
+        if let Some(step) = &step {
+            key = format!("{key}:step={step}");
+        }
         let resource = Value::from(run.as_str());
         let (topic, since, initial) = match kind {
             "execution" => (Topic::Execution, last_seq, Some(info)),
-            _ => (Topic::Logs { min_level }, 0, (last_seq == 0).then(|| json!([]))),
+            _ => (Topic::Logs { min_level, step }, 0, (last_seq == 0).then(|| json!([]))),
         };
         let history_to = if since == 0 { last_seq } else { 0 };
         let stream = RunStream::new(self.shared.clone(), run, since, host);
-        let source = Source::Run { topic, stream, history_to, history_done: initial.is_some() };
+        let source = Source::Run { topic, stream: Box::new(stream), history_to, history_done: initial.is_some() };
         Ok(NewSub { key, source, initial, resource })
+    }
+
+    /// `workflow` (`resourceId` a run-ID pattern) and `tenant_activity`
+    /// (every run the token may see): confirmed, then the active runs as
+    /// `initial_data`, then their status changes.
+    fn lifecycle_subscription(&mut self, kind: &str, req: &Map<String, Value>, outbox: &mut Outbox) -> Answer {
+        let pattern = if kind == "tenant_activity" {
+            RunPattern::parse("*").ok().flatten()
+        } else {
+            let raw = req.get("resourceId").and_then(Value::as_str).unwrap_or("");
+            match RunPattern::parse(raw) {
+                Ok(Some(p)) => Some(p),
+                Ok(None) => {
+                    return Err(Refusal::bad(format!(
+                        "workflow takes a run-ID pattern ending in * as resourceId (got {raw:?}); use execution for one run"
+                    )));
+                }
+                Err(e) => return Err(Refusal::bad(format!("bad run-ID pattern {raw:?}: {e}"))),
+            }
+        };
+        let Some(pattern) = pattern else {
+            return Err(Refusal::bad("no run-ID pattern"));
+        };
+        let key = format!("{kind}:{}", pattern.to_wire());
+        self.subs.retain(|s| s.key != key);
+        if self.subs.len() >= MAX_SUBSCRIPTIONS {
+            return Err(Refusal("too-many-subscriptions", format!("at most {MAX_SUBSCRIPTIONS} per connection")));
+        }
+        let resource = if kind == "tenant_activity" { Value::Null } else { Value::from(pattern.to_wire()) };
+        let confirmed =
+            json!({"type": kind, "resourceId": resource, "subscriptionKey": key, "timestamp": now_timestamp()});
+        outbox.push_message(packet::event(NS, "subscription_confirmed", &[&confirmed]).into());
+        let host = req.get("host").and_then(Value::as_str).map(str::to_owned).or_else(|| self.host.clone());
+        let host = host.filter(|_| self.shared.backend.has_hosts());
+        let lifecycle = Lifecycle::start(&self.shared, pattern, host, self.scope.clone(), kind, &key, outbox);
+        self.subs.push(Sub { key, source: Source::Lifecycle(Box::new(lifecycle)) });
+        Ok((None, confirmed))
     }
 
     fn unsubscribe(&mut self, arg: &Value) -> Answer {
@@ -318,7 +356,17 @@ impl WorkflowNs {
         for _ in 0..self.subs.len() {
             let i = self.turn % self.subs.len();
             self.turn = self.turn.wrapping_add(1);
-            let Source::Run { stream, .. } = &mut self.subs[i].source else { continue };
+            let sub = &mut self.subs[i];
+            let stream = match &mut sub.source {
+                Source::Run { stream, .. } => stream,
+                Source::Lifecycle(lc) => {
+                    if lc.poll(cx, &self.shared, &sub.key, outbox).is_ready() {
+                        return Poll::Ready(());
+                    }
+                    continue;
+                }
+                Source::Metrics => continue,
+            };
             if let Poll::Ready(out) = stream.poll_next(cx) {
                 if self.on_stream(i, out, outbox) {
                     self.subs.swap_remove(i);
@@ -336,6 +384,7 @@ impl WorkflowNs {
         let kind = match topic {
             Topic::Execution => "execution",
             Topic::Logs { .. } => "logs",
+            Topic::Lifecycle => "workflow",
         };
         let (over, error) = match out {
             StreamOut::Frames(delivery) => {
@@ -346,7 +395,7 @@ impl WorkflowNs {
                 (false, Some(("journal-gap", format!("events {from}..={to} are missing from the degraded journal"))))
             }
             StreamOut::End { .. } => (true, None),
-            StreamOut::Fail { code, message } => (true, Some((code, message))),
+            StreamOut::Fail(error) => (true, Some((error.code(), error.to_string()))),
         };
         if over && !*history_done {
             *history_done = true;

@@ -9,7 +9,7 @@
 //! with `lagged` (1013) and the last seq written of each subscription.
 //!
 //! - `session`: the session's loop; `requests`: what a client may ask.
-//! - `subs`: the set of subscriptions, polled as woken; `subscription`: one feed.
+//! - `subs`: what the session keeps with each run it follows (`server::streams`).
 //! - `patterns`: subscriptions to every run matching `prefix*`.
 //! - `frame`: the read side for tungstenite, control frames.
 //! - `limits`: what a client may send; `error`: the error events and close codes.
@@ -21,7 +21,6 @@ mod patterns;
 mod requests;
 mod session;
 mod subs;
-mod subscription;
 
 use std::sync::Arc;
 use std::time::Duration;

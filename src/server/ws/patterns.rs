@@ -17,11 +17,11 @@ use serde_json::json;
 
 use super::error::WsError;
 use super::session::Session;
-use super::subs::Origin;
-use super::subscription::Sub;
+use super::subs::{self, Origin, Sub};
 use crate::event::TypeSet;
 use crate::run_id::RunPattern;
 use crate::server::backend::{RunRef, RunWatch};
+use crate::server::run_stream::RunStream;
 
 /// Patterns one connection may hold.
 pub(super) const MAX_PATTERNS: usize = 16;
@@ -122,8 +122,8 @@ impl Session {
     pub(super) fn unsubscribe_pattern(&mut self, pattern: &RunPattern, host: Option<String>) {
         self.patterns.list.retain(|p| !(&p.pattern == pattern && p.host == host));
         let patterns = &self.patterns;
-        self.subs.retain(|(host, run), origin| {
-            origin == Origin::Named || patterns.matching(&RunRef { host: host.clone(), run: run.clone() }).is_some()
+        self.subs.retain(|(host, run), sub| {
+            sub.origin == Origin::Named || patterns.matching(&RunRef { host: host.clone(), run: run.clone() }).is_some()
         });
         if self.patterns.list.is_empty() {
             self.patterns.watch = None;
@@ -165,14 +165,14 @@ impl Session {
         if self.is_followed(&at) || !self.may_see(&at) {
             return;
         }
-        if self.subs.count(Origin::Pattern) >= MAX_PATTERN_RUNS {
+        if subs::count(&self.subs, Origin::Pattern) >= MAX_PATTERN_RUNS {
             let reason = format!("this connection follows {MAX_PATTERN_RUNS} runs through patterns already");
             self.skipped(&at, &reason);
             return;
         }
         let key = (self.host_key(at.host), at.run);
-        let sub = Sub::new(self.shared.clone(), key.1.clone(), since, key.0.clone());
-        let slot = self.subs.insert(key, sub, since, types, Origin::Pattern);
+        let stream = RunStream::new(self.shared.clone(), key.1.clone(), since, key.0.clone());
+        let slot = self.subs.insert(key, Sub { since, types, origin: Origin::Pattern }, stream);
         self.outbox.forget(slot);
     }
 

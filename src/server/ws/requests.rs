@@ -9,12 +9,12 @@ use tokio_tungstenite::tungstenite::Message;
 use super::error::WsError;
 use super::limits::{MAX_SUBSCRIPTIONS, json_depth};
 use super::session::Session;
-use super::subs::Origin;
-use super::subscription::Sub;
+use super::subs::{self, Origin, Sub};
 use crate::event::{EventType, TypeSet};
 use crate::run_id::{RunId, RunPattern};
 use crate::server::Role;
 use crate::server::metrics::Metrics;
+use crate::server::run_stream::RunStream;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -209,7 +209,7 @@ impl Session {
         let host = self.host_key(host);
         let key = (host.clone(), run.clone());
         self.subs.remove(&key);
-        if self.subs.count(Origin::Named) >= MAX_SUBSCRIPTIONS {
+        if subs::count(&self.subs, Origin::Named) >= MAX_SUBSCRIPTIONS {
             return Err(WsError::bad_request(format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection")));
         }
         if !self.single {
@@ -219,8 +219,8 @@ impl Session {
             }
             self.outbox.push_text(&ack.to_string());
         }
-        let sub = Sub::new(self.shared.clone(), run, since, host);
-        let slot = self.subs.insert(key, sub, since, types, Origin::Named);
+        let stream = RunStream::new(self.shared.clone(), run, since, host);
+        let slot = self.subs.insert(key, Sub { since, types, origin: Origin::Named }, stream);
         self.outbox.forget(slot);
         Ok(())
     }

@@ -21,14 +21,15 @@ use super::frame::{self, ClientIo};
 use super::limits::{AUTH_READ_BUDGET, RateLimiter, ws_config};
 use super::patterns::Patterns;
 use super::requests::ClientMsg;
-use super::subs::{Origin, Polled, Subs};
-use super::subscription::SubOut;
+use super::subs::{Origin, Sub, SubKey, Subs};
 use crate::auth::Scope;
 use crate::event::TypeSet;
 use crate::server::Shared;
 use crate::server::backend::RunRef;
 use crate::server::metrics::Metrics;
 use crate::server::outbox::{Framing, Outbox};
+use crate::server::run_stream::{StreamError, StreamOut};
+use crate::server::streams::Polled;
 
 /// The session pulls more from its feeds once less than this is waiting to
 /// be written. The outbox holds shared batches, not copies, so this only
@@ -98,14 +99,14 @@ pub(super) async fn run(
             Metrics::add(&shared.metrics.lagged_disconnects, 1);
             let lagged: Vec<WsError> = session
                 .subs
-                .positions()
-                .map(|(run, slot, since)| {
+                .iter()
+                .map(|((_, run), slot, sub)| {
                     let mut err = WsError::new(
                         "lagged",
                         1013,
                         "accepted no data for write_stall_timeout; reconnect with since=lastSeq",
                     );
-                    err.last_seq = Some(session.outbox.written(slot).unwrap_or(since));
+                    err.last_seq = Some(session.outbox.written(slot).unwrap_or(sub.since));
                     err.with_run(run.clone())
                 })
                 .collect();
@@ -303,10 +304,11 @@ impl Session {
     }
 
     /// Queues what a subscription produced; `Some` ends the session.
-    fn on_feed(&mut self, polled: Polled) -> Result<Option<End>, WsError> {
-        let Polled { out, slot, types, host, origin } = polled;
+    fn on_feed(&mut self, polled: Polled<SubKey, Sub>) -> Result<Option<End>, WsError> {
+        let Polled { slot, out, removed } = polled;
         match out {
-            SubOut::Frames(delivery) => {
+            StreamOut::Frames(delivery) => {
+                let types = self.subs.get(slot).map_or(TypeSet::ALL, |(_, sub)| sub.types);
                 let (batches, after) = delivery.into_parts();
                 let (mut events, mut bytes) = (0, 0);
                 for batch in batches {
@@ -321,27 +323,34 @@ impl Session {
                 Metrics::add(&self.shared.metrics.events_out, events);
                 Metrics::add(&self.shared.metrics.bytes_out, bytes);
             }
-            SubOut::Text(text) => self.outbox.push_text(&text),
-            SubOut::End { .. } if self.single => return Ok(Some(End::Close(1000, "run ended"))),
-            SubOut::End { run, last_seq } => {
+            StreamOut::Gap { from, to } => {
+                let msg = format!("events {from}..={to} are missing from the degraded journal");
+                let mut gap = WsError::new("journal-gap", 0, msg);
+                gap.run = self.subs.get(slot).map(|((_, run), _)| run.clone());
+                self.outbox.push_text(&gap.to_json());
+            }
+            StreamOut::End { .. } if self.single => return Ok(Some(End::Close(1000, "run ended"))),
+            StreamOut::End { last_seq } => {
+                let Some(((host, run), _)) = removed else { return Ok(None) };
                 let mut end = json!({"type": "end", "runId": run.as_str(), "lastSeq": last_seq});
                 if let Some(h) = host {
                     end["host"] = json!(h);
                 }
                 self.outbox.push_text(&end.to_string());
             }
-            // One run a pattern found failed (its journal, or it vanished):
-            // the connection's other runs carry on.
-            SubOut::Fail(err) if origin == Origin::Pattern && err.close != 1013 => {
-                if let Some(run) = err.run.clone() {
-                    self.skipped(&RunRef { host, run }, &err.message);
+            StreamOut::Fail(error) => {
+                let Some(((host, run), sub)) = removed else { return Ok(None) };
+                // One run a pattern found failed (its journal, or it vanished):
+                // the connection's other runs carry on.
+                if sub.origin == Origin::Pattern {
+                    self.skipped(&RunRef { host, run }, &error.to_string());
+                    return Ok(None);
                 }
-            }
-            SubOut::Fail(err) => {
-                if err.code == "lagged" {
-                    Metrics::add(&self.shared.metrics.lagged_disconnects, 1);
-                }
-                return Err(err);
+                let err = match error {
+                    StreamError::Lookup(e) => WsError::bad_request(e.to_string()),
+                    StreamError::Journal(e) => WsError::new("journal", 1011, e.to_string()),
+                };
+                return Err(err.with_run(run));
             }
         }
         Ok(None)
