@@ -130,8 +130,8 @@ async fn pty_jobs_get_the_channel_and_websocket_subscribers_the_events() {
     assert!(out.status.success(), "{out:?}");
     let mut ws = ws_connect(&d.ws_url(&format!("/runs?runId=tty&token={}", d.token())), &[]).await;
     let got = ws_read(&mut ws, |_| false).await;
-    let kinds: Vec<String> = got.controls.iter().filter_map(|c| c["type"].as_str().map(str::to_owned)).collect();
-    assert!(kinds.contains(&"step_start".to_owned()) && kinds.contains(&"step_complete".to_owned()), "{kinds:?}");
+    let kinds: Vec<EventType> = got.events.iter().map(|e| e.kind).filter(|k| *k != EventType::Status).collect();
+    assert_eq!(kinds, [EventType::StepStart, EventType::StepComplete]);
 }
 
 #[test]
@@ -140,4 +140,21 @@ fn runtap_step_outside_a_job_says_why() {
         std::process::Command::new(bin()).args(["step", "start", "x"]).env_remove("RUNTAP_EVENTS_FD").output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("RUNTAP_EVENTS_FD"), "{out:?}");
+}
+
+/// Step events are events like any other: the gateway's copy of the run
+/// holds them, each once, with `stepId` on output, and serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_events_reach_the_gateway_unchanged() {
+    let gw = Gateway::start();
+    let h1 = gw.start_host("h1");
+    let rt = bin();
+    let script = format!("{rt} step start s1 && echo in-step && {rt} step end s1 && {rt} progress 1");
+    let out = h1.run(&["run", "--id", "gw-steps", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{out:?}");
+    let events = assert_same_copy(&gw, "h1", &h1, "gw-steps").await;
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).filter(|t| *t != "status").collect();
+    assert_eq!(kinds, ["step_start", "stdout", "step_complete", "progress"]);
+    let in_step = events.iter().find(|e| e["type"] == "stdout").unwrap();
+    assert_eq!(in_step["stepId"], "s1", "{in_step}");
 }

@@ -46,7 +46,8 @@ pub async fn ws_read(ws: &mut WsClient, mut stop_when: impl FnMut(&Received) -> 
             match msg {
                 Ok(Message::Text(t)) => {
                     let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                    if matches!(v["type"].as_str(), Some("stdout" | "stderr" | "status")) {
+                    // An event has a `seq`; nothing else the server sends does.
+                    if v.get("seq").is_some() {
                         got.events.push(serde_json::from_value(v).unwrap());
                     } else {
                         got.controls.push(v);
