@@ -1,4 +1,5 @@
-//! Who may watch which runs: tokens, their scopes, and where they come from.
+//! Who may watch which runs, and cancel them: tokens, their scopes, and
+//! where they come from.
 //!
 //! Tokens are compared in constant time and never logged; `Token`'s `Debug`
 //! is redacted. With no token configured, one is generated at first start
@@ -56,19 +57,69 @@ impl fmt::Debug for Token {
     }
 }
 
-/// What a token may see.
+/// Which runs a token may see.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Scope {
-    AllRuns,
-    RunPrefix(String),
+pub(crate) enum RunSet {
+    All,
+    /// The runs whose ID starts with this.
+    Prefix(String),
+}
+
+impl RunSet {
+    fn contains(&self, run: &RunId) -> bool {
+        match self {
+            RunSet::All => true,
+            RunSet::Prefix(p) => run.as_str().starts_with(p.as_str()),
+        }
+    }
+
+    /// As `GET /me` and patterns write it: `*` or `PREFIX*`.
+    pub(crate) fn pattern(&self) -> String {
+        match self {
+            RunSet::All => "*".to_owned(),
+            RunSet::Prefix(p) => format!("{p}*"),
+        }
+    }
+}
+
+/// What a token may do: which runs it may read, and whether it may cancel
+/// them. Every check goes through [`Scope::allows`] (read) or
+/// [`Scope::may_cancel`], which take the run, so a token whose rights
+/// differ per run (a JWT's `caps`, issue 14) fits behind the same two calls.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Scope {
+    runs: RunSet,
+    cancel: bool,
 }
 
 impl Scope {
+    /// Every run, read and cancel: `stream.tokens`, the token file.
+    pub(crate) fn full() -> Self {
+        Scope { runs: RunSet::All, cancel: true }
+    }
+
+    pub(crate) fn new(runs: RunSet, cancel: bool) -> Self {
+        Scope { runs, cancel }
+    }
+
+    /// May read (stream, list, get, download) this run.
     pub(crate) fn allows(&self, run: &RunId) -> bool {
-        match self {
-            Scope::AllRuns => true,
-            Scope::RunPrefix(p) => run.as_str().starts_with(p.as_str()),
-        }
+        self.runs.contains(run)
+    }
+
+    /// May cancel this run (and read it: a token never cancels what it cannot see).
+    pub(crate) fn may_cancel(&self, run: &RunId) -> bool {
+        self.cancel && self.allows(run)
+    }
+
+    /// Whether this token cancels anything at all (`GET /me`: the page
+    /// shows the cancel button or not).
+    pub(crate) fn cancels(&self) -> bool {
+        self.cancel
+    }
+
+    pub(crate) fn runs(&self) -> &RunSet {
+        &self.runs
     }
 }
 
@@ -87,21 +138,24 @@ impl Tokens {
     /// generated `STATE_DIR/token` (created on first start).
     pub(crate) fn load(config: &StreamConfig, state_dir: &Path) -> Result<Self, AuthError> {
         let mut entries: Vec<(Token, Scope)> =
-            config.tokens.iter().map(|t| (Token::new(t.clone()), Scope::AllRuns)).collect();
+            config.tokens.iter().map(|t| (Token::new(t.clone()), Scope::full())).collect();
         if let Some(path) = &config.token_file {
-            entries.extend(read_token_file(path)?.into_iter().map(|t| (t, Scope::AllRuns)));
+            entries.extend(read_token_file(path)?.into_iter().map(|t| (t, Scope::full())));
         }
+        // Only full tokens spare the generated one: with read-only or
+        // restricted tokens alone, nobody could cancel over HTTP.
         let has_full_access = !entries.is_empty();
+        entries.extend(config.read_only_tokens.iter().map(|t| (Token::new(t.clone()), Scope::new(RunSet::All, false))));
         entries.extend(
             config
                 .restricted_tokens
                 .iter()
-                .map(|r| (Token::new(r.token.clone()), Scope::RunPrefix(r.run_prefix.clone()))),
+                .map(|r| (Token::new(r.token.clone()), Scope::new(RunSet::Prefix(r.run_prefix.clone()), r.cancel))),
         );
         if !has_full_access {
             let path = state_dir.join(TOKEN_FILE);
             let token = ensure_token_file(&path)?;
-            entries.push((token, Scope::AllRuns));
+            entries.push((token, Scope::full()));
         }
         Ok(Tokens { entries })
     }
@@ -187,9 +241,9 @@ mod tests {
         assert_eq!(mode, 0o600);
         let token = std::fs::read_to_string(&path).unwrap().trim().to_owned();
         assert_eq!(token.len(), 64);
-        assert_eq!(a.check(&token), Some(Scope::AllRuns));
+        assert_eq!(a.check(&token), Some(Scope::full()));
         let b = Tokens::load(&cfg, dir.path()).unwrap();
-        assert_eq!(b.check(&token), Some(Scope::AllRuns), "second start reuses the file");
+        assert_eq!(b.check(&token), Some(Scope::full()), "second start reuses the file");
         assert_eq!(b.check("nope"), None);
     }
 
@@ -201,15 +255,23 @@ mod tests {
             restricted_tokens: vec![crate::config::RestrictedToken {
                 token: "team-a-token-0123456".into(),
                 run_prefix: "a-".into(),
+                cancel: true,
             }],
+            read_only_tokens: vec!["read-only-token-0123456".into()],
             ..StreamConfig::default()
         };
         let t = Tokens::load(&cfg, dir.path()).unwrap();
-        assert_eq!(t.check("old-token-0123456789"), Some(Scope::AllRuns));
-        assert_eq!(t.check("new-token-0123456789"), Some(Scope::AllRuns));
+        assert_eq!(t.check("old-token-0123456789"), Some(Scope::full()));
+        assert_eq!(t.check("new-token-0123456789"), Some(Scope::full()));
         let scope = t.check("team-a-token-0123456").unwrap();
         assert!(scope.allows(&RunId::parse("a-1").unwrap()));
         assert!(!scope.allows(&RunId::parse("b-1").unwrap()));
+        assert!(scope.may_cancel(&RunId::parse("a-1").unwrap()));
+        assert!(!scope.may_cancel(&RunId::parse("b-1").unwrap()), "never what it cannot see");
+        let read_only = t.check("read-only-token-0123456").unwrap();
+        assert!(read_only.allows(&RunId::parse("b-1").unwrap()));
+        assert!(!read_only.may_cancel(&RunId::parse("b-1").unwrap()));
+        assert_eq!((read_only.runs().pattern(), read_only.cancels()), ("*".to_owned(), false));
         assert!(!dir.path().join(TOKEN_FILE).exists(), "no file generated when tokens are configured");
     }
 }

@@ -123,6 +123,7 @@ impl Default for StreamConfig {
         Self {
             tokens: Vec::new(),
             token_file: None,
+            read_only_tokens: Vec::new(),
             ping_interval: DEFAULT_PING_INTERVAL,
             ping_timeout: DEFAULT_PING_TIMEOUT,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,

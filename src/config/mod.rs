@@ -141,6 +141,9 @@ pub struct StreamConfig {
     pub tokens: Vec<String>,
     /// A file holding one token per line, read at startup.
     pub token_file: Option<PathBuf>,
+    /// Tokens that may read every run but cancel none (dashboards on a wall,
+    /// log shippers): `POST /runs/ID/cancel` answers them 403.
+    pub read_only_tokens: Vec<String>,
     #[serde(deserialize_with = "de_duration")]
     pub ping_interval: Duration,
     #[serde(deserialize_with = "de_duration")]
@@ -187,6 +190,13 @@ pub struct SocketIoConfig {
 pub struct RestrictedToken {
     pub token: String,
     pub run_prefix: String,
+    /// May it cancel those runs? Default true (as before the key existed).
+    #[serde(default = "cancel_allowed")]
+    pub cancel: bool,
+}
+
+fn cancel_allowed() -> bool {
+    true
 }
 
 impl fmt::Debug for StreamConfig {
@@ -195,6 +205,7 @@ impl fmt::Debug for StreamConfig {
         f.debug_struct("StreamConfig")
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
             .field("token_file", &self.token_file)
+            .field("read_only_tokens", &format_args!("[{} redacted]", self.read_only_tokens.len()))
             .field("ping_interval", &self.ping_interval)
             .field("ping_timeout", &self.ping_timeout)
             .field("max_frame_bytes", &self.max_frame_bytes)
@@ -210,7 +221,11 @@ impl fmt::Debug for StreamConfig {
             .field("allowed_origins", &self.allowed_origins)
             .field(
                 "restricted_tokens",
-                &self.restricted_tokens.iter().map(|t| format!("[redacted] -> {:?}", t.run_prefix)).collect::<Vec<_>>(),
+                &self
+                    .restricted_tokens
+                    .iter()
+                    .map(|t| format!("[redacted] -> {:?} cancel={}", t.run_prefix, t.cancel))
+                    .collect::<Vec<_>>(),
             )
             .field("socketio", &self.socketio)
             .finish()

@@ -143,6 +143,25 @@ fn validation_names_the_key() {
     }
     let msg = refused("[stream]\ntokens = [\"0123456789abcdef\", \"short\"]", "stream.tokens[1]: ");
     assert!(!msg.contains("short"), "tokens must not be echoed: {msg}");
+    let msg = refused("[stream]\nread_only_tokens = [\"short ro\"]", "stream.read_only_tokens[0]: must be at least");
+    assert!(!msg.contains("short ro"), "tokens must not be echoed: {msg}");
+    let both = "[stream]\ntokens = [\"0123456789abcdef\"]\nread_only_tokens = [\"0123456789abcdef\"]";
+    let msg = refused(both, "stream.read_only_tokens[0]: is also in stream.tokens");
+    assert!(!msg.contains("0123456789abcdef"), "tokens must not be echoed: {msg}");
+}
+
+/// `cancel` on a restricted token defaults to true (what it was before the
+/// key existed); read-only tokens parse.
+#[test]
+fn read_only_tokens_and_restricted_cancel() {
+    let text = "[stream]\nread_only_tokens = [\"wall-dashboard-0123\"]\n\
+        [[stream.restricted_tokens]]\ntoken = \"team-a-token-0123456\"\nrun_prefix = \"a-\"\n\
+        [[stream.restricted_tokens]]\ntoken = \"team-b-token-0123456\"\nrun_prefix = \"b-\"\ncancel = false\n";
+    let c = Config::from_toml_str(text, None).unwrap();
+    assert_eq!(c.stream.read_only_tokens, vec!["wall-dashboard-0123".to_owned()]);
+    let cancels: Vec<bool> = c.stream.restricted_tokens.iter().map(|t| t.cancel).collect();
+    assert_eq!(cancels, vec![true, false]);
+    assert!(!format!("{c:?}").contains("wall-dashboard"), "Debug must redact read-only tokens");
 }
 
 #[test]

@@ -64,17 +64,24 @@ impl Config {
         ensure(s.max_frame_bytes <= 16 * MIB, "stream.max_frame_bytes", || {
             format!("must be at most {} (16 MiB)", 16 * MIB)
         })?;
-        for (i, token) in s.tokens.iter().enumerate() {
+        let named_tokens = s.tokens.iter().enumerate().map(|(i, t)| (format!("stream.tokens[{i}]"), t));
+        let read_only =
+            s.read_only_tokens.iter().enumerate().map(|(i, t)| (format!("stream.read_only_tokens[{i}]"), t));
+        let restricted = s
+            .restricted_tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (format!("stream.restricted_tokens[{i}].token"), &t.token));
+        for (key, token) in named_tokens.chain(read_only).chain(restricted) {
             // Never echo the token itself: this message goes to logs.
             let ok = token.chars().count() >= MIN_TOKEN_LEN && !token.chars().any(char::is_whitespace);
-            ensure(ok, &format!("stream.tokens[{i}]"), || {
-                format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
-            })?;
+            ensure(ok, &key, || format!("must be at least {MIN_TOKEN_LEN} characters without whitespace"))?;
         }
-        for (i, t) in s.restricted_tokens.iter().enumerate() {
-            let ok = t.token.chars().count() >= MIN_TOKEN_LEN && !t.token.chars().any(char::is_whitespace);
-            ensure(ok, &format!("stream.restricted_tokens[{i}].token"), || {
-                format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
+        // The first matching entry decides, so a token in both lists would be
+        // silently full: say so instead.
+        for (i, t) in s.read_only_tokens.iter().enumerate() {
+            ensure(!s.tokens.contains(t), &format!("stream.read_only_tokens[{i}]"), || {
+                "is also in stream.tokens (which would let it cancel)".to_owned()
             })?;
         }
         ensure(s.token_file.as_ref().is_none_or(|p| !p.as_os_str().is_empty()), "stream.token_file", not_empty)?;

@@ -145,9 +145,9 @@ impl Gateway {
 fn load_tokens(config: &Config, state_dir: &Path) -> Result<(Tokens, Tokens), AuthError> {
     let viewers = Tokens::load(&config.stream, state_dir)?;
     let agents = if config.gateway.agent_tokens.is_empty() {
-        Tokens::new(vec![(ensure_token_file(&state_dir.join(AGENT_TOKEN_FILE))?, Scope::AllRuns)])
+        Tokens::new(vec![(ensure_token_file(&state_dir.join(AGENT_TOKEN_FILE))?, Scope::full())])
     } else {
-        Tokens::new(config.gateway.agent_tokens.iter().map(|t| (Token::new(t.clone()), Scope::AllRuns)).collect())
+        Tokens::new(config.gateway.agent_tokens.iter().map(|t| (Token::new(t.clone()), Scope::full())).collect())
     };
     Ok((viewers, agents))
 }

@@ -4,9 +4,10 @@
 //! |---|---|
 //! | `GET /healthz` | liveness and a summary (no token) |
 //! | `GET /metrics` | Prometheus text (no token) |
+//! | `GET /me` | what the token may do: `{"runs":"*"\|"PREFIX*","cancel":bool,"hosts":bool}` (token) |
 //! | `GET /runs` | list runs (token); with a WebSocket upgrade and `?runId=`: stream one run |
 //! | `GET /runs/ID` | one run's status (token) |
-//! | `POST /runs/ID/cancel` | cancel (token): 200, 404, or 409 with the final status |
+//! | `POST /runs/ID/cancel` | cancel (a token that may cancel; read-only: 403): 200, 404, or 409 with the final status |
 //! | `GET /api/v2/workflows/runs/ID/stream` | WebSocket: stream one run |
 //! | `GET /ws` | WebSocket: subscribe by message |
 //! | `GET /hosts` | backends with hosts: hosts and their connection state (token) |

@@ -78,13 +78,17 @@ pub(super) async fn route(
             };
             upgrade_to(req, endpoint, &query, shared, guard)
         }
+        (&Method::GET, ["me"]) => match authorize(&req, &query, &shared) {
+            Ok(scope) => json_response(StatusCode::OK, &me(&scope, &shared)),
+            Err(r) => r,
+        },
         (&Method::GET, ["runs"]) => match authorize(&req, &query, &shared) {
             Ok(scope) => json_response(StatusCode::OK, &serde_json::Value::Array(shared.backend.list(&scope))),
             Err(r) => r,
         },
         (&Method::GET, ["runs", id]) => {
             let host = param("host");
-            match authorized_run(&req, &query, &shared, id).map(|run| shared.backend.get(host, &run)) {
+            match authorized_run(&req, &query, &shared, id).map(|(_, run)| shared.backend.get(host, &run)) {
                 Ok(Ok(info)) => json_response(StatusCode::OK, &info),
                 Ok(Err(e)) => lookup_error(e),
                 Err(r) => r,
@@ -94,7 +98,7 @@ pub(super) async fn route(
             let id = id.to_string();
             cancel(req, &query, &shared, &id).await
         }
-        (_, ["healthz" | "metrics" | "ws" | "runs" | "hosts" | "agent"])
+        (_, ["healthz" | "metrics" | "ws" | "me" | "runs" | "hosts" | "agent"])
         | (_, ["runs", _])
         | (_, ["runs", _, "cancel"])
         | (_, ["api", "v2", "workflows", "runs", _, "stream"]) => {
@@ -102,6 +106,12 @@ pub(super) async fn route(
         }
         _ => error(StatusCode::NOT_FOUND, "not-found", format!("no endpoint {path}")),
     }
+}
+
+/// `GET /me`: what the presented token may do, so the page can check a
+/// token and show the cancel button only to tokens that may cancel.
+fn me(scope: &Scope, shared: &Shared) -> serde_json::Value {
+    json!({"runs": scope.runs().pattern(), "cancel": scope.cancels(), "hosts": shared.backend.has_hosts()})
 }
 
 fn parse_since(raw: Option<&str>) -> Result<u64, WsError> {
@@ -154,27 +164,32 @@ fn authorize(req: &Request<Incoming>, query: &[(String, String)], shared: &Share
     }
 }
 
-/// Authorizes the viewer, parses the run ID and checks the token's scope.
+/// Authorizes the viewer, parses the run ID and checks that the token may
+/// read that run; the scope comes back for further checks (cancel).
 #[allow(clippy::result_large_err)]
 fn authorized_run(
     req: &Request<Incoming>,
     query: &[(String, String)],
     shared: &Shared,
     raw: &str,
-) -> Result<RunId, Response<Body>> {
+) -> Result<(Scope, RunId), Response<Body>> {
     let scope = authorize(req, query, shared)?;
     let run = RunId::parse(raw)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad-request", format!("invalid run ID {raw:?}: {e}")))?;
     if !scope.allows(&run) {
         return Err(error(StatusCode::FORBIDDEN, "forbidden", format!("this token may not see run {run}")));
     }
-    Ok(run)
+    Ok((scope, run))
 }
 
 async fn cancel(req: Request<Incoming>, query: &[(String, String)], shared: &Shared, raw: &str) -> Response<Body> {
     let mut reason = query.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.clone());
     let run = match authorized_run(&req, query, shared, raw) {
-        Ok(run) => run,
+        Ok((scope, run)) if scope.may_cancel(&run) => run,
+        Ok((_, run)) => {
+            let msg = format!("this token may not cancel runs (read-only); run {run} was left alone");
+            return error(StatusCode::FORBIDDEN, "forbidden", msg);
+        }
         Err(r) => return r,
     };
     // An optional JSON body `{"reason": "..."}`.

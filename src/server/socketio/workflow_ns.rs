@@ -21,7 +21,7 @@ use super::lifecycle::Lifecycle;
 use super::limits::{EventLimits, Limited, MAX_SUBSCRIPTIONS};
 use super::packet;
 use super::updates::{Level, Topic, update_for};
-use crate::auth::Scope;
+use crate::auth::{RunSet, Scope};
 use crate::event::now_timestamp;
 use crate::feed::Delivery;
 use crate::run_id::{RunId, RunPattern};
@@ -102,9 +102,9 @@ impl WorkflowNs {
             }
         };
         // Static tokens name no user; a restricted token's run prefix is its tenant.
-        let tenant = match &scope {
-            Scope::AllRuns => Value::Null,
-            Scope::RunPrefix(p) => Value::from(p.as_str()),
+        let tenant = match scope.runs() {
+            RunSet::All => Value::Null,
+            RunSet::Prefix(p) => Value::from(p.as_str()),
         };
         let hello =
             json!({"clientId": client_id, "userId": Value::Null, "tenantId": tenant, "timestamp": now_timestamp()});
