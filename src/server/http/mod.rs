@@ -2,11 +2,14 @@
 //!
 //! | path | what |
 //! |---|---|
+//! | `GET /` | the dashboard's page (no token: it logs in itself), see `assets` |
+//! | `GET /ui/NAME` | the page's scripts and styles (no token) |
 //! | `GET /healthz` | liveness and a summary (no token) |
 //! | `GET /metrics` | Prometheus text (no token) |
 //! | `GET /me` | what the token may do: `{"runs":"*"\|"PREFIX*","cancel":bool,"hosts":bool}` (token) |
 //! | `GET /runs` | list runs (token); with a WebSocket upgrade and `?runId=`: stream one run |
 //! | `GET /runs/ID` | one run's status (token) |
+//! | `GET /runs/ID/log` | the run's raw output so far, stdout and stderr in journal order (token), see `log` |
 //! | `POST /runs/ID/cancel` | cancel (a token that may cancel; read-only: 403): 200, 404, or 409 with the final status |
 //! | `GET /api/v2/workflows/runs/ID/stream` | WebSocket: stream one run |
 //! | `GET /ws` | WebSocket: subscribe by message |
@@ -15,7 +18,8 @@
 //! | `/socket.io/`, `/runs/?EIO=4` | Socket.IO (Engine.IO polling and WebSocket), see `socketio` |
 //!
 //! Where the backend has hosts every run endpoint takes `host=HOST`;
-//! without it the run ID must be unique across hosts.
+//! without it the run ID must be unique across hosts. The gateway serves
+//! all of this, the page included, through the same code.
 //!
 //! A TCP connection gets `handshake_timeout` in all for its HTTP requests
 //! (keep-alive included) or its upgrade, so a slow or idle client cannot
@@ -27,7 +31,10 @@
 //! - this file: the accept loop, the connection limit, a connection's deadline.
 //! - `routes`: which request goes where, and the JSON endpoints.
 //! - `upgrade`: WebSocket upgrades (`/runs?runId=`, `/ws`, `/agent`).
+//! - `assets`: the dashboard's files, embedded; `log`: the raw output download.
 
+mod assets;
+mod log;
 mod routes;
 mod upgrade;
 
@@ -59,7 +66,11 @@ const MAX_REFUSING: usize = 64;
 /// it starts at 8 KiB): room for a large JWT in `Authorization`.
 const HTTP_READ_BUFFER: usize = 32 * 1024;
 
+/// What most answers carry: the whole body at once.
 type Body = Full<Bytes>;
+/// What the connection sends: a whole body, or a download written as it
+/// is read (`GET /runs/ID/log`).
+type Reply = http_body_util::Either<Body, log::LogBody>;
 
 /// Counts a connection for as long as any part of it (HTTP or WebSocket) lives.
 struct ConnGuard(Arc<Shared>);

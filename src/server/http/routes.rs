@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
 use super::upgrade::{upgrade_agent, upgrade_to};
-use super::{Body, ConnGuard, KeepOpen, error, json_response};
+use super::{Body, ConnGuard, KeepOpen, Reply, error, json_response};
 use crate::auth::{Scope, request_token};
 use crate::run_id::RunId;
 use crate::server::backend::{CancelOutcome, LookupError};
@@ -31,19 +31,21 @@ pub(super) async fn route(
     shared: Arc<Shared>,
     guard: Arc<ConnGuard>,
     keep: Arc<KeepOpen>,
-) -> Response<Body> {
+) -> Response<Reply> {
     let query: Vec<(String, String)> =
         form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect();
     let param = |k: &str| query.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
     let path = req.uri().path().to_owned();
     if let Some(server) = socketio::server_for(&path, &query) {
         tracing::debug!(%peer, method = %req.method(), path = %path, "socket.io request");
-        return socketio::handle(req, server, query, shared, guard, keep).await;
+        return socketio::handle(req, server, query, shared, guard, keep).await.map(Either::Left);
     }
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let upgrade = super::upgrade::is_websocket(&req);
     tracing::debug!(%peer, method = %req.method(), path = %path, upgrade, "http request");
-    match (req.method(), segments.as_slice()) {
+    let answer = match (req.method(), segments.as_slice()) {
+        (&Method::GET | &Method::HEAD, [""]) => asset(&req, "index.html", &path),
+        (&Method::GET | &Method::HEAD, ["ui", name]) => asset(&req, name, &path),
         (&Method::GET, ["healthz"]) => healthz(&shared),
         (&Method::GET, ["metrics"]) => {
             let text = shared.metrics.render(shared.backend.as_ref());
@@ -94,18 +96,33 @@ pub(super) async fn route(
                 Err(r) => r,
             }
         }
+        (&Method::GET, ["runs", id, "log"]) => match authorized_run(&req, &query, &shared, id) {
+            Ok((_, run)) => return super::log::download(&shared, param("host"), run, keep).await,
+            Err(r) => r,
+        },
         (&Method::POST, ["runs", id, "cancel"]) => {
             let id = id.to_string();
             cancel(req, &query, &shared, &id).await
         }
-        (_, ["healthz" | "metrics" | "ws" | "me" | "runs" | "hosts" | "agent"])
-        | (_, ["runs", _])
-        | (_, ["runs", _, "cancel"])
+        (_, ["" | "healthz" | "metrics" | "ws" | "me" | "runs" | "hosts" | "agent"])
+        | (_, ["ui" | "runs", _])
+        | (_, ["runs", _, "cancel" | "log"])
         | (_, ["api", "v2", "workflows", "runs", _, "stream"]) => {
             error(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", format!("{} not allowed here", req.method()))
         }
-        _ => error(StatusCode::NOT_FOUND, "not-found", format!("no endpoint {path}")),
-    }
+        _ => not_found(&path),
+    };
+    answer.map(Either::Left)
+}
+
+fn not_found(path: &str) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, "not-found", format!("no endpoint {path}"))
+}
+
+/// `GET /` and `/ui/NAME`: an embedded file of the page; unknown names are
+/// 404 like any unknown path.
+fn asset(req: &Request<Incoming>, name: &str, path: &str) -> Response<Body> {
+    super::assets::serve(name, req.headers()).unwrap_or_else(|| not_found(path))
 }
 
 /// `GET /me`: what the presented token may do, so the page can check a
@@ -140,7 +157,7 @@ fn healthz(shared: &Shared) -> Response<Body> {
     json_response(StatusCode::OK, &body)
 }
 
-fn lookup_error(e: LookupError) -> Response<Body> {
+pub(super) fn lookup_error(e: LookupError) -> Response<Body> {
     match e {
         LookupError::NotFound(_) | LookupError::UnknownHost(_) => {
             error(StatusCode::NOT_FOUND, "not-found", e.to_string())

@@ -324,9 +324,12 @@ impl Session {
                 Metrics::add(&self.shared.metrics.bytes_out, bytes);
             }
             StreamOut::Gap { from, to } => {
-                let msg = format!("events {from}..={to} are missing from the degraded journal");
+                // Worded as on the Unix socket, so `runtap logs --url` prints what `runtap logs` does.
+                let run = self.subs.get(slot).map(|((_, run), _)| run.clone());
+                let name = run.as_ref().map_or_else(String::new, |r| format!(" of run {r}"));
+                let msg = format!("events {from}..={to}{name} are missing from its degraded journal");
                 let mut gap = WsError::new("journal-gap", 0, msg);
-                gap.run = self.subs.get(slot).map(|((_, run), _)| run.clone());
+                gap.run = run;
                 self.outbox.push_text(&gap.to_json());
             }
             StreamOut::End { .. } if self.single => return Ok(Some(End::Close(1000, "run ended"))),
