@@ -39,6 +39,28 @@ impl SocketArg {
     }
 }
 
+/// `logs`, `cancel` and `ps` over the network instead of the socket.
+#[derive(clap::Args)]
+struct RemoteArg {
+    /// http:// or https:// address of a daemon or gateway [env: RUNTAP_URL]; the socket is then not used
+    #[arg(long, value_name = "URL")]
+    url: Option<String>,
+    /// File holding the token for --url [env: RUNTAP_TOKEN_FILE; else the token itself in RUNTAP_TOKEN]
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// At a gateway: the host the run is on
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+}
+
+impl RemoteArg {
+    /// The daemon or gateway to ask, or `None` for the Unix socket.
+    fn resolve(self) -> Result<Option<client::Remote>, client::ClientError> {
+        let args = client::RemoteArgs { url: self.url, token_file: self.token_file, host: self.host };
+        client::Remote::from_args(args, |name| std::env::var(name).ok())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the per-host daemon in the foreground.
@@ -105,6 +127,8 @@ enum Command {
         id: String,
         #[command(flatten)]
         socket: SocketArg,
+        #[command(flatten)]
+        remote: RemoteArg,
     },
     /// Cancel a run (SIGTERM to its process group, SIGKILL after the grace period).
     Cancel {
@@ -113,6 +137,8 @@ enum Command {
         reason: Option<String>,
         #[command(flatten)]
         socket: SocketArg,
+        #[command(flatten)]
+        remote: RemoteArg,
     },
     /// List runs and their status.
     Ps {
@@ -120,6 +146,8 @@ enum Command {
         json: bool,
         #[command(flatten)]
         socket: SocketArg,
+        #[command(flatten)]
+        remote: RemoteArg,
     },
     /// Inside a job: report a step of its run (start, end, or a log line).
     Step {
@@ -288,9 +316,21 @@ fn run_client(command: Command) -> i32 {
             Command::Run { id, pty, detach, socket, command } => {
                 client::run(&socket.path(), RunOptions { id, pty, detach, command }).await
             }
-            Command::Logs { follow, since, id, socket } => client::logs(&socket.path(), &id, since, follow).await,
-            Command::Cancel { id, reason, socket } => client::cancel(&socket.path(), &id, reason).await,
-            Command::Ps { json, socket } => client::ps(&socket.path(), json).await,
+            Command::Logs { follow, since, id, socket, remote } => match remote.resolve() {
+                Ok(Some(r)) => client::remote::logs(&r, &id, since, follow).await,
+                Ok(None) => client::logs(&socket.path(), &id, since, follow).await,
+                Err(e) => Err(e),
+            },
+            Command::Cancel { id, reason, socket, remote } => match remote.resolve() {
+                Ok(Some(r)) => client::remote::cancel(&r, &id, reason).await,
+                Ok(None) => client::cancel(&socket.path(), &id, reason).await,
+                Err(e) => Err(e),
+            },
+            Command::Ps { json, socket, remote } => match remote.resolve() {
+                Ok(Some(r)) => client::remote::ps(&r, json).await,
+                Ok(None) => client::ps(&socket.path(), json).await,
+                Err(e) => Err(e),
+            },
             Command::Step { action } => client::step(match action {
                 StepAction::Start { id, name } => client::StepReport::Start { id, name },
                 StepAction::End { id, status } => client::StepReport::End { id, status },

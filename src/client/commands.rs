@@ -168,6 +168,12 @@ pub async fn ps(socket: &Path, json: bool) -> Result<i32, ClientError> {
 
 /// The human table of `runtap ps`.
 pub fn ps_table(runs: &[RunInfo], now: chrono::DateTime<chrono::Utc>) -> String {
+    table(runs, None, now)
+}
+
+/// The table, with a HOST column first when the runs come from a gateway
+/// (`hosts[i]` is the host of `runs[i]`).
+pub(super) fn table(runs: &[RunInfo], hosts: Option<&[Option<String>]>, now: chrono::DateTime<chrono::Utc>) -> String {
     let mut rows = vec![["ID", "STATUS", "EXIT", "STARTED", "DURATION", "COMMAND"].map(String::from).to_vec()];
     for r in runs {
         let exit = match (r.exit_code, r.signal) {
@@ -196,12 +202,20 @@ pub fn ps_table(runs: &[RunInfo], now: chrono::DateTime<chrono::Utc>) -> String 
         }
         rows.push(vec![r.run_id.to_string(), r.status.as_str().into(), exit, started_s, duration, command]);
     }
-    let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+    if let Some(hosts) = hosts {
+        let names = hosts.iter().map(|h| h.clone().unwrap_or_else(|| "-".into()));
+        for (row, host) in rows.iter_mut().zip(std::iter::once("HOST".to_owned()).chain(names)) {
+            row.insert(0, host);
+        }
+    }
+    let columns = rows[0].len();
+    let widths: Vec<usize> =
+        (0..columns).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in rows {
         let mut line = String::new();
         for (c, cell) in row.iter().enumerate() {
-            if c == 5 {
+            if c == columns - 1 {
                 line.push_str(cell);
             } else {
                 line.push_str(&format!("{cell:<w$}  ", w = widths[c]));

@@ -4,7 +4,47 @@
 use serde::Deserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use crate::event::{Encoding, EventType};
+use super::{ClientError, OutputSink, bad_line};
+use crate::event::{Encoding, Event, EventType};
+
+/// One event line, from the Unix socket or a WebSocket frame: an output
+/// event's data goes into `sink` (None), any other event comes back. Both
+/// transports go through here, so `logs` prints the same bytes either way.
+pub(super) fn into_sink(line: &[u8], sink: &mut OutputSink) -> Result<Option<Box<Event>>, ClientError> {
+    if let Some((stream, seq, encoding)) = parse_output_fast(line, &mut sink.data) {
+        sink.take_data(stream, encoding, seq)?;
+        return Ok(None);
+    }
+    sink.data.clear();
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let head = OutputSeed(&mut sink.data).deserialize(&mut de).map_err(|e| bad_line(e, line))?;
+    match head.kind {
+        Some(stream @ (EventType::Stdout | EventType::Stderr)) => {
+            sink.take_data(stream, head.encoding, head.seq)?;
+            Ok(None)
+        }
+        _ => {
+            sink.data.clear();
+            Ok(Some(Box::new(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?)))
+        }
+    }
+}
+
+/// The `seq` of an event line: from its leading `{"runId":"ID","seq":N`
+/// (the order the daemon writes), else by parsing the line.
+pub(super) fn seq_of(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    let fast = || {
+        let rest = line.strip_prefix(br#"{"runId":""#)?;
+        let rest = rest[memchr::memchr(b'"', rest)?..].strip_prefix(br#"","seq":"#)?;
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()
+    };
+    fast().or_else(|| serde_json::from_slice::<Seq>(line).ok().map(|s| s.seq))
+}
 
 /// The daemon's own output lines, decoded without serde: they start
 /// `{"runId":"ID","seq":N,"type":"stdout","data":"` (the field order of
@@ -187,5 +227,6 @@ mod tests {
         assert!(parse_output_fast(reordered, &mut data).is_none(), "left to serde");
         let status = br#"{"runId":"r","seq":1,"type":"status","data":"running","timestamp":"t"}"#;
         assert!(parse_output_fast(status, &mut data).is_none());
+        assert_eq!((seq_of(status), seq_of(reordered), seq_of(b"{}")), (Some(1), Some(1), None));
     }
 }

@@ -1,4 +1,5 @@
-//! The CLI's side of the Unix socket: `run`, `logs`, `cancel`, `ps`.
+//! The CLI's side of the Unix socket: `run`, `logs`, `cancel`, `ps`; and of
+//! the network for `logs`, `cancel` and `ps` with `--url` (`remote`).
 //!
 //! Exit codes of `runtap run`: the job's own exit code; 128+N if a signal N
 //! killed it; 130 if it was cancelled before it started; 125 if runtap
@@ -8,10 +9,14 @@
 //! - `decode`: output events unescaped straight into the sink.
 //! - `sink`: the job's output, written to stdout and stderr in big pieces.
 //! - `commands`: the four commands.
+//! - `remote`: `logs`, `ps`, `cancel` over HTTP/WebSocket; `http`: its URL,
+//!   connections (TLS for `https://`), requests.
 //! - `report`: `step` and `progress`, written to the job's events channel.
 
 mod commands;
 mod decode;
+mod http;
+pub mod remote;
 mod report;
 mod sink;
 
@@ -22,12 +27,11 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 pub use commands::{RunOptions, cancel, exit_code, logs, ps, ps_table, run};
+pub use remote::{Remote, RemoteArgs};
 pub use report::{StepReport, progress, step};
 pub use sink::OutputSink;
 
-use serde::de::DeserializeSeed as _;
-
-use crate::event::{Event, EventType};
+use crate::event::Event;
 use crate::protocol::unix::{Request, Response};
 
 /// Exit code when runtap itself fails (as `env` and container runtimes do).
@@ -52,6 +56,10 @@ pub enum ClientError {
     /// The command was used where or how it cannot work.
     #[error("{0}")]
     Usage(String),
+    /// A daemon or gateway over the network could not be reached, or gave
+    /// up (its host is offline, the stream broke).
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl From<std::io::Error> for ClientError {
@@ -125,23 +133,10 @@ impl Client {
         if !line.starts_with(br#"{"runId""#) {
             return Ok(Streamed::Control(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?));
         }
-        if let Some((stream, seq, encoding)) = decode::parse_output_fast(line, &mut sink.data) {
-            sink.take_data(stream, encoding, seq)?;
-            return Ok(Streamed::Output);
-        }
-        sink.data.clear();
-        let mut de = serde_json::Deserializer::from_slice(line);
-        let head = decode::OutputSeed(&mut sink.data).deserialize(&mut de).map_err(|e| bad_line(e, line))?;
-        match head.kind {
-            Some(stream @ (EventType::Stdout | EventType::Stderr)) => {
-                sink.take_data(stream, head.encoding, head.seq)?;
-                Ok(Streamed::Output)
-            }
-            _ => {
-                sink.data.clear();
-                Ok(Streamed::Event(Box::new(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?)))
-            }
-        }
+        Ok(match decode::into_sink(line, sink)? {
+            None => Streamed::Output,
+            Some(event) => Streamed::Event(event),
+        })
     }
 
     fn has_line(&self) -> bool {

@@ -40,29 +40,45 @@ pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<std::process::
     }
 }
 
+/// A command started now, its output collected (by two threads, so
+/// neither pipe fills) until it exits.
+pub struct Collecting {
+    child: Child,
+    out: std::thread::JoinHandle<Vec<u8>>,
+    err: std::thread::JoinHandle<Vec<u8>>,
+}
+
+impl Collecting {
+    pub fn start(mut cmd: Command) -> Collecting {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let read_all = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                pipe.read_to_end(&mut v).unwrap();
+                v
+            })
+        };
+        let out = read_all(Box::new(child.stdout.take().unwrap()));
+        let err = read_all(Box::new(child.stderr.take().unwrap()));
+        Collecting { child, out, err }
+    }
+
+    /// Waits for the exit and returns the output; None (and the command
+    /// killed) if it has not exited within `timeout`.
+    pub fn finish(mut self, timeout: Duration) -> Option<Output> {
+        let Some(status) = wait_child(&mut self.child, timeout) else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            return None;
+        };
+        Some(Output { status, stdout: self.out.join().unwrap(), stderr: self.err.join().unwrap() })
+    }
+}
+
 /// Runs a command, collecting output, killing it if it exceeds `timeout`.
-pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        stdout.read_to_end(&mut v).unwrap();
-        v
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        stderr.read_to_end(&mut v).unwrap();
-        v
-    });
-    let status = match wait_child(&mut child, timeout) {
-        Some(s) => s,
-        None => {
-            let _ = child.kill();
-            panic!("command timed out: {cmd:?}");
-        }
-    };
-    Output { status, stdout: out_t.join().unwrap(), stderr: err_t.join().unwrap() }
+pub fn output_with_timeout(cmd: Command, timeout: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    Collecting::start(cmd).finish(timeout).unwrap_or_else(|| panic!("command timed out: {what}"))
 }
 
 /// Open fds of a process.
