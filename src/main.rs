@@ -316,20 +316,17 @@ fn run_client(command: Command) -> i32 {
             Command::Run { id, pty, detach, socket, command } => {
                 client::run(&socket.path(), RunOptions { id, pty, detach, command }).await
             }
-            Command::Logs { follow, since, id, socket, remote } => match remote.resolve() {
-                Ok(Some(r)) => client::remote::logs(&r, &id, since, follow).await,
-                Ok(None) => client::logs(&socket.path(), &id, since, follow).await,
-                Err(e) => Err(e),
+            Command::Logs { follow, since, id, socket, remote } => match remote.resolve()? {
+                Some(r) => client::remote::logs(&r, &id, since, follow).await,
+                None => client::logs(&socket.path(), &id, since, follow).await,
             },
-            Command::Cancel { id, reason, socket, remote } => match remote.resolve() {
-                Ok(Some(r)) => client::remote::cancel(&r, &id, reason).await,
-                Ok(None) => client::cancel(&socket.path(), &id, reason).await,
-                Err(e) => Err(e),
+            Command::Cancel { id, reason, socket, remote } => match remote.resolve()? {
+                Some(r) => client::remote::cancel(&r, &id, reason).await,
+                None => client::cancel(&socket.path(), &id, reason).await,
             },
-            Command::Ps { json, socket, remote } => match remote.resolve() {
-                Ok(Some(r)) => client::remote::ps(&r, json).await,
-                Ok(None) => client::ps(&socket.path(), json).await,
-                Err(e) => Err(e),
+            Command::Ps { json, socket, remote } => match remote.resolve()? {
+                Some(r) => client::remote::ps(&r, json).await,
+                None => client::ps(&socket.path(), json).await,
             },
             Command::Step { action } => client::step(match action {
                 StepAction::Start { id, name } => client::StepReport::Start { id, name },
