@@ -9,7 +9,9 @@
 # - the Python WebSocket client suite's packages (tests/py: websockets,
 #   pytest) in a virtualenv at tests/py/.venv, so the system Python is left
 #   alone (Debian's refuses `pip install` outside one, PEP 668);
-# - the Socket.IO client suite (tests/js: npm ci from the committed lockfile).
+# - the JS suite (tests/js: npm ci from the committed lockfile): the
+#   Socket.IO client, and playwright-core driving Debian's Chromium for the
+#   dashboard's browser tests (npm cannot download a browser here).
 #
 # Safe to run again: what is there already is kept.
 set -euo pipefail
@@ -41,6 +43,7 @@ apt_install() {
 command -v python3 >/dev/null || apt_install python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 command -v npm >/dev/null || apt_install nodejs npm
+[[ -x /usr/bin/chromium ]] || apt_install chromium chromium-driver
 
 VENV=tests/py/.venv
 if [[ ! -x $VENV/bin/python ]]; then
@@ -52,4 +55,6 @@ fi
 if [[ ! -f tests/js/node_modules/.package-lock.json || tests/js/package-lock.json -nt tests/js/node_modules/.package-lock.json ]]; then
     npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 fi
-node -e 'console.log("node", process.version, "socket.io-client", require("./tests/js/node_modules/socket.io-client/package.json").version)'
+node -e 'const v = (p) => require(`./tests/js/node_modules/${p}/package.json`).version;
+console.log("node", process.version, "socket.io-client", v("socket.io-client"), "playwright-core", v("playwright-core"))'
+/usr/bin/chromium --version

@@ -57,6 +57,7 @@ const ASSETS: &[Asset] = &[
     asset!("logview.js", JS),
     asset!("runs.js", JS),
     asset!("runview.js", JS),
+    asset!("dom.js", JS),
 ];
 
 /// The ETag of each asset, in `ASSETS` order, hashed once on first use.
