@@ -273,6 +273,8 @@ impl Outbox {
 
     fn note_written(&mut self, slot: usize, seq: u64) {
         if self.written.len() <= slot {
+            // Most connections have one stream: room for four would be 48 B wasted on each.
+            self.written.reserve_exact(slot + 1 - self.written.len());
             self.written.resize(slot + 1, None);
         }
         self.written[slot] = Some(seq);

@@ -78,7 +78,7 @@ pub(super) async fn run(
         patterns: Patterns::default(),
         single: matches!(start.0, Endpoint::Single { .. }),
     };
-    let ended = match session.start(*start).await {
+    let ended = match session.start(start).await {
         Ok(()) => session.run().await,
         Err(err) => Err(err),
     };
@@ -172,7 +172,10 @@ pub(super) struct Session {
 
 impl Session {
     /// Authentication, and the subscription of a single-run endpoint.
-    async fn start(&mut self, (endpoint, token): (Endpoint, Option<String>)) -> Result<(), WsError> {
+    /// Takes the box, not its contents, so that it is freed once the
+    /// session has started rather than held for the connection's life.
+    async fn start(&mut self, start: Box<(Endpoint, Option<String>)>) -> Result<(), WsError> {
+        let (endpoint, token) = *start;
         match token {
             Some(t) => self.authenticate(&t)?,
             None => {
