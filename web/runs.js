@@ -115,8 +115,8 @@ export function showRuns(main, { me, onOpen }) {
         r = { runId: ev.runId, host: ev.host, status: ev.data, createdAt: ev.timestamp, command: [] };
         runs.set(k, r);
         learn(ev.host, ev.runId);
-        if (me.hosts) loadHosts(); // its counts changed
       }
+      if (me.hosts) hostsSoon(); // a host's counts changed
       if ((r.lastSeq || 0) < ev.seq) {
         r.lastSeq = ev.seq;
         r.status = ev.data;
@@ -136,6 +136,11 @@ export function showRuns(main, { me, onOpen }) {
     },
   });
   stream.subscribe({ runId: '*', types: ['status'] });
+
+  let hostsTimer = 0;
+  function hostsSoon() {
+    if (!hostsTimer) hostsTimer = setTimeout(() => { hostsTimer = 0; loadHosts(); }, 300);
+  }
 
   async function loadHosts() {
     try {

@@ -234,6 +234,9 @@ test('the gateway page shows both hosts, connected, and a run from each', async 
     await page.selectOption('.f-host', 'beta');
     await page.waitForSelector('tr.run[data-run="job-0"]', { state: 'detached', timeout: WAIT_MS });
     await page.selectOption('.f-host', '');
+    for (const h of ['alpha', 'beta']) {
+      await page.waitForFunction((host) => /0 active \/ 1 runs/.test(document.querySelector(`.host-item[data-host="${host}"] .count`).textContent), h, { timeout: WAIT_MS });
+    }
     await shot(page, 'gateway');
     await page.click('tr.run[data-run="job-1"] a');
     await page.waitForFunction(() => [...document.querySelectorAll('.log .row.line .text')].some((e) => e.textContent === 'from host 1'), null, { timeout: WAIT_MS });
