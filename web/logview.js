@@ -8,6 +8,7 @@ import { paletteColor } from './ansi.js';
 
 export const ROW_HEIGHT = 18; // px; style.css's .log row line-height
 const OVERSCAN = 30;
+const DATA_FRAME_MS = 50;
 
 /** Renders one line's segments into `el`. */
 export function renderSegments(el, segs) {
@@ -54,6 +55,9 @@ export class LogView {
     this.current = []; // segments of the line being written
     this.lines = 0;
     this.follow = true;
+    this.userScroll = false;
+    this.lastRender = 0;
+    this.dataTimer = 0;
     this.highlight = null;
     this.version = 0; // bumped on every change, so an unchanged view is not rebuilt
     this.drawn = '';
@@ -62,14 +66,23 @@ export class LogView {
     this.body = document.createElement('div');
     this.body.className = 'log-rows';
     root.append(this.spacer, this.body);
+    // Following stops only when the user scrolls (wheel, keys, the
+    // scrollbar, touch), never because of a scroll event of the page's
+    // own: those can arrive after more rows were added and look like a
+    // scroll away from the bottom.
+    const intent = () => { this.userScroll = true; };
+    for (const ev of ['wheel', 'keydown', 'mousedown', 'touchstart']) root.addEventListener(ev, intent, { passive: true });
     root.addEventListener('scroll', () => {
-      const atBottom = root.scrollTop + root.clientHeight >= root.scrollHeight - ROW_HEIGHT;
-      if (atBottom !== this.follow) {
-        this.follow = atBottom;
-        this.onFollow(atBottom);
+      if (this.userScroll) {
+        const atBottom = root.scrollTop + root.clientHeight >= root.scrollHeight - ROW_HEIGHT;
+        if (atBottom !== this.follow) {
+          this.follow = atBottom;
+          this.onFollow(atBottom);
+        }
       }
       this.schedule();
     });
+    root.addEventListener('mouseup', () => { this.userScroll = false; });
     new ResizeObserver(() => this.schedule()).observe(root);
   }
 
@@ -146,10 +159,20 @@ export class LogView {
     this.render();
   }
 
-  /** Marks the model changed; the next frame renders it. */
+  /**
+   * Marks the model changed. New rows are drawn at most every
+   * DATA_FRAME_MS: a history of 100 000 lines arrives in thousands of
+   * events, and laying the log out again for each frame's worth would
+   * cost more than the events themselves. Scrolling still draws at once.
+   */
   changed() {
     this.version += 1;
-    this.schedule();
+    if (this.dataTimer) return;
+    const wait = Math.max(0, this.lastRender + DATA_FRAME_MS - performance.now());
+    this.dataTimer = setTimeout(() => {
+      this.dataTimer = 0;
+      this.schedule();
+    }, wait);
   }
 
   schedule() {
@@ -161,9 +184,13 @@ export class LogView {
   }
 
   render() {
+    this.lastRender = performance.now();
     const count = this.visible.length + (this.current.length ? 1 : 0);
     this.spacer.style.height = `${count * ROW_HEIGHT}px`;
-    if (this.follow) this.root.scrollTop = this.root.scrollHeight;
+    if (this.follow) {
+      this.userScroll = false; // what scrolls next is this, until the user acts again
+      this.root.scrollTop = this.root.scrollHeight;
+    }
     const top = this.root.scrollTop;
     const first = Math.max(0, Math.floor(top / ROW_HEIGHT) - OVERSCAN);
     const last = Math.min(count, Math.ceil((top + this.root.clientHeight) / ROW_HEIGHT) + OVERSCAN);

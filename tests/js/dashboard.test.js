@@ -165,6 +165,27 @@ test('a 100 000-line run scrolls to its last line and keeps few rows in the DOM;
   assert.equal(await linked.textContent('.log .row.line.hl[data-line="120"] .text'), '120');
 });
 
+test('the log follows the tail until the user scrolls up, and Follow brings it back', async () => {
+  const g = gate(d.dir, 'follow-gate');
+  const done = d.spawnRun('run', '--id', 'tail', '--', 'sh', '-c', `seq 1 300; read x < ${g.file}; seq 301 600`);
+  const page = await open(d, d.token, '?run=tail');
+  await page.waitForSelector('.log .row.line[data-line="300"]', { timeout: WAIT_MS });
+  assert.equal(await page.isVisible('button.follow'), false, 'following: no Follow button');
+  await page.hover('.log');
+  await page.mouse.wheel(0, -2000);
+  await page.waitForSelector('button.follow:not([hidden])', { timeout: WAIT_MS });
+  const top = await page.$eval('.log', (e) => e.scrollTop);
+  g.open();
+  await page.waitForSelector('.run-head .badge.succeeded', { timeout: WAIT_MS });
+  assert.equal(await done, 0);
+  await page.waitForFunction(() => document.querySelector('.log-spacer').style.height === `${600 * 18}px`, null, { timeout: WAIT_MS });
+  assert.equal(await page.$eval('.log', (e) => e.scrollTop), top, 'new lines do not pull the view down');
+  assert.equal(await page.$('.log .row.line[data-line="600"]'), null);
+  await page.click('button.follow');
+  await page.waitForSelector('.log .row.line[data-line="600"]', { timeout: WAIT_MS });
+  assert.equal(await page.isVisible('button.follow'), false);
+});
+
 test('cancel asks first, then the run ends cancelled; a read-only token sees no cancel button', async () => {
   const done = d.spawnRun('run', '--id', 'long', '--', 'sleep', '60');
   const ro = await open(d, READ_ONLY, '?run=long');
