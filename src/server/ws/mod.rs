@@ -52,8 +52,8 @@ pub(crate) enum Endpoint {
 /// Runs a session to its end. `token` is the one from the header or query.
 ///
 /// Not an `async fn`: its arguments would stay in the session's future for
-/// its whole life, and an idle subscriber is mostly that future. Only the
-/// socket and a box with the start-up arguments are carried in.
+/// its whole life, and an idle subscriber is mostly that future. Only a
+/// box with the socket and the request is carried in.
 pub(crate) fn serve(
     upgraded: Upgraded,
     endpoint: Endpoint,
@@ -62,14 +62,16 @@ pub(crate) fn serve(
 ) -> impl Future<Output = ()> + Send + 'static {
     // The listener serves plain TCP, so this holds; frames are written to
     // the socket itself (see `frame`).
-    let socket = upgraded.downcast::<TokioIo<TcpStream>>().ok().map(|p| (p.io.into_inner(), p.read_buf));
-    let start = Box::new((endpoint, token));
+    // Built here, not in the async block: what the block captures stays in it.
+    let start = upgraded.downcast::<TokioIo<TcpStream>>().ok().map(|p| {
+        Box::new(session::Start { tcp: p.io.into_inner(), early: p.read_buf, request: Box::new((endpoint, token)) })
+    });
     async move {
-        let Some((tcp, early)) = socket else {
+        let Some(start) = start else {
             tracing::error!("websocket is not on a TCP stream; dropping it");
             return;
         };
-        session::run(tcp, early, start, shared).await;
+        session::run(start, shared).await;
     }
 }
 
@@ -98,7 +100,9 @@ mod size_tests {
     #[test]
     fn an_idle_session_stays_small() {
         let session = future_size(serve);
-        assert!(session <= 2048, "session future is {session} bytes");
+        // 1384 bytes when this bound was set (1816 before the start-up
+        // state and the select's output were kept out of it).
+        assert!(session <= 1536, "session future is {session} bytes");
         let feed = std::mem::size_of::<crate::feed::Feed>();
         assert!(feed <= 256, "Feed is {feed} bytes");
     }

@@ -53,43 +53,59 @@ enum End {
     Stalled,
 }
 
-pub(super) async fn run(
-    tcp: TcpStream,
-    early: bytes::Bytes,
-    start: Box<(Endpoint, Option<String>)>,
-    shared: Arc<Shared>,
-) {
+/// What a session starts from, in one box. An async fn keeps its
+/// arguments in its future for its whole life, and an idle subscriber is
+/// mostly that future: the socket and the request would be 120 bytes of
+/// every session, kept for nothing once it has started.
+pub(super) struct Start {
+    pub(super) tcp: TcpStream,
+    pub(super) early: bytes::Bytes,
+    /// Freed by `Session::start`, once the session is authenticated and subscribed.
+    pub(super) request: Box<(Endpoint, Option<String>)>,
+}
+
+/// Moves the contents out and frees the box now (a box moved out of in
+/// place is freed only when it goes out of scope: here, never before the end).
+fn unbox<T>(b: Box<T>) -> T {
+    *b
+}
+
+pub(super) async fn run(start: Box<Start>, shared: Arc<Shared>) {
     let cfg = shared.stream_config();
-    let tcp = Arc::new(tcp);
-    let control = Arc::new(Mutex::new(BytesMut::new()));
-    let io = ClientIo::new(tcp.clone(), early, control.clone(), AUTH_READ_BUDGET);
-    let reader = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config(cfg.max_frame_bytes))).await;
+    // In a block, so that nothing of it stays in the future once the session exists.
+    let (mut session, request) = {
+        let Start { tcp, early, request } = unbox(start);
+        let tcp = Arc::new(tcp);
+        let control = Arc::new(Mutex::new(BytesMut::new()));
+        let io = ClientIo::new(tcp.clone(), early, control.clone(), AUTH_READ_BUDGET);
+        let reader = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config(cfg.max_frame_bytes))).await;
+        let session = Session {
+            limiter: RateLimiter::new(cfg.max_messages_per_second, cfg.rate_burst),
+            max_depth: cfg.max_json_depth,
+            shared: shared.clone(),
+            tcp,
+            reader,
+            control,
+            outbox: Outbox::new(Framing::WebSocket),
+            scope: None,
+            subs: Subs::default(),
+            patterns: Patterns::default(),
+            single: matches!(request.0, Endpoint::Single { .. }),
+        };
+        (session, request)
+    };
     shared.metrics.websockets.fetch_add(1, Ordering::Relaxed);
-    let mut session = Session {
-        limiter: RateLimiter::new(cfg.max_messages_per_second, cfg.rate_burst),
-        max_depth: cfg.max_json_depth,
-        shared: shared.clone(),
-        tcp,
-        reader,
-        control,
-        outbox: Outbox::new(Framing::WebSocket),
-        scope: None,
-        subs: Subs::default(),
-        patterns: Patterns::default(),
-        single: matches!(start.0, Endpoint::Single { .. }),
-    };
-    let ended = match session.start(start).await {
-        Ok(()) => session.run().await,
-        Err(err) => Err(err),
-    };
+    // Start-up is boxed (it runs once), and its result is gone before the
+    // session's long wait begins (`if let` drops it before `else` in Rust 2024).
+    let ended = if let Err(err) = Box::pin(session.start(request)).await { Err(err) } else { session.run().await };
     match ended {
         Ok(End::Close(code, reason)) => {
             session.outbox.push_raw(frame::close_frame(code, reason));
-            session.drain(cfg.write_stall_timeout).await;
+            Box::pin(session.drain(cfg.write_stall_timeout)).await;
         }
         Ok(End::PeerGone) => {
             session.pull_control();
-            session.drain(cfg.write_stall_timeout).await;
+            Box::pin(session.drain(cfg.write_stall_timeout)).await;
         }
         Ok(End::Stalled) => {
             // What is half written is finished (the stream must stay
@@ -114,15 +130,15 @@ pub(super) async fn run(
                 session.outbox.push_text(&err.to_json());
             }
             session.outbox.push_raw(frame::close_frame(1013, "lagged"));
-            session.drain(cfg.write_stall_timeout).await;
-            linger(&session.tcp).await;
+            Box::pin(session.drain(cfg.write_stall_timeout)).await;
+            Box::pin(linger(&session.tcp)).await;
         }
         Err(err) => {
             tracing::debug!(code = err.code, close = err.close, message = %err.message, "closing websocket with error");
             session.outbox.push_text(&err.to_json());
             session.outbox.push_raw(frame::close_frame(err.close, err.code));
-            session.drain(cfg.write_stall_timeout).await;
-            linger(&session.tcp).await;
+            Box::pin(session.drain(cfg.write_stall_timeout)).await;
+            Box::pin(linger(&session.tcp)).await;
         }
     }
     shared.metrics.websockets.fetch_sub(1, Ordering::Relaxed);
@@ -240,17 +256,14 @@ impl Session {
                 timer.as_mut().reset(moved + stall);
             }
             let refill = self.outbox.bytes() < REFILL_BELOW && !self.subs.is_empty();
-            tokio::select! {
+            // Nothing is awaited inside the select: what its branches produce
+            // would then stay in every idle session's future.
+            let received: Option<Message> = tokio::select! {
                 msg = self.reader.next() => {
                     heard = Instant::now();
                     match msg {
                         None => return Ok(End::PeerGone),
-                        Some(Ok(Message::Close(_))) => {
-                            // tungstenite queues the close reply; push it out.
-                            let _ = self.reader.flush().await;
-                            return Ok(End::PeerGone);
-                        }
-                        Some(Ok(msg)) => self.on_message(msg).await?,
+                        Some(Ok(msg)) => Some(msg),
                         Some(Err(WsProtoError::Capacity(_))) => return Err(self.too_large()),
                         // RFC 6455 §7.4.1: 1007 for a text message that is not
                         // UTF-8, 1002 for a broken frame.
@@ -270,14 +283,17 @@ impl Session {
                     if let Some(end) = self.on_feed(out)? {
                         return Ok(end);
                     }
+                    None
                 }
                 started = std::future::poll_fn(|cx| self.patterns.poll_watch(cx)), if self.patterns.is_watching() => {
                     self.on_run_started(started);
+                    None
                 }
                 r = std::future::poll_fn(|cx| self.tcp.poll_write_ready(cx)), if !idle => {
                     if r.is_err() {
                         return Ok(End::PeerGone);
                     }
+                    None
                 }
                 () = &mut timer => {
                     let now = Instant::now();
@@ -300,8 +316,20 @@ impl Session {
                         next = next.min(moved + stall);
                     }
                     timer.as_mut().reset(next);
+                    None
                 }
                 () = &mut stopped => return Ok(End::Close(1001, "server shutting down")),
+            };
+            match received {
+                None => {}
+                Some(Message::Close(_)) => {
+                    // tungstenite queues the close reply; push it out.
+                    let _ = Box::pin(self.reader.flush()).await;
+                    return Ok(End::PeerGone);
+                }
+                // Boxed: a message (subscribe, auth) is rare, and its future
+                // would otherwise be part of every idle session's.
+                Some(msg) => Box::pin(self.on_message(msg)).await?,
             }
         }
     }
