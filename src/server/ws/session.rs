@@ -66,6 +66,7 @@ pub(super) struct Start {
 
 /// Moves the contents out and frees the box now (a box moved out of in
 /// place is freed only when it goes out of scope: here, never before the end).
+#[allow(clippy::boxed_local)] // taking the box is the point: it is freed here
 fn unbox<T>(b: Box<T>) -> T {
     *b
 }
