@@ -75,7 +75,7 @@ async function start() {
     token.clear();
     showLogin();
   });
-  who.replaceChildren(el('span', { text: `${me.runs === '*' ? 'all runs' : me.runs}${me.cancel ? '' : ' · read only'}` }), logout);
+  who.replaceChildren(el('span', { text: `${me.runs === '*' ? 'all runs' : [].concat(me.runs).join(' ')}${me.cancel ? '' : ' · read only'}` }), logout);
   route();
 }
 

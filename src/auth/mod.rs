@@ -1,6 +1,9 @@
 //! Who may watch which runs, and cancel them: tokens, their scopes, and
 //! where they come from.
 //!
+//! - `scope`: what a token may do, as capabilities (`caps`), for every kind of token.
+//! - `jwt`: `[auth]`'s keys and verifying a JWT into a scope.
+//!
 //! Tokens are compared in constant time and never logged; `Token`'s `Debug`
 //! is redacted. With no token configured, one is generated at first start
 //! into `STATE_DIR/token` (mode 0600) and its path, not its value, is logged.
@@ -12,8 +15,13 @@ use std::path::{Path, PathBuf};
 
 use subtle::ConstantTimeEq;
 
-use crate::config::StreamConfig;
-use crate::run_id::RunId;
+use crate::config::{AuthConfig, StreamConfig};
+
+mod jwt;
+mod scope;
+
+use jwt::JwtKeys;
+pub(crate) use scope::{At, Scope};
 
 /// Name of the generated viewer token file in the state dir.
 pub(crate) const TOKEN_FILE: &str = "token";
@@ -31,6 +39,8 @@ pub enum AuthError {
     Empty(PathBuf),
     #[error("generate token: {0}")]
     Random(getrandom::Error),
+    #[error("JWT key file {}: {reason}", .path.display())]
+    Key { path: PathBuf, reason: String },
 }
 
 /// A secret. Compared in constant time; prints as `Token(..)`.
@@ -57,86 +67,25 @@ impl fmt::Debug for Token {
     }
 }
 
-/// Which runs a token may see.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum RunSet {
-    All,
-    /// The runs whose ID starts with this.
-    Prefix(String),
-}
-
-impl RunSet {
-    fn contains(&self, run: &RunId) -> bool {
-        match self {
-            RunSet::All => true,
-            RunSet::Prefix(p) => run.as_str().starts_with(p.as_str()),
-        }
-    }
-
-    /// As `GET /me` and patterns write it: `*` or `PREFIX*`.
-    pub(crate) fn pattern(&self) -> String {
-        match self {
-            RunSet::All => "*".to_owned(),
-            RunSet::Prefix(p) => format!("{p}*"),
-        }
-    }
-}
-
-/// What a token may do: which runs it may read, and whether it may cancel
-/// them. Every check goes through [`Scope::allows`] (read) or
-/// [`Scope::may_cancel`], which take the run, so a token whose rights
-/// differ per run (a JWT's `caps`, issue 14) fits behind the same two calls.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Scope {
-    runs: RunSet,
-    cancel: bool,
-}
-
-impl Scope {
-    /// Every run, read and cancel: `stream.tokens`, the token file.
-    pub(crate) fn full() -> Self {
-        Scope { runs: RunSet::All, cancel: true }
-    }
-
-    pub(crate) fn new(runs: RunSet, cancel: bool) -> Self {
-        Scope { runs, cancel }
-    }
-
-    /// May read (stream, list, get, download) this run.
-    pub(crate) fn allows(&self, run: &RunId) -> bool {
-        self.runs.contains(run)
-    }
-
-    /// May cancel this run (and read it: a token never cancels what it cannot see).
-    pub(crate) fn may_cancel(&self, run: &RunId) -> bool {
-        self.cancel && self.allows(run)
-    }
-
-    /// Whether this token cancels anything at all (`GET /me`: the page
-    /// shows the cancel button or not).
-    pub(crate) fn cancels(&self) -> bool {
-        self.cancel
-    }
-
-    pub(crate) fn runs(&self) -> &RunSet {
-        &self.runs
-    }
-}
-
 /// The accepted tokens. Rebuilt (not mutated) on config reload.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Tokens {
     entries: Vec<(Token, Scope)>,
+    /// `[auth]`'s keys, when it names any.
+    jwt: Option<std::sync::Arc<JwtKeys>>,
 }
 
 impl Tokens {
     pub(crate) fn new(entries: Vec<(Token, Scope)>) -> Self {
-        Tokens { entries }
+        Tokens { entries, jwt: None }
     }
 
     /// Tokens from the config, the configured token file, or else the
-    /// generated `STATE_DIR/token` (created on first start).
-    pub(crate) fn load(config: &StreamConfig, state_dir: &Path) -> Result<Self, AuthError> {
+    /// generated `STATE_DIR/token` (created on first start); and the JWT
+    /// keys of `[auth]`. Any file that does not load is an error, so a
+    /// reload that meets one keeps the tokens and keys in force.
+    pub(crate) fn load(config: &StreamConfig, auth: &AuthConfig, state_dir: &Path) -> Result<Self, AuthError> {
+        let jwt = JwtKeys::load(auth)?.map(std::sync::Arc::new);
         let mut entries: Vec<(Token, Scope)> =
             config.tokens.iter().map(|t| (Token::new(t.clone()), Scope::full())).collect();
         if let Some(path) = &config.token_file {
@@ -145,24 +94,38 @@ impl Tokens {
         // Only full tokens spare the generated one: with read-only or
         // restricted tokens alone, nobody could cancel over HTTP.
         let has_full_access = !entries.is_empty();
-        entries.extend(config.read_only_tokens.iter().map(|t| (Token::new(t.clone()), Scope::new(RunSet::All, false))));
+        entries.extend(config.read_only_tokens.iter().map(|t| (Token::new(t.clone()), Scope::read_only())));
         entries.extend(
             config
                 .restricted_tokens
                 .iter()
-                .map(|r| (Token::new(r.token.clone()), Scope::new(RunSet::Prefix(r.run_prefix.clone()), r.cancel))),
+                .map(|r| (Token::new(r.token.clone()), Scope::prefix(&r.run_prefix, r.cancel))),
         );
         if !has_full_access {
             let path = state_dir.join(TOKEN_FILE);
             let token = ensure_token_file(&path)?;
             entries.push((token, Scope::full()));
         }
-        Ok(Tokens { entries })
+        Ok(Tokens { entries, jwt })
     }
 
-    /// The scope of the presented token, if it is one of ours. Every entry
-    /// is compared, so timing does not tell which (or whether one) matched.
+    /// The scope of the presented token, if it is one of ours. A token of
+    /// the JWT shape is verified as one (when `[auth]` has keys); others
+    /// are compared with every static entry, so timing does not tell which
+    /// (or whether one) matched. Refusals are logged without the token.
     pub(crate) fn check(&self, presented: &str) -> Option<Scope> {
+        if let Some(keys) = self.jwt.as_ref().filter(|_| jwt::looks_like_jwt(presented)) {
+            return match keys.verify(presented) {
+                Ok(scope) => {
+                    tracing::debug!(sub = scope.sub(), exp = scope.expires(), "JWT accepted");
+                    Some(scope)
+                }
+                Err(reason) => {
+                    tracing::debug!(%reason, "JWT refused");
+                    None
+                }
+            };
+        }
         let mut found = None;
         for (token, scope) in &self.entries {
             if token.matches(presented) && found.is_none() {
@@ -235,14 +198,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let cfg = StreamConfig::default();
-        let a = Tokens::load(&cfg, dir.path()).unwrap();
+        let a = Tokens::load(&cfg, &AuthConfig::default(), dir.path()).unwrap();
         let path = dir.path().join(TOKEN_FILE);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let token = std::fs::read_to_string(&path).unwrap().trim().to_owned();
         assert_eq!(token.len(), 64);
         assert_eq!(a.check(&token), Some(Scope::full()));
-        let b = Tokens::load(&cfg, dir.path()).unwrap();
+        let b = Tokens::load(&cfg, &AuthConfig::default(), dir.path()).unwrap();
         assert_eq!(b.check(&token), Some(Scope::full()), "second start reuses the file");
         assert_eq!(b.check("nope"), None);
     }
@@ -260,18 +223,19 @@ mod tests {
             read_only_tokens: vec!["read-only-token-0123456".into()],
             ..StreamConfig::default()
         };
-        let t = Tokens::load(&cfg, dir.path()).unwrap();
+        let t = Tokens::load(&cfg, &AuthConfig::default(), dir.path()).unwrap();
         assert_eq!(t.check("old-token-0123456789"), Some(Scope::full()));
         assert_eq!(t.check("new-token-0123456789"), Some(Scope::full()));
         let scope = t.check("team-a-token-0123456").unwrap();
-        assert!(scope.allows(&RunId::parse("a-1").unwrap()));
-        assert!(!scope.allows(&RunId::parse("b-1").unwrap()));
-        assert!(scope.may_cancel(&RunId::parse("a-1").unwrap()));
-        assert!(!scope.may_cancel(&RunId::parse("b-1").unwrap()), "never what it cannot see");
+        let id = |s: &str| crate::run_id::RunId::parse(s).unwrap();
+        assert!(scope.allows(At::Local, &id("a-1")));
+        assert!(!scope.allows(At::Local, &id("b-1")));
+        assert!(scope.may_cancel(At::Local, &id("a-1")));
+        assert!(!scope.may_cancel(At::Local, &id("b-1")), "never what it cannot see");
         let read_only = t.check("read-only-token-0123456").unwrap();
-        assert!(read_only.allows(&RunId::parse("b-1").unwrap()));
-        assert!(!read_only.may_cancel(&RunId::parse("b-1").unwrap()));
-        assert_eq!((read_only.runs().pattern(), read_only.cancels()), ("*".to_owned(), false));
+        assert!(read_only.allows(At::Local, &id("b-1")));
+        assert!(!read_only.may_cancel(At::Local, &id("b-1")));
+        assert_eq!((read_only.runs_json(), read_only.cancels()), (serde_json::json!("*"), false));
         assert!(!dir.path().join(TOKEN_FILE).exists(), "no file generated when tokens are configured");
     }
 }

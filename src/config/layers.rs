@@ -12,8 +12,8 @@ use serde::de::{Deserializer, Error as _, Visitor};
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    ConfigError, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_SOCKET_MODE, DaemonConfig, GatewayConfig, JournalConfig,
-    Overrides, RunsConfig, StreamConfig, UpstreamConfig,
+    AuthConfig, ConfigError, DEFAULT_LISTEN, DEFAULT_LOG_LEVEL, DEFAULT_SOCKET_MODE, DaemonConfig, GatewayConfig,
+    JournalConfig, Overrides, RunsConfig, StreamConfig, UpstreamConfig,
 };
 
 /// The file's shape. Sections other than `[daemon]` need no layering and parse straight in.
@@ -26,6 +26,7 @@ pub(super) struct FileConfig {
     pub(super) stream: StreamConfig,
     pub(super) upstream: UpstreamConfig,
     pub(super) gateway: GatewayConfig,
+    pub(super) auth: AuthConfig,
 }
 
 /// `[daemon]` as set so far by file, environment and flags; `None` means "not set by anyone",

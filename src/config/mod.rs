@@ -33,6 +33,24 @@ pub struct Config {
     pub stream: StreamConfig,
     pub upstream: UpstreamConfig,
     pub gateway: GatewayConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[auth]`: JWT viewer tokens (docs/auth.md). Unset keys: no JWT is
+/// accepted, and static tokens work as they always did. The key files are
+/// read at start and on SIGHUP; a file that does not load refuses the reload.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file holding the HS256 shared secret (surrounding whitespace trimmed).
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// PEM files of RS256, ES256 (P-256) or EdDSA (Ed25519) public keys, or
+    /// JWKS JSON files; a token's `kid` picks among keys that have one.
+    pub jwt_public_keys: Vec<PathBuf>,
+    /// When set, a JWT's `aud` must contain it.
+    pub jwt_audience: Option<String>,
+    /// When set, a JWT's `iss` must be it.
+    pub jwt_issuer: Option<String>,
 }
 
 /// `[upstream]`: forwarding this daemon's events to a gateway.
@@ -315,6 +333,7 @@ impl Config {
             stream: file.stream,
             upstream: file.upstream,
             gateway: file.gateway,
+            auth: file.auth,
         };
         config.validate()?;
         Ok(config)

@@ -1,6 +1,6 @@
 //! The config's unit tests: layering, errors that name the key, validation.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::layers::parse_file;
@@ -202,4 +202,18 @@ fn repo_config_toml_is_the_defaults() {
     let c = Config::from_toml_str(include_str!("../../config.toml"), Some(Path::new("config.toml"))).unwrap();
     let d = Config::default();
     assert_eq!((c.daemon, c.runs, c.journal, c.stream), (d.daemon, d.runs, d.journal, d.stream));
+}
+
+#[test]
+fn auth_keys_parse_and_are_checked() {
+    let c = Config::from_toml_str(
+        "[auth]\njwt_hs256_secret_file = \"/s\"\njwt_public_keys = [\"/k.pem\"]\njwt_audience = \"runtap\"",
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.auth.jwt_public_keys, vec![PathBuf::from("/k.pem")]);
+    assert_eq!(c.auth.jwt_audience.as_deref(), Some("runtap"));
+    refused("[auth]\njwt_issuer = \"x\"", "auth.jwt_issuer: has no effect without");
+    refused("[auth]\njwt_public_keys = [\"\"]", "auth.jwt_public_keys[0]: must not be empty");
+    refused("[auth]\njwt_hs256_secret = \"x\"", "unknown key `auth.jwt_hs256_secret`");
 }

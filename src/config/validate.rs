@@ -103,7 +103,29 @@ impl Config {
                 format!("must be at least {MIN_TOKEN_LEN} characters without whitespace")
             })?;
         }
-        ensure(!self.gateway.ack_interval.is_zero(), "gateway.ack_interval", || "must be greater than zero".into())
+        ensure(!self.gateway.ack_interval.is_zero(), "gateway.ack_interval", || "must be greater than zero".into())?;
+        self.check_auth()
+    }
+
+    /// `[auth]`: the shapes only; whether the key files load is the token
+    /// loader's question (it runs at start and on every SIGHUP).
+    fn check_auth(&self) -> Result<(), (String, String)> {
+        let a = &self.auth;
+        let empty_path = |p: &std::path::Path| p.as_os_str().is_empty();
+        ensure(!a.jwt_hs256_secret_file.as_deref().is_some_and(empty_path), "auth.jwt_hs256_secret_file", || {
+            "must not be empty".into()
+        })?;
+        for (i, p) in a.jwt_public_keys.iter().enumerate() {
+            ensure(!empty_path(p), &format!("auth.jwt_public_keys[{i}]"), || "must not be empty".into())?;
+        }
+        let has_keys = a.jwt_hs256_secret_file.is_some() || !a.jwt_public_keys.is_empty();
+        for (key, value) in [("auth.jwt_audience", &a.jwt_audience), ("auth.jwt_issuer", &a.jwt_issuer)] {
+            ensure(value.as_ref().is_none_or(|v| !v.trim().is_empty()), key, || "must not be empty".into())?;
+            ensure(value.is_none() || has_keys, key, || {
+                "has no effect without auth.jwt_hs256_secret_file or auth.jwt_public_keys".into()
+            })?;
+        }
+        Ok(())
     }
 }
 

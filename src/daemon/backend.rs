@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::{Value, json};
 
-use crate::auth::Scope;
+use crate::auth::{At, Scope};
 use crate::protocol::unix::LaunchRequest;
 use crate::run::{LaunchError, RunTable, Spec};
 use crate::run_id::RunId;
@@ -38,7 +38,7 @@ impl Backend for DaemonRuns {
     }
 
     fn list(&self, scope: &Scope) -> Vec<Value> {
-        self.table.list().into_iter().filter(|r| scope.allows(&r.run_id)).map(|r| json!(r)).collect()
+        self.table.list().into_iter().filter(|r| scope.allows(At::Local, &r.run_id)).map(|r| json!(r)).collect()
     }
 
     fn get(&self, _host: Option<&str>, run: &RunId) -> Result<Value, LookupError> {

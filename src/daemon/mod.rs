@@ -120,7 +120,7 @@ pub async fn run(
     let run_tasks = TaskTracker::new();
     let table = RunTable::new(journal, hub, run_limits(&config), run_tasks.clone());
     let recovered = table.recover().map_err(DaemonError::Journal)?;
-    let tokens = Tokens::load(&config.stream, state_dir).map_err(DaemonError::Tokens)?;
+    let tokens = Tokens::load(&config.stream, &config.auth, state_dir).map_err(DaemonError::Tokens)?;
     let listen = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         state_dir = %state_dir.display(),
@@ -264,7 +264,7 @@ async fn retention_loop(
 /// Applies a new config where it can take effect live; returns the config in force.
 fn reload(old: Config, new: Config, table: &RunTable, shared: &Shared) -> Config {
     let state_dir = &new.daemon.state_dir;
-    let tokens = match Tokens::load(&new.stream, state_dir) {
+    let tokens = match Tokens::load(&new.stream, &new.auth, state_dir) {
         Ok(t) => t,
         Err(error) => {
             tracing::error!(%error, "reload refused: keeping the old config");

@@ -8,7 +8,7 @@ use tokio::sync::broadcast;
 
 use super::hosts::Host;
 use super::{Gateway, lock};
-use crate::auth::Scope;
+use crate::auth::{At, Scope};
 use crate::run_id::RunId;
 use crate::run_info::RunInfo;
 use crate::server::backend::{ActiveRun, LookupError, RunRef, Source};
@@ -85,7 +85,8 @@ impl Gateway {
         let mut out = Vec::new();
         for h in self.all_hosts() {
             let st = lock(&h.state);
-            let mut runs: Vec<&RunInfo> = st.runs.values().filter(|r| scope.allows(&r.run_id)).collect();
+            let mut runs: Vec<&RunInfo> =
+                st.runs.values().filter(|r| scope.allows(At::Host(&h.id), &r.run_id)).collect();
             runs.sort_by(|a, b| a.created_at.cmp(&b.created_at));
             out.extend(runs.into_iter().map(|r| Self::with_host(&h, r)));
         }

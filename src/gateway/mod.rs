@@ -143,7 +143,7 @@ impl Gateway {
 /// Viewer tokens (`[stream]` or `STATE_DIR/token`) and host tokens
 /// (`[gateway] agent_tokens` or `STATE_DIR/agent-token`).
 fn load_tokens(config: &Config, state_dir: &Path) -> Result<(Tokens, Tokens), AuthError> {
-    let viewers = Tokens::load(&config.stream, state_dir)?;
+    let viewers = Tokens::load(&config.stream, &config.auth, state_dir)?;
     let agents = if config.gateway.agent_tokens.is_empty() {
         Tokens::new(vec![(ensure_token_file(&state_dir.join(AGENT_TOKEN_FILE))?, Scope::full())])
     } else {

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::upgrade::{upgrade_agent, upgrade_to};
 use super::{Body, ConnGuard, KeepOpen, Reply, error, json_response};
-use crate::auth::{Scope, request_token};
+use crate::auth::{At, Scope, request_token};
 use crate::run_id::RunId;
 use crate::server::backend::{CancelOutcome, LookupError};
 use crate::server::metrics::Metrics;
@@ -58,7 +58,7 @@ pub(super) async fn route(
         (&Method::GET, ["hosts"]) => match shared.backend.has_hosts() {
             false => error(StatusCode::NOT_FOUND, "not-found", "/hosts is served by the gateway"),
             true => match authorize(&req, &query, &shared) {
-                Ok(_) => json_response(StatusCode::OK, &shared.backend.hosts().unwrap_or_default()),
+                Ok(scope) => json_response(StatusCode::OK, &hosts(&scope, &shared)),
                 Err(r) => r,
             },
         },
@@ -128,7 +128,17 @@ fn asset(req: &Request<Incoming>, name: &str, path: &str) -> Response<Body> {
 /// `GET /me`: what the presented token may do, so the page can check a
 /// token and show the cancel button only to tokens that may cancel.
 fn me(scope: &Scope, shared: &Shared) -> serde_json::Value {
-    json!({"runs": scope.runs().pattern(), "cancel": scope.cancels(), "hosts": shared.backend.has_hosts()})
+    // `runs`: "*" for every run, else the patterns it may read (a string when one).
+    json!({"runs": scope.runs_json(), "cancel": scope.cancels(), "hosts": shared.backend.has_hosts(), "sub": scope.sub()})
+}
+
+/// `GET /hosts`: the hosts on which the token may read something.
+fn hosts(scope: &Scope, shared: &Shared) -> serde_json::Value {
+    let mut all = shared.backend.hosts().unwrap_or_default();
+    if let Some(list) = all.as_array_mut() {
+        list.retain(|h| h["host"].as_str().is_some_and(|id| scope.sees_host(id)));
+    }
+    all
 }
 
 fn parse_since(raw: Option<&str>) -> Result<u64, WsError> {
@@ -193,18 +203,25 @@ fn authorized_run(
     let scope = authorize(req, query, shared)?;
     let run = RunId::parse(raw)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad-request", format!("invalid run ID {raw:?}: {e}")))?;
-    if !scope.allows(&run) {
+    if !scope.allows(at(shared, query), &run) {
         return Err(error(StatusCode::FORBIDDEN, "forbidden", format!("this token may not see run {run}")));
     }
     Ok((scope, run))
 }
 
+/// Where the request's run is, for the token's host patterns: its `host=`
+/// at a gateway (without one, only what every host allows).
+fn at<'a>(shared: &Shared, query: &'a [(String, String)]) -> At<'a> {
+    let host = query.iter().find(|(k, _)| k == "host").map(|(_, v)| v.as_str());
+    At::request(shared.backend.has_hosts(), host)
+}
+
 async fn cancel(req: Request<Incoming>, query: &[(String, String)], shared: &Shared, raw: &str) -> Response<Body> {
     let mut reason = query.iter().find(|(k, _)| k == "reason").map(|(_, v)| v.clone());
-    let run = match authorized_run(&req, query, shared, raw) {
-        Ok((scope, run)) if scope.may_cancel(&run) => run,
+    let (run, sub) = match authorized_run(&req, query, shared, raw) {
+        Ok((scope, run)) if scope.may_cancel(at(shared, query), &run) => (run, scope.sub().map(str::to_owned)),
         Ok((_, run)) => {
-            let msg = format!("this token may not cancel runs (read-only); run {run} was left alone");
+            let msg = format!("this token may not cancel run {run} (read only); it was left alone");
             return error(StatusCode::FORBIDDEN, "forbidden", msg);
         }
         Err(r) => return r,
@@ -222,7 +239,7 @@ async fn cancel(req: Request<Incoming>, query: &[(String, String)], shared: &Sha
     }
     let reason = reason.unwrap_or_else(|| "cancelled over HTTP".into());
     let host = query.iter().find(|(k, _)| k == "host").map(|(_, v)| v.as_str());
-    tracing::info!(run_id = %run, host, %reason, "cancel requested over HTTP");
+    tracing::info!(run_id = %run, host, %reason, sub, "cancel requested over HTTP");
     match shared.backend.cancel(host, &run, reason).await {
         CancelOutcome::Cancelling(body) => json_response(StatusCode::OK, &body),
         CancelOutcome::NotFound(m) => error(StatusCode::NOT_FOUND, "not-found", m),

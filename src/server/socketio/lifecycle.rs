@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use super::packet;
 use super::updates::{Topic, update_for};
 use super::workflow_ns::NS;
-use crate::auth::Scope;
+use crate::auth::{At, Scope};
 use crate::event::{EventType, TypeSet, now_timestamp};
 use crate::run_id::RunPattern;
 use crate::server::Shared;
@@ -87,7 +87,7 @@ impl Lifecycle {
 
     fn wants(&self, at: &RunRef) -> bool {
         self.pattern.matches(&at.run)
-            && self.scope.allows(&at.run)
+            && self.scope.allows(At::known(at.host.as_deref()), &at.run)
             && self.host.as_ref().is_none_or(|h| at.host.as_ref() == Some(h))
             && !self.runs.contains(at)
     }

@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 
 use super::conn::Verdict;
 use super::packet;
+use crate::auth::At;
 use crate::run_id::RunId;
 use crate::server::metrics::Metrics;
 use crate::server::outbox::Outbox;
@@ -52,7 +53,7 @@ impl RunsNs {
             None | Some("") => return Err("missing-run-id"),
             Some(raw) => RunId::parse(raw).map_err(|_| "bad-request")?,
         };
-        if !scope.allows(&run) {
+        if !scope.allows(At::request(shared.backend.has_hosts(), start.host.as_deref()), &run) {
             return Err("forbidden");
         }
         let since = match start.since.as_deref() {

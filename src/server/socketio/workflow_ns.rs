@@ -21,7 +21,7 @@ use super::lifecycle::Lifecycle;
 use super::limits::{EventLimits, Limited, MAX_SUBSCRIPTIONS};
 use super::packet;
 use super::updates::{Level, Topic, update_for};
-use crate::auth::{RunSet, Scope};
+use crate::auth::{At, Scope};
 use crate::event::now_timestamp;
 use crate::feed::Delivery;
 use crate::run_id::{RunId, RunPattern};
@@ -101,13 +101,10 @@ impl WorkflowNs {
                 return Err("unauthorized");
             }
         };
-        // Static tokens name no user; a restricted token's run prefix is its tenant.
-        let tenant = match scope.runs() {
-            RunSet::All => Value::Null,
-            RunSet::Prefix(p) => Value::from(p.as_str()),
-        };
-        let hello =
-            json!({"clientId": client_id, "userId": Value::Null, "tenantId": tenant, "timestamp": now_timestamp()});
+        // Static tokens name no user (a JWT's `sub` does); a token of one
+        // run prefix has it as its tenant.
+        let hello = json!({"clientId": client_id, "userId": scope.sub(), "tenantId": scope.tenant(),
+            "timestamp": now_timestamp()});
         outbox.push_message(packet::event(NS, "connected", &[&hello]).into());
         let cfg = shared.stream_config();
         Ok(WorkflowNs {
@@ -317,7 +314,7 @@ impl WorkflowNs {
             return Err(Refusal::bad("no run ID given"));
         }
         let run = RunId::parse(raw).map_err(|e| Refusal::bad(format!("invalid run ID {raw:?}: {e}")))?;
-        if !self.scope.allows(&run) {
+        if !self.scope.allows(At::request(self.shared.backend.has_hosts(), self.host.as_deref()), &run) {
             return Err(Refusal("forbidden", format!("this token may not see run {run}")));
         }
         Ok(run)

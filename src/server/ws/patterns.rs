@@ -18,6 +18,7 @@ use serde_json::json;
 use super::error::WsError;
 use super::session::Session;
 use super::subs::{self, Origin, Sub};
+use crate::auth::At;
 use crate::event::TypeSet;
 use crate::run_id::RunPattern;
 use crate::server::backend::{RunRef, RunWatch};
@@ -181,7 +182,7 @@ impl Session {
     }
 
     fn may_see(&self, at: &RunRef) -> bool {
-        self.scope.as_ref().is_some_and(|s| s.allows(&at.run))
+        self.scope.as_ref().is_some_and(|s| s.allows(At::known(at.host.as_deref()), &at.run))
     }
 
     /// A run a pattern matched but that the connection does not follow

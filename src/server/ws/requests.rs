@@ -10,6 +10,7 @@ use super::error::WsError;
 use super::limits::{MAX_SUBSCRIPTIONS, json_depth};
 use super::session::Session;
 use super::subs::{self, Origin, Sub};
+use crate::auth::At;
 use crate::event::{EventType, TypeSet};
 use crate::run_id::{RunId, RunPattern};
 use crate::server::Role;
@@ -203,7 +204,8 @@ impl Session {
         host: Option<String>,
         types: TypeSet,
     ) -> Result<(), WsError> {
-        if !self.scope.as_ref().is_some_and(|s| s.allows(&run)) {
+        let at = At::request(self.shared.backend.has_hosts(), host.as_deref());
+        if !self.scope.as_ref().is_some_and(|s| s.allows(at, &run)) {
             return Err(WsError::forbidden(&run));
         }
         let host = self.host_key(host);
