@@ -21,7 +21,7 @@ mod jwt;
 mod scope;
 
 use jwt::JwtKeys;
-pub(crate) use scope::{At, Scope};
+pub(crate) use scope::{At, Scope, time_left};
 
 /// Name of the generated viewer token file in the state dir.
 pub(crate) const TOKEN_FILE: &str = "token";

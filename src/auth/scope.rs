@@ -132,6 +132,13 @@ impl<'a> At<'a> {
     }
 }
 
+/// How long until `exp` (Unix seconds); zero once past. Streams turn it
+/// into a deadline of their own clock when they need one.
+pub(crate) fn time_left(exp: u64) -> std::time::Duration {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp);
+    at.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+}
+
 /// What a token may do. Cheap to clone (the caps are shared).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Scope {

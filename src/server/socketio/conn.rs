@@ -63,6 +63,19 @@ pub(super) struct Start {
     pub host: Option<String>,
 }
 
+impl Ns {
+    /// When the connected namespace's token expires, on the connection's
+    /// clock; `now` is the caller's, so a token past `exp` gives `now` itself.
+    fn expiry(&self, now: Instant) -> Option<Instant> {
+        let exp = match self {
+            Ns::Runs(ns) => ns.expires?,
+            Ns::Workflow(ns) => ns.scope.expires()?,
+            Ns::Waiting(_) | Ns::Closing => return None,
+        };
+        Some(now + crate::auth::time_left(exp))
+    }
+}
+
 pub(super) enum Ns {
     /// Before the client's CONNECT.
     Waiting(Box<Start>),
@@ -148,6 +161,9 @@ impl Conn {
             if !idle && timer.deadline() > moved + stall {
                 timer.as_mut().reset(moved + stall);
             }
+            if let Some(at) = self.ns.expiry(Instant::now()).filter(|at| timer.deadline() > *at) {
+                timer.as_mut().reset(at);
+            }
             let refill = self.outbox.bytes() < REFILL_BELOW && matches!(self.ns, Ns::Runs(_) | Ns::Workflow(_));
             let ws_pending = !idle && matches!(self.transport, Transport::WebSocket(_));
             let step = tokio::select! {
@@ -169,6 +185,9 @@ impl Conn {
                 }
                 () = &mut timer => {
                     let now = Instant::now();
+                    if self.ns.expiry(now).is_some_and(|at| now >= at) {
+                        self.token_expired();
+                    }
                     if now >= heard + cfg.ping_timeout {
                         Metrics::add(&self.shared.metrics.heartbeat_timeouts, 1);
                         break End::Timeout("ping timeout");
@@ -265,6 +284,24 @@ impl Conn {
             Transport::Polling(_) => self.outbox.push_message(Bytes::from_static(b"1")),
         }
         self.drain(CLOSE_LINGER).await;
+    }
+
+    /// The token expired: an `error` "token-expired", then the namespace's
+    /// DISCONNECT (the connection ends once both are out).
+    fn token_expired(&mut self) {
+        let message = "the token expired; reconnect with a new one";
+        let text = match self.ns {
+            Ns::Runs(_) => {
+                super::packet::event("/", "error", &[&"token-expired".into(), &serde_json::json!({"message": message})])
+            }
+            _ => {
+                let body = serde_json::json!({"type": "token-expired", "message": message,
+                    "timestamp": crate::event::now_timestamp()});
+                super::packet::event(self.server.namespace(), "error", &[&body])
+            }
+        };
+        self.outbox.push_message(text.into());
+        self.disconnect();
     }
 
     /// A stalled client is told where it stopped, if it ever reads again.

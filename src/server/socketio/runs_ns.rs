@@ -36,6 +36,8 @@ pub(super) struct RunsStart {
 pub(super) struct RunsNs {
     stream: RunStream,
     shared: Arc<Shared>,
+    /// The token's expiry (a JWT's `exp`), when it has one.
+    pub(super) expires: Option<u64>,
 }
 
 impl RunsNs {
@@ -62,7 +64,8 @@ impl RunsNs {
         };
         // A daemon has one host: `host` is only passed on where runs have hosts.
         let host = start.host.filter(|_| shared.backend.has_hosts());
-        Ok(RunsNs { stream: RunStream::new(shared.clone(), run, since, host), shared: shared.clone() })
+        let expires = scope.expires();
+        Ok(RunsNs { stream: RunStream::new(shared.clone(), run, since, host), shared: shared.clone(), expires })
     }
 
     /// Moves what the run's stream has into `outbox`.

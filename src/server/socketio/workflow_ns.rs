@@ -34,7 +34,7 @@ pub(super) const NS: &str = "/workflow";
 
 pub(super) struct WorkflowNs {
     shared: Arc<Shared>,
-    scope: Scope,
+    pub(super) scope: Scope,
     /// `host=` of the handshake: the default host of every request (gateway).
     host: Option<String>,
     subs: Vec<Sub>,

@@ -233,7 +233,7 @@ impl Session {
         // One timer for pings, the heartbeat and write stalls: it fires at
         // the earliest deadline that might have passed, and each firing
         // checks them all. Three timers would cost each idle session ~250 bytes more.
-        let timer = tokio::time::sleep_until(next_ping);
+        let timer = tokio::time::sleep_until(self.expiry(heard).map_or(next_ping, |at| at.min(next_ping)));
         tokio::pin!(timer);
         // Made once: every `cancelled()` future registers with the one
         // `Notify` all sessions share, and making one per loop turn had
@@ -298,6 +298,10 @@ impl Session {
                 }
                 () = &mut timer => {
                     let now = Instant::now();
+                    let expiry = self.expiry(now);
+                    if expiry.is_some_and(|at| now >= at) {
+                        return Err(WsError::new("token-expired", 4401, "the token expired; reconnect with a new one"));
+                    }
                     if now >= heard + cfg.ping_timeout {
                         Metrics::add(&self.shared.metrics.heartbeat_timeouts, 1);
                         tracing::debug!("peer did not answer pings; closing");
@@ -315,6 +319,9 @@ impl Session {
                     let mut next = next_ping.min(heard + cfg.ping_timeout);
                     if !idle {
                         next = next.min(moved + stall);
+                    }
+                    if let Some(at) = expiry {
+                        next = next.min(at);
                     }
                     timer.as_mut().reset(next);
                     None
@@ -389,6 +396,14 @@ impl Session {
             }
         }
         Ok(None)
+    }
+
+    /// When the token (a JWT's `exp`) expires, on the session's clock;
+    /// computed when the timer fires rather than kept, so an idle session
+    /// carries no more than its scope.
+    /// `now` is the caller's, so a token past `exp` gives `now` itself.
+    fn expiry(&self, now: Instant) -> Option<Instant> {
+        Some(now + crate::auth::time_left(self.scope.as_ref()?.expires()?))
     }
 
     /// Moves what tungstenite wrote into the outbox.
