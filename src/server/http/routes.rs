@@ -128,8 +128,13 @@ fn asset(req: &Request<Incoming>, name: &str, path: &str) -> Response<Body> {
 /// `GET /me`: what the presented token may do, so the page can check a
 /// token and show the cancel button only to tokens that may cancel.
 fn me(scope: &Scope, shared: &Shared) -> serde_json::Value {
-    // `runs`: "*" for every run, else the patterns it may read (a string when one).
-    json!({"runs": scope.runs_json(), "cancel": scope.cancels(), "hosts": shared.backend.has_hosts(), "sub": scope.sub()})
+    // `runs`: "*" for every run, else the patterns it may read (a string when
+    // one); `sub` only for a JWT, so a static token's answer is as it was.
+    let mut me = json!({"runs": scope.runs_json(), "cancel": scope.cancels(), "hosts": shared.backend.has_hosts()});
+    if let Some(sub) = scope.sub() {
+        me["sub"] = sub.into();
+    }
+    me
 }
 
 /// `GET /hosts`: the hosts on which the token may read something.
