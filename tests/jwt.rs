@@ -232,3 +232,45 @@ async fn keys_rotate_on_sighup_a_broken_file_keeps_the_old_and_subscribers_stay(
     assert!(got.events.iter().any(|e| e.data == "after the rotation\n"), "{got:?}");
     assert_eq!(got.close, None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_gateway_host_patterns_decide_per_host() {
+    let mut gw = Gateway::prepare("");
+    let secret = gw.dir.path().join("jwt-secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    gw.extra_config = format!("[auth]\njwt_hs256_secret_file = {:?}\n", secret.display().to_string());
+    gw.spawn();
+    let (h1, h2) = (gw.start_host("h1"), gw.start_host("h2"));
+    for (name, h) in [("h1", &h1), ("h2", &h2)] {
+        launch(h, "same", &format!("echo from {name}"));
+        h.wait_final("same").await;
+        wait_gateway_seq(&gw, name, "same", host_last_seq(h, "same").await).await;
+    }
+    let caps = json!([{"runs": ["*"], "hosts": ["h1"], "allow": ["read", "cancel"]}]);
+    let token = mint(Algorithm::HS256, &json!({"sub": "h1-only", "exp": get_current_timestamp() + 600, "caps": caps}));
+    let (_, runs) = http_json(&gw.addr, "GET", "/runs", Some(&token)).await;
+    let hosts: Vec<&str> = runs.as_array().unwrap().iter().filter_map(|r| r["host"].as_str()).collect();
+    assert_eq!(hosts, ["h1"], "{runs}");
+    let (_, listed) = http_json(&gw.addr, "GET", "/hosts", Some(&token)).await;
+    let names: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|h| h["host"].as_str()).collect();
+    assert_eq!(names, ["h1"], "{listed}");
+    assert_eq!(http_json(&gw.addr, "GET", "/runs/same?host=h1", Some(&token)).await.0, 200);
+    assert_eq!(http_json(&gw.addr, "GET", "/runs/same?host=h2", Some(&token)).await.0, 403);
+    assert_eq!(http_json(&gw.addr, "GET", "/runs/same", Some(&token)).await.0, 403, "no host=: not every host");
+    let mut ws = ws_connect(&gw.ws_url(&format!("/runs?runId=same&host=h2&token={token}")), &[]).await;
+    let got = ws_read(&mut ws, |_| false).await;
+    assert_eq!((got.error_code().as_deref(), got.close), (Some("forbidden"), Some(4403)));
+
+    // A pattern subscription at the gateway: only h1's runs.
+    let mut ws = ws_connect(&gw.ws_url(&format!("/ws?token={token}")), &[]).await;
+    ws_send_json(&mut ws, json!({"type": "subscribe", "runId": "later-*"})).await;
+    ws_read(&mut ws, |r| !r.controls.is_empty()).await;
+    launch(&h2, "later-2", "echo on h2");
+    h2.wait_final("later-2").await;
+    // At the gateway before later-1 starts, so a leak would come first.
+    wait_gateway_seq(&gw, "h2", "later-2", host_last_seq(&h2, "later-2").await).await;
+    launch(&h1, "later-1", "echo on h1");
+    let got = ws_read(&mut ws, |r| r.controls.iter().any(|c| c["type"] == "end")).await;
+    assert!(got.events.iter().all(|e| e.run_id == "later-1"), "{:?}", got.events);
+    assert!(got.controls.iter().all(|c| c["runId"] != "later-2"), "{:?}", got.controls);
+}
