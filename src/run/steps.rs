@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::event::EventType;
+use crate::event::{EventType, LogLevel};
 
 /// Longest line read from the channel; longer ones are dropped.
 pub(crate) const MAX_LINE: usize = 64 * 1024;
@@ -48,7 +48,7 @@ enum Line {
     #[serde(rename_all = "camelCase")]
     StepLog {
         step_id: Option<String>,
-        level: Option<Level>,
+        level: Option<LogLevel>,
         message: String,
     },
     Progress {
@@ -72,26 +72,6 @@ impl StepStatus {
             StepStatus::Success => "success",
             StepStatus::Failure => "failure",
             StepStatus::Skipped => "skipped",
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum Level {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-impl Level {
-    fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
         }
     }
 }
@@ -174,7 +154,7 @@ impl Steps {
                     None => self.current().map(str::to_owned),
                 };
                 let message = checked(message, MAX_LINE, "message")?;
-                Ok(log(step.as_deref(), level.unwrap_or(Level::Info).as_str(), &message))
+                Ok(log(step.as_deref(), level.unwrap_or(LogLevel::Info).as_str(), &message))
             }
             Line::Progress { progress, stage, message } => {
                 if !(0.0..=1.0).contains(&progress) {

@@ -9,35 +9,7 @@
 
 use serde_json::{Value, json};
 
-/// A log level, in order: `filters.logLevel` keeps this level and above.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(super) enum Level {
-    Debug,
-    Info,
-    Warn,
-    Error,
-}
-
-impl Level {
-    pub(super) fn parse(s: &str) -> Option<Level> {
-        match s {
-            "debug" => Some(Level::Debug),
-            "info" => Some(Level::Info),
-            "warn" | "warning" => Some(Level::Warn),
-            "error" => Some(Level::Error),
-            _ => None,
-        }
-    }
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Level::Debug => "debug",
-            Level::Info => "info",
-            Level::Warn => "warn",
-            Level::Error => "error",
-        }
-    }
-}
+use crate::event::LogLevel;
 
 /// What a subscription follows, and how it filters.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,7 +18,7 @@ pub(super) enum Topic {
     Execution,
     /// One run's output (stdout as `info`, stderr as `error`) and step
     /// logs; with `step`, only what was written in that step.
-    Logs { min_level: Option<Level>, step: Option<String> },
+    Logs { min_level: Option<LogLevel>, step: Option<String> },
     /// The status of each of many runs (`workflow`, `tenant_activity`).
     Lifecycle,
 }
@@ -81,13 +53,13 @@ pub(super) fn update_for(topic: &Topic, event: &Value) -> Option<(&'static str, 
                 return None;
             }
             let level = match kind {
-                "stderr" => Level::Error,
-                "stdout" => Level::Info,
+                "stderr" => LogLevel::Error,
+                "stdout" => LogLevel::Info,
                 _ => event
                     .pointer("/payload/level")
                     .and_then(Value::as_str)
-                    .and_then(Level::parse)
-                    .unwrap_or(Level::Info),
+                    .and_then(LogLevel::parse)
+                    .unwrap_or(LogLevel::Info),
             };
             if min_level.is_some_and(|min| level < min) {
                 return None;
@@ -131,7 +103,7 @@ fn step_payload(event: &Value) -> Value {
     p
 }
 
-fn log_payload(event: &Value, kind: &str, level: Level) -> Value {
+fn log_payload(event: &Value, kind: &str, level: LogLevel) -> Value {
     let step_log = kind == "step_log";
     let message = if step_log { event.pointer("/payload/message") } else { event.get("data") };
     let mut p = json!({
@@ -188,7 +160,7 @@ mod tests {
             ("log.created", &json!("info"), &json!("hi\n"), &json!(4))
         );
         assert_eq!(update_for(&all, &err).unwrap().1["level"], "error");
-        let errors = Topic::Logs { min_level: Some(Level::Error), step: None };
+        let errors = Topic::Logs { min_level: Some(LogLevel::Error), step: None };
         assert_eq!(update_for(&errors, &out), None);
         assert!(update_for(&errors, &err).is_some());
         let status = json!({"runId": "r", "seq": 6, "type": "status", "data": "succeeded"});
@@ -226,7 +198,7 @@ mod tests {
         );
         assert!(update_for(&s1, &in_s1).is_some());
         assert_eq!(update_for(&s1, &outside), None);
-        let errors = Topic::Logs { min_level: Some(Level::Error), step: None };
+        let errors = Topic::Logs { min_level: Some(LogLevel::Error), step: None };
         assert_eq!(update_for(&errors, &log), None, "warn is below error");
     }
 }

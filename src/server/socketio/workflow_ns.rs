@@ -20,8 +20,9 @@ use tokio::time::{Instant, Sleep};
 use super::lifecycle::Lifecycle;
 use super::limits::{EventLimits, Limited, MAX_SUBSCRIPTIONS};
 use super::packet;
-use super::updates::{Level, Topic, update_for};
+use super::updates::{Topic, update_for};
 use crate::auth::{At, Scope};
+use crate::event::LogLevel;
 use crate::event::now_timestamp;
 use crate::feed::Delivery;
 use crate::run_id::{RunId, RunPattern};
@@ -214,7 +215,7 @@ impl WorkflowNs {
             None | Some(Value::Null) => None,
             Some(v) => Some(
                 v.as_str()
-                    .and_then(Level::parse)
+                    .and_then(LogLevel::parse)
                     .ok_or_else(|| Refusal::bad("filters.logLevel is one of debug, info, warn, error"))?,
             ),
         };
