@@ -22,7 +22,8 @@
 //!   serves whatever implements its `Backend` and `unix::Runs` traits.
 //! - `upstream`: forwarding to a gateway.
 //! - [`daemon`] and [`gateway`]: the two programs, wiring the above.
-//! - [`client`]: the CLI's side of the Unix socket.
+//! - [`client`]: the CLI's side of the Unix socket and of a remote listener;
+//!   `trust`: the roots our TLS clients (the CLI, the upstream link) trust.
 //! - [`systemd`] and [`logging`]: sd_notify, watchdog, journald; [`sys`]: raw OS calls.
 
 mod auth;
@@ -42,4 +43,5 @@ pub mod run_info;
 mod server;
 pub mod sys;
 pub mod systemd;
+mod trust;
 mod upstream;

@@ -102,23 +102,8 @@ async fn connect(url: &Url) -> Result<Stream, ClientError> {
 
 /// The system's root certificates, plus `RUNTAP_CA_FILE` if set.
 fn tls_config() -> Result<Arc<rustls::ClientConfig>, ClientError> {
-    // `ring`, as for the upstream link; a second install is a no-op.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut roots = rustls::RootCertStore::empty();
-    // Unreadable system certificates are skipped, as every TLS client does.
-    let native = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(native.certs);
-    if let Some(path) = std::env::var_os(CA_FILE_ENV).filter(|p| !p.is_empty()) {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject as _;
-        let bad = |e: String| ClientError::Usage(format!("{CA_FILE_ENV} {}: {e}", path.to_string_lossy()));
-        let certs = CertificateDer::pem_file_iter(&path).map_err(|e| bad(e.to_string()))?;
-        for cert in certs {
-            roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    let config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-    Ok(Arc::new(config))
+    let ca_file = std::env::var_os(CA_FILE_ENV).filter(|p| !p.is_empty()).map(std::path::PathBuf::from);
+    crate::trust::client_config(ca_file.as_deref()).map_err(|e| ClientError::Usage(format!("{CA_FILE_ENV} {e}")))
 }
 
 /// One HTTP request with the bearer token; the whole answer, whatever its status.

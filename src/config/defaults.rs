@@ -139,6 +139,8 @@ impl Default for StreamConfig {
             allowed_origins: Vec::new(),
             restricted_tokens: Vec::new(),
             socketio: SocketIoConfig::default(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct UpstreamConfig {
     pub host_id: Option<String>,
     /// File holding the agent token for the gateway.
     pub token_file: Option<PathBuf>,
+    /// PEM certificates trusted for a `wss://` gateway, besides the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[gateway]`: only read by `runtap gateway`.
@@ -185,6 +187,11 @@ pub struct StreamConfig {
     pub restricted_tokens: Vec<RestrictedToken>,
     /// `[stream.socketio]`: what only Socket.IO clients have.
     pub socketio: SocketIoConfig,
+    /// PEM certificate chain (leaf first): with `tls_key`, the listener
+    /// speaks HTTPS and WSS only (docs/tls.md). Reloaded on SIGHUP.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[stream.socketio]`: per-event rate limits of the `/workflow` namespace
@@ -233,6 +240,8 @@ impl fmt::Debug for StreamConfig {
             .field("max_messages_per_second", &self.max_messages_per_second)
             .field("rate_burst", &self.rate_burst)
             .field("max_json_depth", &self.max_json_depth)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
             .field("subscriber_queue_bytes", &self.subscriber_queue_bytes)
             .field("subscriber_queue_batches", &self.subscriber_queue_batches)
             .field("write_stall_timeout", &self.write_stall_timeout)

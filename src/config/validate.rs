@@ -85,6 +85,11 @@ impl Config {
             })?;
         }
         ensure(s.token_file.as_ref().is_none_or(|p| !p.as_os_str().is_empty()), "stream.token_file", not_empty)?;
+        ensure(s.tls_cert.as_deref().is_none_or(|p| !empty_path(p)), "stream.tls_cert", not_empty)?;
+        ensure(s.tls_key.as_deref().is_none_or(|p| !empty_path(p)), "stream.tls_key", not_empty)?;
+        ensure(s.tls_cert.is_some() == s.tls_key.is_some(), "stream.tls_cert", || {
+            "and stream.tls_key go together: set both or neither".into()
+        })?;
         let u = &self.upstream;
         if let Some(url) = &u.url {
             ensure(url.starts_with("ws://") || url.starts_with("wss://"), "upstream.url", || {
@@ -92,6 +97,7 @@ impl Config {
             })?;
             ensure(u.token_file.is_some(), "upstream.token_file", || "is required with upstream.url".into())?;
         }
+        ensure(u.ca_file.as_deref().is_none_or(|p| !empty_path(p)), "upstream.ca_file", not_empty)?;
         if let Some(host) = &u.host_id {
             ensure(crate::run_id::RunId::parse(host).is_ok(), "upstream.host_id", || {
                 "must match [A-Za-z0-9][A-Za-z0-9._:-]{0,127}".into()
@@ -111,7 +117,6 @@ impl Config {
     /// loader's question (it runs at start and on every SIGHUP).
     fn check_auth(&self) -> Result<(), (String, String)> {
         let a = &self.auth;
-        let empty_path = |p: &std::path::Path| p.as_os_str().is_empty();
         ensure(!a.jwt_hs256_secret_file.as_deref().is_some_and(empty_path), "auth.jwt_hs256_secret_file", || {
             "must not be empty".into()
         })?;
@@ -132,4 +137,8 @@ impl Config {
 /// `Err((key, reason))` unless `ok`; the reason is only built on failure.
 fn ensure(ok: bool, key: &str, reason: impl FnOnce() -> String) -> Result<(), (String, String)> {
     if ok { Ok(()) } else { Err((key.to_owned(), reason())) }
+}
+
+fn empty_path(p: &std::path::Path) -> bool {
+    p.as_os_str().is_empty()
 }

@@ -55,6 +55,8 @@ pub enum DaemonError {
     Tokens(AuthError),
     #[error("upstream: {0}")]
     Upstream(upstream::UpstreamError),
+    #[error("{0}")]
+    Tls(crate::server::tls::TlsError),
 }
 
 /// How long shutdown lets the upstream link forward the runs' final events.
@@ -121,6 +123,7 @@ pub async fn run(
     let table = RunTable::new(journal, hub, run_limits(&config), run_tasks.clone());
     let recovered = table.recover().map_err(DaemonError::Journal)?;
     let tokens = Tokens::load(&config.stream, &config.auth, state_dir).map_err(DaemonError::Tokens)?;
+    let tls = crate::server::tls::for_listener(&config.stream).map_err(DaemonError::Tls)?;
     let listen = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(
         state_dir = %state_dir.display(),
@@ -155,7 +158,7 @@ pub async fn run(
         }
         _ => None,
     };
-    let shared = Arc::new(Shared::new(runs, config.stream.clone(), tokens, stop_connections.clone()));
+    let shared = Arc::new(Shared::new(runs, config.stream.clone(), tokens, tls, stop_connections.clone()));
     shared.reserve_fds(reserved_fds(config.runs.max_concurrent));
     let limit = shared.connection_limit();
     if limit < config.stream.max_connections {
@@ -271,6 +274,13 @@ fn reload(old: Config, new: Config, table: &RunTable, shared: &Shared) -> Config
             return old;
         }
     };
+    let cert = match crate::server::tls::load(&new.stream) {
+        Ok(c) => c,
+        Err(error) => {
+            tracing::error!(%error, "reload refused: keeping the old config and certificate");
+            return old;
+        }
+    };
     if (&old.daemon.state_dir, &old.daemon.socket, &old.daemon.listen)
         != (&new.daemon.state_dir, &new.daemon.socket, &new.daemon.listen)
     {
@@ -281,7 +291,7 @@ fn reload(old: Config, new: Config, table: &RunTable, shared: &Shared) -> Config
     {
         tracing::warn!("subscriber queue sizes take effect at the next restart");
     }
-    shared.reload(new.stream.clone(), tokens);
+    shared.reload(new.stream.clone(), tokens, cert);
     table.set_limits(run_limits(&new));
     tracing::info!("config reloaded");
     new

@@ -57,6 +57,8 @@ pub enum GatewayError {
     Journal(JournalError),
     #[error("tokens: {0}")]
     Tokens(AuthError),
+    #[error("{0}")]
+    Tls(crate::server::tls::TlsError),
 }
 /// The gateway's default state dir, next to (not inside) the daemon's.
 pub fn default_state_dir(daemon_default: &Path) -> PathBuf {
@@ -163,9 +165,10 @@ pub async fn run(
     create_private_dir(&state_dir).map_err(|error| GatewayError::StateDir { path: state_dir.clone(), error })?;
     let gateway = Gateway::open(&state_dir, config.gateway.clone())?;
     let (viewers, agents) = load_tokens(&config, &state_dir).map_err(GatewayError::Tokens)?;
+    let tls = crate::server::tls::for_listener(&config.stream).map_err(GatewayError::Tls)?;
     let stop_accepting = CancellationToken::new();
     let stop_connections = CancellationToken::new();
-    let shared = Shared::new(Arc::new(gateway.clone()), config.stream.clone(), viewers, stop_connections.clone());
+    let shared = Shared::new(Arc::new(gateway.clone()), config.stream.clone(), viewers, tls, stop_connections.clone());
     shared.set_agent_tokens(agents);
     // Its own fds and one open journal per host link; the rest is connections.
     shared.reserve_fds(128);
@@ -182,9 +185,11 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(new) = reloads.recv() => {
-                match load_tokens(&new, &state_dir) {
-                    Ok((v, a)) => {
-                        shared.reload(new.stream.clone(), v);
+                let loaded = load_tokens(&new, &state_dir).map_err(|e| e.to_string())
+                    .and_then(|t| Ok((t, crate::server::tls::load(&new.stream).map_err(|e| e.to_string())?)));
+                match loaded {
+                    Ok(((v, a), cert)) => {
+                        shared.reload(new.stream.clone(), v, cert);
                         shared.set_agent_tokens(a);
                         *lock(&gateway.inner.config) = new.gateway.clone();
                         tracing::info!("config reloaded");

@@ -25,6 +25,8 @@ pub(crate) struct Metrics {
     pub oversized_messages: AtomicU64,
     pub heartbeat_timeouts: AtomicU64,
     pub write_stalls: AtomicU64,
+    /// TLS handshakes that failed or timed out (plain HTTP on the TLS port is not one).
+    pub tls_handshake_failures: AtomicU64,
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -120,6 +122,12 @@ impl Metrics {
             "counter",
             "Peers closed because a write made no progress.",
             get(&self.write_stalls).to_string(),
+        );
+        metric(
+            "runtap_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or timed out.",
+            get(&self.tls_handshake_failures).to_string(),
         );
         metric(
             "runtap_journal_errors_total",

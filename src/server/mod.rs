@@ -9,18 +9,21 @@
 //! - `ws`: one WebSocket session (its subscriptions, limits, errors, frames).
 //! - `socketio`: Socket.IO v5 over Engine.IO v4 (polling and WebSocket) for dashboards.
 //! - `unix`: the local socket (launch, subscribe, cancel, list, status).
+//! - `conn`: an upgraded connection's bytes, plain TCP or TLS; `tls`: the listener's certificate.
 //! - `outbox`: what waits to be written to one connection, either socket.
 //! - `run_stream`: one run's events for one network subscriber; `streams`: a
 //!   connection's set of them, polled as woken.
 //! - `metrics`: counters behind `/metrics` and `/healthz`.
 
 pub(crate) mod backend;
+mod conn;
 pub(crate) mod http;
 pub(crate) mod metrics;
 mod outbox;
 mod run_stream;
 pub(crate) mod socketio;
 mod streams;
+pub(crate) mod tls;
 pub(crate) mod unix;
 pub(crate) mod ws;
 
@@ -54,6 +57,8 @@ pub(crate) struct Shared {
     /// journals, the Unix socket's clients); TCP connections get what the
     /// fd limit leaves, so a flood of clients cannot take those.
     reserved_fds: std::sync::atomic::AtomicUsize,
+    /// With `stream.tls_cert`: the listener speaks TLS only. Chosen at start.
+    tls: Option<tls::Tls>,
 }
 
 impl Shared {
@@ -61,6 +66,7 @@ impl Shared {
         backend: Arc<dyn Backend>,
         config: StreamConfig,
         tokens: Tokens,
+        tls: Option<tls::Tls>,
         stop: CancellationToken,
     ) -> Self {
         Shared {
@@ -73,6 +79,7 @@ impl Shared {
             tracker: TaskTracker::new(),
             socketio: socketio::Sessions::default(),
             reserved_fds: std::sync::atomic::AtomicUsize::new(0),
+            tls,
         }
     }
 
@@ -119,8 +126,21 @@ impl Shared {
         self.tokens.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Installs a new config and token set (SIGHUP); open sessions keep working.
-    pub(crate) fn reload(&self, config: StreamConfig, tokens: Tokens) {
+    pub(crate) fn tls(&self) -> Option<&tls::Tls> {
+        self.tls.as_ref()
+    }
+
+    /// Installs a new config, token set and certificate (SIGHUP); open
+    /// sessions keep working, and keep the TLS session they have.
+    pub(crate) fn reload(&self, config: StreamConfig, tokens: Tokens, cert: Option<tls::Certificate>) {
+        match (&self.tls, cert) {
+            (Some(tls), Some(cert)) => tls.swap(cert),
+            (None, None) => {}
+            // The listener's protocol is chosen at start: a client would
+            // not know which one to speak mid-life.
+            (Some(_), None) => tracing::warn!("turning TLS off takes effect at the next restart"),
+            (None, Some(_)) => tracing::warn!("turning TLS on takes effect at the next restart"),
+        }
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(config);
         *self.tokens.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(tokens);
     }

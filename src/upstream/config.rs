@@ -19,6 +19,8 @@ pub(crate) struct LinkConfig {
     pub host_id: String,
     pub token: Token,
     pub epoch: String,
+    /// For `wss://`: the system's roots and `upstream.ca_file`, read once at start.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl LinkConfig {
@@ -36,7 +38,11 @@ impl LinkConfig {
         let host_id = cfg.host_id.clone().unwrap_or_else(|| {
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
         });
-        Ok(Some(LinkConfig { url, host_id, token: Token::new(token), epoch: epoch(state_dir)? }))
+        let tls = match url.starts_with("wss://") {
+            true => Some(crate::trust::client_config(cfg.ca_file.as_deref()).map_err(UpstreamError::Tls)?),
+            false => None,
+        };
+        Ok(Some(LinkConfig { url, host_id, token: Token::new(token), epoch: epoch(state_dir)?, tls }))
     }
 }
 

@@ -39,6 +39,8 @@ pub enum UpstreamError {
     Token(String, std::io::Error),
     #[error("epoch file: {0}")]
     Epoch(std::io::Error),
+    #[error("upstream.ca_file {0}")]
+    Tls(String),
     #[error("connect: {0}")]
     Connect(String),
     #[error("protocol: {0}")]
@@ -129,7 +131,9 @@ async fn connect(cfg: &LinkConfig) -> Result<Ws, UpstreamError> {
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_LINK_MESSAGE))
         .max_frame_size(Some(MAX_LINK_MESSAGE));
-    let connecting = tokio_tungstenite::connect_async_with_config(req, Some(config), true);
+    // Our own roots (system + `upstream.ca_file`), not tungstenite's defaults.
+    let connector = cfg.tls.clone().map(tokio_tungstenite::Connector::Rustls);
+    let connecting = tokio_tungstenite::connect_async_tls_with_config(req, Some(config), true, connector);
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok((ws, _))) => Ok(ws),
         Ok(Err(e)) => Err(UpstreamError::Connect(e.to_string())),
@@ -166,6 +170,7 @@ mod tests {
             host_id: "h".into(),
             token: crate::auth::Token::new("t"),
             epoch: "e".into(),
+            tls: Some(crate::trust::client_config(None).unwrap()),
         };
         match connect(&cfg).await {
             Err(UpstreamError::Connect(_)) => {}

@@ -26,16 +26,20 @@
 //! hold a slot before it has upgraded; an Engine.IO polling request extends
 //! that (`KeepOpen`), as a long poll lasts up to `ping_interval`. (Keep-alive stays on: with it off,
 //! hyper answers `Connection: close`, which breaks the 101 response.)
-//! Launching runs over HTTP is deliberately absent.
+//! Launching runs over HTTP is deliberately absent. With `stream.tls_cert`
+//! every connection is TLS (HTTPS and WSS), its handshake within the same
+//! deadline; plain HTTP gets a 400 that says so.
 //!
 //! - this file: the accept loop, the connection limit, a connection's deadline.
 //! - `routes`: which request goes where, and the JSON endpoints.
 //! - `upgrade`: WebSocket upgrades (`/runs?runId=`, `/ws`, `/agent`).
 //! - `assets`: the dashboard's files, embedded; `log`: the raw output download.
+//! - `tls`: telling TLS from plain HTTP on a TLS listener.
 
 mod assets;
 mod log;
 mod routes;
+mod tls;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -176,6 +180,37 @@ impl KeepOpen {
 async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard) {
     let _ = stream.set_nodelay(true);
     let keep = Arc::new(KeepOpen::new(shared.stream_config().handshake_timeout));
+    let Some(tls) = shared.tls() else {
+        return serve_http(TokioIo::new(stream), peer, shared, guard, keep).await;
+    };
+    // The TLS handshake counts against the same deadline as the requests.
+    let deadline = keep.deadline();
+    let accepted = tokio::time::timeout_at(deadline, async {
+        if !tls::starts_like_tls(&stream).await? {
+            tls::refuse_plain(stream).await;
+            return Ok(None);
+        }
+        tls.acceptor().accept(stream).await.map(Some)
+    });
+    match accepted.await {
+        Ok(Ok(Some(stream))) => serve_http(TokioIo::new(stream), peer, shared, guard, keep).await,
+        Ok(Ok(None)) => tracing::debug!(%peer, "plain HTTP on the TLS port: refused"),
+        Ok(Err(error)) => {
+            Metrics::add(&shared.metrics.tls_handshake_failures, 1);
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+        }
+        Err(_) => {
+            Metrics::add(&shared.metrics.tls_handshake_failures, 1);
+            tracing::debug!(%peer, "TLS handshake timeout");
+        }
+    }
+}
+
+/// HTTP/1.1 on an accepted connection, plain or TLS, until its deadline.
+async fn serve_http<I>(io: I, peer: SocketAddr, shared: Arc<Shared>, guard: ConnGuard, keep: Arc<KeepOpen>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let guard = Arc::new(guard);
     let svc_shared = shared.clone();
     let svc_keep = keep.clone();
@@ -183,10 +218,7 @@ async fn connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>, gu
         let (shared, guard, keep) = (svc_shared.clone(), guard.clone(), svc_keep.clone());
         async move { Ok::<_, Infallible>(routes::route(req, peer, shared, guard, keep).await) }
     });
-    let conn = http1::Builder::new()
-        .max_buf_size(HTTP_READ_BUFFER)
-        .serve_connection(TokioIo::new(stream), svc)
-        .with_upgrades();
+    let conn = http1::Builder::new().max_buf_size(HTTP_READ_BUFFER).serve_connection(io, svc).with_upgrades();
     tokio::pin!(conn);
     loop {
         let deadline = keep.deadline();

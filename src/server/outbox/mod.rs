@@ -39,6 +39,17 @@ pub(crate) enum Framing {
 /// A socket that takes what it can without waiting.
 pub(crate) trait TryWrite {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+
+    /// Sends what the socket itself holds (TLS records the kernel did not
+    /// take yet, see `server::conn`) as far as it goes; bytes sent.
+    fn try_flush(&self) -> io::Result<usize> {
+        Ok(0)
+    }
+
+    /// Whether the socket itself still holds bytes to send.
+    fn pending(&self) -> bool {
+        false
+    }
 }
 
 impl TryWrite for tokio::net::TcpStream {
@@ -295,7 +306,7 @@ impl Outbox {
     /// Writes as much as the socket takes without waiting. Ok(true) if
     /// anything was written; `WouldBlock` is not an error.
     pub(crate) fn write_to(&mut self, socket: &impl TryWrite) -> io::Result<bool> {
-        let mut progress = false;
+        let mut progress = socket.try_flush()? > 0;
         while !self.queue.is_empty() {
             // Sized to what is queued: a fixed array for the largest write
             // would be zeroed on every call, ~12 KiB per subscriber per event.
@@ -321,11 +332,16 @@ impl Outbox {
                     self.advance(written);
                     progress = true;
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(progress),
                 Err(e) => return Err(e),
             }
         }
         Ok(progress)
+    }
+
+    /// Nothing queued here, and nothing held by `socket` either.
+    pub(crate) fn is_done(&self, socket: &impl TryWrite) -> bool {
+        self.queue.is_empty() && !socket.pending()
     }
 
     /// Drops `n` written bytes from the front.

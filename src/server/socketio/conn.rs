@@ -152,7 +152,7 @@ impl Conn {
                 Ok(false) => {}
                 Err(()) => break End::PeerGone,
             }
-            idle = self.outbox.is_empty();
+            idle = self.written_out();
             // Disconnected, and the DISCONNECT is out (an upgrade under way
             // still gets its answers until then).
             if idle && matches!(self.ns, Ns::Closing) {
@@ -222,10 +222,18 @@ impl Conn {
         self.finish(end).await;
     }
 
+    /// Nothing left to write: in the outbox, nor (TLS) in the socket.
+    fn written_out(&self) -> bool {
+        match &self.transport {
+            Transport::WebSocket(link) => self.outbox.is_done(&*link.conn),
+            Transport::Polling(_) => self.outbox.is_empty(),
+        }
+    }
+
     /// Writes what the transport takes now. Ok(true) if anything went out.
     fn flush(&mut self) -> Result<bool, ()> {
         match &mut self.transport {
-            Transport::WebSocket(link) => self.outbox.write_to(&*link.tcp).map_err(|error| {
+            Transport::WebSocket(link) => self.outbox.write_to(&*link.conn).map_err(|error| {
                 tracing::debug!(%error, "socket.io websocket write failed");
             }),
             Transport::Polling(p) => {
@@ -328,12 +336,12 @@ impl Conn {
     async fn drain(&mut self, limit: Duration) {
         let _ = tokio::time::timeout(limit, async {
             loop {
-                if self.flush().is_err() || self.outbox.is_empty() {
+                if self.flush().is_err() || self.written_out() {
                     return;
                 }
                 match &mut self.transport {
                     Transport::WebSocket(link) => {
-                        if link.tcp.writable().await.is_err() {
+                        if link.conn.writable().await.is_err() {
                             return;
                         }
                     }
@@ -367,7 +375,7 @@ pub(super) enum Input {
 fn poll_input(t: &mut Transport, want_write: bool, cx: &mut std::task::Context<'_>) -> std::task::Poll<Input> {
     match t {
         Transport::WebSocket(link) => {
-            if want_write && let std::task::Poll::Ready(r) = link.tcp.poll_write_ready(cx) {
+            if want_write && let std::task::Poll::Ready(r) = link.conn.poll_write_ready(cx) {
                 return std::task::Poll::Ready(Input::Writable(r));
             }
             link.poll_read(cx).map(|read| Input::Ws { probe: false, read })

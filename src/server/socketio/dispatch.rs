@@ -89,7 +89,7 @@ impl Conn {
             Read::Text(t) if t.as_str() == "2probe" => {
                 // Eight bytes on a fresh socket: a refusal means the probe failed.
                 let frame = crate::server::ws::frame::encode(crate::server::outbox::TEXT, b"3probe");
-                if link.tcp.try_write(&frame).ok() != Some(frame.len()) {
+                if !link.send_now(&frame) {
                     p.probe = None;
                 } else {
                     *probed = true;

@@ -13,12 +13,12 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
 use tokio_tungstenite::tungstenite::{Error as WsProtoError, Message};
 
+use crate::server::conn::Conn;
+use crate::server::outbox::TryWrite as _;
 use crate::server::ws::frame::{self, ClientIo};
 use crate::server::ws::limits::{AUTH_READ_BUDGET, ws_config};
 
@@ -37,26 +37,32 @@ pub(super) enum Read {
 }
 
 pub(super) struct Link {
-    pub tcp: Arc<TcpStream>,
+    pub conn: Arc<Conn>,
     reader: WebSocketStream<ClientIo>,
     /// What tungstenite wrote (pongs, close replies), to send between frames.
     control: Arc<Mutex<BytesMut>>,
 }
 
 impl Link {
-    /// The socket under an upgraded request; `None` if it is not plain TCP
-    /// (the listener serves nothing else, so this does not happen).
+    /// The socket under an upgraded request; `None` if it is neither TCP
+    /// nor TLS (the listener serves nothing else, so this does not happen).
     pub(super) async fn from_upgraded(upgraded: Upgraded, max_frame_bytes: usize) -> Option<Link> {
-        let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-        Some(Link::new(parts.io.into_inner(), parts.read_buf, max_frame_bytes).await)
+        let (conn, early) = crate::server::conn::from_upgraded(upgraded)?;
+        Some(Link::new(conn, early, max_frame_bytes).await)
     }
 
-    async fn new(tcp: TcpStream, early: Bytes, max_frame_bytes: usize) -> Link {
-        let tcp = Arc::new(tcp);
+    async fn new(conn: Conn, early: Bytes, max_frame_bytes: usize) -> Link {
+        let conn = Arc::new(conn);
         let control = Arc::new(Mutex::new(BytesMut::new()));
-        let io = ClientIo::new(tcp.clone(), early, control.clone(), AUTH_READ_BUDGET);
+        let io = ClientIo::new(conn.clone(), early, control.clone(), AUTH_READ_BUDGET);
         let reader = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config(max_frame_bytes))).await;
-        Link { tcp, reader, control }
+        Link { conn, reader, control }
+    }
+
+    /// Writes `bytes` whole now, or reports that the socket would not take them.
+    pub(super) fn send_now(&self, bytes: &[u8]) -> bool {
+        let sent = self.conn.try_write_vectored(&[std::io::IoSlice::new(bytes)]);
+        sent.ok() == Some(bytes.len()) && self.conn.try_flush().is_ok() && !self.conn.pending()
     }
 
     /// The client is authenticated: only the message limits apply now.

@@ -19,8 +19,8 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
+use crate::server::conn::Conn;
 use crate::server::outbox::ws_header;
 
 /// RFC 6455 opcodes the server sends.
@@ -54,7 +54,7 @@ pub(in crate::server) fn close_frame(code: u16, reason: &str) -> Bytes {
 /// the socket (after any bytes hyper read past the upgrade request), and
 /// writes are collected in `control` for the session to send.
 pub(in crate::server) struct ClientIo {
-    tcp: Arc<TcpStream>,
+    conn: Arc<Conn>,
     early: Bytes,
     control: Arc<Mutex<BytesMut>>,
     /// Bytes the client may still send before it is authenticated; `None`
@@ -64,16 +64,11 @@ pub(in crate::server) struct ClientIo {
 }
 
 impl ClientIo {
-    pub(in crate::server) fn new(
-        tcp: Arc<TcpStream>,
-        early: Bytes,
-        control: Arc<Mutex<BytesMut>>,
-        budget: usize,
-    ) -> Self {
+    pub(in crate::server) fn new(conn: Arc<Conn>, early: Bytes, control: Arc<Mutex<BytesMut>>, budget: usize) -> Self {
         // `early` is a view into hyper's read buffer (8 KiB or more); keeping
         // the view would keep that buffer for the life of the connection.
         let early = if early.is_empty() { Bytes::new() } else { Bytes::copy_from_slice(&early) };
-        ClientIo { tcp, early, control, budget: Some(budget) }
+        ClientIo { conn, early, control, budget: Some(budget) }
     }
 
     /// The client is authenticated: only the message limits apply now.
@@ -120,20 +115,12 @@ impl AsyncRead for ClientIo {
             self.spend(n);
             return Poll::Ready(Ok(()));
         }
-        loop {
-            ready!(self.tcp.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let limit = unfilled.len().min(room);
-            match self.tcp.try_read(&mut unfilled[..limit]) {
-                Ok(n) => {
-                    buf.advance(n);
-                    self.spend(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let unfilled = buf.initialize_unfilled();
+        let limit = unfilled.len().min(room);
+        let n = ready!(self.conn.poll_read(cx, &mut unfilled[..limit]))?;
+        buf.advance(n);
+        self.spend(n);
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -28,7 +28,6 @@ use std::time::Duration;
 use futures_util::SinkExt;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -60,15 +59,13 @@ pub(crate) fn serve(
     token: Option<String>,
     shared: Arc<Shared>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    // The listener serves plain TCP, so this holds; frames are written to
-    // the socket itself (see `frame`).
+    // Frames are written to the connection itself (see `frame`).
     // Built here, not in the async block: what the block captures stays in it.
-    let start = upgraded.downcast::<TokioIo<TcpStream>>().ok().map(|p| {
-        Box::new(session::Start { tcp: p.io.into_inner(), early: p.read_buf, request: Box::new((endpoint, token)) })
-    });
+    let start = crate::server::conn::from_upgraded(upgraded)
+        .map(|(conn, early)| Box::new(session::Start { conn, early, request: Box::new((endpoint, token)) }));
     async move {
         let Some(start) = start else {
-            tracing::error!("websocket is not on a TCP stream; dropping it");
+            tracing::error!("websocket is not on a TCP or TLS stream; dropping it");
             return;
         };
         session::run(start, shared).await;

@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
@@ -26,8 +25,9 @@ use crate::auth::Scope;
 use crate::event::TypeSet;
 use crate::server::Shared;
 use crate::server::backend::RunRef;
+use crate::server::conn::Conn;
 use crate::server::metrics::Metrics;
-use crate::server::outbox::{Framing, Outbox};
+use crate::server::outbox::{Framing, Outbox, TryWrite as _};
 use crate::server::run_stream::{StreamError, StreamOut};
 use crate::server::streams::Polled;
 
@@ -58,7 +58,7 @@ enum End {
 /// mostly that future: the socket and the request would be 120 bytes of
 /// every session, kept for nothing once it has started.
 pub(super) struct Start {
-    pub(super) tcp: TcpStream,
+    pub(super) conn: Conn,
     pub(super) early: bytes::Bytes,
     /// Freed by `Session::start`, once the session is authenticated and subscribed.
     pub(super) request: Box<(Endpoint, Option<String>)>,
@@ -75,16 +75,16 @@ pub(super) async fn run(start: Box<Start>, shared: Arc<Shared>) {
     let cfg = shared.stream_config();
     // In a block, so that nothing of it stays in the future once the session exists.
     let (mut session, request) = {
-        let Start { tcp, early, request } = unbox(start);
-        let tcp = Arc::new(tcp);
+        let Start { conn, early, request } = unbox(start);
+        let conn = Arc::new(conn);
         let control = Arc::new(Mutex::new(BytesMut::new()));
-        let io = ClientIo::new(tcp.clone(), early, control.clone(), AUTH_READ_BUDGET);
+        let io = ClientIo::new(conn.clone(), early, control.clone(), AUTH_READ_BUDGET);
         let reader = WebSocketStream::from_raw_socket(io, WsRole::Server, Some(ws_config(cfg.max_frame_bytes))).await;
         let session = Session {
             limiter: RateLimiter::new(cfg.max_messages_per_second, cfg.rate_burst),
             max_depth: cfg.max_json_depth,
             shared: shared.clone(),
-            tcp,
+            conn,
             reader,
             control,
             outbox: Outbox::new(Framing::WebSocket),
@@ -132,14 +132,14 @@ pub(super) async fn run(start: Box<Start>, shared: Arc<Shared>) {
             }
             session.outbox.push_raw(frame::close_frame(1013, "lagged"));
             Box::pin(session.drain(cfg.write_stall_timeout)).await;
-            Box::pin(linger(&session.tcp)).await;
+            Box::pin(linger(session.conn.tcp())).await;
         }
         Err(err) => {
             tracing::debug!(code = err.code, close = err.close, message = %err.message, "closing websocket with error");
             session.outbox.push_text(&err.to_json());
             session.outbox.push_raw(frame::close_frame(err.close, err.code));
             Box::pin(session.drain(cfg.write_stall_timeout)).await;
-            Box::pin(linger(&session.tcp)).await;
+            Box::pin(linger(session.conn.tcp())).await;
         }
     }
     shared.metrics.websockets.fetch_sub(1, Ordering::Relaxed);
@@ -147,7 +147,7 @@ pub(super) async fn run(start: Box<Start>, shared: Arc<Shared>) {
 
 /// Reads and drops what the client still sends, bounded, straight from
 /// the socket (tungstenite may be stopped mid-frame), until it closes.
-async fn linger(tcp: &TcpStream) {
+async fn linger(tcp: &tokio::net::TcpStream) {
     let _ = tokio::time::timeout(CLOSE_LINGER, async {
         // On the heap: the session future must stay small while idle.
         let mut sink = vec![0u8; 8192];
@@ -172,7 +172,7 @@ async fn linger(tcp: &TcpStream) {
 /// and no buffer beyond tungstenite's small read buffer.
 pub(super) struct Session {
     pub(super) shared: Arc<Shared>,
-    tcp: Arc<TcpStream>,
+    conn: Arc<Conn>,
     pub(super) reader: WebSocketStream<ClientIo>,
     /// What tungstenite wrote (pongs, close replies), to send between frames.
     control: Arc<Mutex<BytesMut>>,
@@ -244,7 +244,7 @@ impl Session {
             if idle {
                 moved = Instant::now();
             }
-            match self.outbox.write_to(&*self.tcp) {
+            match self.outbox.write_to(&*self.conn) {
                 Ok(true) => moved = Instant::now(),
                 Ok(false) => {}
                 Err(error) => {
@@ -252,7 +252,7 @@ impl Session {
                     return Ok(End::PeerGone);
                 }
             }
-            idle = self.outbox.is_empty();
+            idle = self.outbox.is_done(&*self.conn);
             if !idle && timer.deadline() > moved + stall {
                 timer.as_mut().reset(moved + stall);
             }
@@ -290,7 +290,7 @@ impl Session {
                     self.on_run_started(started);
                     None
                 }
-                r = std::future::poll_fn(|cx| self.tcp.poll_write_ready(cx)), if !idle => {
+                r = std::future::poll_fn(|cx| self.conn.poll_write_ready(cx)), if !idle => {
                     if r.is_err() {
                         return Ok(End::PeerGone);
                     }
@@ -413,14 +413,17 @@ impl Session {
 
     /// Writes out what is queued, for at most `limit`.
     async fn drain(&mut self, limit: Duration) {
-        let (outbox, tcp) = (&mut self.outbox, &self.tcp);
+        let (outbox, conn) = (&mut self.outbox, &self.conn);
         let _ = tokio::time::timeout(limit, async {
-            while outbox.write_to(&**tcp).is_ok() && !outbox.is_empty() {
-                if tcp.writable().await.is_err() {
+            while outbox.write_to(&**conn).is_ok() && !outbox.is_done(&**conn) {
+                if conn.writable().await.is_err() {
                     return;
                 }
             }
         })
         .await;
+        // TLS: say goodbye in TLS too (nothing for plain TCP), if the socket takes it.
+        conn.close_notify();
+        let _ = conn.try_flush();
     }
 }
