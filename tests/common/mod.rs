@@ -2,7 +2,7 @@
 //!
 //! - this file: one `runtap` process (`Instance`) and its readiness line.
 //! - `daemon`, `gateway`: the two programs; `process`: child processes and waits.
-//! - `ws`, `requests`: real clients. `copies`, `agent`, `proxy`: the gateway tests' tools.
+//! - `ws`, `requests`: real clients; `tls`: certificates made here, TLS clients. `copies`, `agent`, `proxy`: the gateway tests' tools.
 //! - `observe`, `damage`: the probe tests' clients and damaged journals.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
@@ -18,6 +18,7 @@ pub mod observe;
 pub mod process;
 pub mod proxy;
 pub mod requests;
+pub mod tls;
 pub mod ws;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +44,8 @@ pub use process::*;
 pub use proxy::*;
 #[allow(unused_imports)]
 pub use requests::*;
+#[allow(unused_imports)]
+pub use tls::*;
 #[allow(unused_imports)]
 pub use ws::*;
 
