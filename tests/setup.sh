@@ -44,6 +44,8 @@ command -v python3 >/dev/null || apt_install python3
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 command -v npm >/dev/null || apt_install nodejs npm
 [[ -x /usr/bin/chromium ]] || apt_install chromium chromium-driver
+# The Socket.IO suite's TLS test makes its certificates with openssl.
+command -v openssl >/dev/null || apt_install openssl
 
 VENV=tests/py/.venv
 if [[ ! -x $VENV/bin/python ]]; then
