@@ -104,6 +104,11 @@ async fn caps_decide_what_a_jwt_reads_and_cancels_over_http_and_websocket() {
     let log = d.log();
     assert!(log.lines().any(|l| l.contains("cancel requested") && l.contains("canceller")), "sub in the log:\n{log}");
     assert!(!log.contains(&reader) && !log.contains(&canceller), "no token in the log");
+    // `sub` is a metrics label; the tokens are nowhere in /metrics.
+    let (_, metrics) = http_to(&d.addr, "GET", "/metrics", None).await;
+    assert!(metrics.contains(r#"runtap_jwt_accepted_total{sub="reader"}"#), "{metrics}");
+    assert!(metrics.contains(r#"runtap_jwt_accepted_total{sub="canceller"}"#), "{metrics}");
+    assert!(!metrics.contains(&reader) && !metrics.contains(&canceller), "no token in /metrics");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,6 +157,11 @@ async fn bad_jwts_are_unauthorized_and_never_logged() {
         assert!(!log.contains(tail), "{what}: token in the log");
     }
     assert!(log.contains("JWT refused"), "refusals are logged (reason only):\n{log}");
+    let (_, metrics) = http_to(&d.addr, "GET", "/metrics", None).await;
+    for (what, token) in &bad {
+        let tail = token.rsplit('.').find(|p| p.len() > 8).unwrap_or(token);
+        assert!(!metrics.contains(tail), "{what}: token in /metrics");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,6 +27,45 @@ pub(crate) struct Metrics {
     pub write_stalls: AtomicU64,
     /// TLS handshakes that failed or timed out (plain HTTP on the TLS port is not one).
     pub tls_handshake_failures: AtomicU64,
+    /// Accepted JWTs by `sub`, so an operator sees who uses the API.
+    subjects: Subjects,
+}
+
+/// Subjects beyond this many are counted together, so a stream of
+/// distinct subjects cannot grow `/metrics` (or memory) without bound.
+const MAX_SUBJECTS: usize = 256;
+/// The label of the subjects past [`MAX_SUBJECTS`].
+const OTHER_SUBJECTS: &str = "_other";
+
+#[derive(Debug, Default)]
+struct Subjects(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl Subjects {
+    fn note(&self, sub: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(sub) {
+            *n += 1;
+            return;
+        }
+        let key = if map.len() < MAX_SUBJECTS { sub } else { OTHER_SUBJECTS };
+        *map.entry(key.to_owned()).or_insert(0) += 1;
+    }
+
+    fn render(&self, out: &mut String) {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP runtap_jwt_accepted_total Requests and sessions let in by a JWT, by its sub.\n# TYPE runtap_jwt_accepted_total counter"
+        );
+        for (sub, n) in map.iter() {
+            let _ = writeln!(out, "runtap_jwt_accepted_total{{sub=\"{}\"}} {n}", label_value(sub));
+        }
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn get(c: &AtomicU64) -> u64 {
@@ -36,6 +75,11 @@ fn get(c: &AtomicU64) -> u64 {
 impl Metrics {
     pub(crate) fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A JWT with this `sub` let a request or session in.
+    pub(crate) fn note_subject(&self, sub: &str) {
+        self.subjects.note(sub);
     }
 
     pub(crate) fn render(&self, backend: &dyn Backend) -> String {
@@ -141,7 +185,27 @@ impl Metrics {
             let n = counts.get(&status).copied().unwrap_or(0);
             let _ = writeln!(out, "runtap_runs{{status=\"{}\"}} {n}", status.as_str());
         }
+        self.subjects.render(&mut out);
         out.push_str(&backend.extra_metrics());
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_bounded_and_their_labels_escaped() {
+        let s = Subjects::default();
+        s.note("ci \"bot\"\n");
+        for i in 0..MAX_SUBJECTS + 10 {
+            s.note(&format!("user-{i}"));
+        }
+        let mut out = String::new();
+        s.render(&mut out);
+        assert!(out.contains(r#"runtap_jwt_accepted_total{sub="ci \"bot\"\n"} 1"#), "{out}");
+        assert!(out.contains(r#"runtap_jwt_accepted_total{sub="_other"} 11"#), "{out}");
+        assert_eq!(out.lines().filter(|l| l.starts_with("runtap_jwt")).count(), MAX_SUBJECTS + 1);
     }
 }

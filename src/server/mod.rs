@@ -110,6 +110,9 @@ impl Shared {
     /// What a presented token may do here.
     pub(crate) fn role(&self, token: &str) -> Role {
         if let Some(scope) = self.tokens().check(token) {
+            if let Some(sub) = scope.sub() {
+                self.metrics.note_subject(sub);
+            }
             return Role::Viewer(scope);
         }
         if self.agent_tokens().is_some_and(|a| a.check(token).is_some()) {
