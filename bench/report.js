@@ -202,6 +202,44 @@ const siLabel = si ? `Socket.IO, ${si.subs} idle connections` : 'Socket.IO idle'
 srow(siLabel, 'server RSS per connection (KiB)', 'sio-idle-rss', (r) => r.bytes_per_sub / 1024, (x) => num(x, 2), '≤ 0.5× socket.io',
   (r, p) => r <= 0.5 * p);
 
+// TLS against plain (issue 14), runtap only: idle subscribers over wss://, and
+// connections set up and closed in a loop (full handshakes, no resumption).
+const tls = [];
+const trow = (scenario, metric, plain, withTls, fmt, useRatio = true) => {
+  const rr = useRatio && typeof plain === 'number' && typeof withTls === 'number' ? ratio(withTls, plain) : null;
+  tls.push([scenario, metric, fmt(plain), fmt(withTls), rr === null ? '—' : `${num(rr, 2)}×`]);
+};
+const ti = [get('idle-rss', 'runtap'), get('tls-idle-rss', 'runtap')];
+if (ti[1]) {
+  const l = `${ti[1].subs} idle subscribers`;
+  const f = (r, g) => (r ? g(r) : null);
+  trow(l, 'server RSS per subscriber (KiB)', f(ti[0], (r) => r.bytes_per_sub / 1024), f(ti[1], (r) => r.bytes_per_sub / 1024), (x) => num(x, 2));
+  trow(l, 'server RSS total (MB)', f(ti[0], (r) => mib(r.server_rss_subscribed_kib)), f(ti[1], (r) => mib(r.server_rss_subscribed_kib)), (x) => num(x, 0));
+  trow(l, 'time to connect and subscribe all (s)', f(ti[0], (r) => r.connect_s), f(ti[1], (r) => r.connect_s), (x) => num(x, 2));
+}
+const th = [get('handshakes', 'runtap'), get('tls-handshakes', 'runtap')];
+const hsAny = th[0] || th[1];
+if (hsAny) {
+  for (const [kind, what] of [['ws', 'WebSocket upgrade to a run, first frame, close'], ['healthz', 'GET /healthz, connection: close']]) {
+    const p = th.map((r) => (r && r[kind] ? r[kind] : null));
+    if (!p[0] && !p[1]) continue;
+    const l = `${what}, ${hsAny.concurrency} at a time`;
+    const f = (g) => p.map((r) => (r ? g(r) : null));
+    const [a, b] = f((r) => r.per_s);
+    trow(l, 'connections per s', a, b, (x) => num(x, 0));
+    const [c, d] = f((r) => r.p50_ms);
+    trow(l, 'set-up p50 (ms)', c, d, (x) => num(x, 2));
+    const [e, g] = f((r) => r.p99_ms);
+    trow(l, 'set-up p99 (ms)', e, g, (x) => num(x, 2));
+    const [h, i] = f((r) => r.server_cpu_s_per_1000);
+    trow(l, 'server CPU per 1000 connections (s)', h, i, (x) => num(x, 3));
+    const [j, k] = f((r) => r.loadgen_cpu_s / Math.max(r.connections, 1) * 1000);
+    trow(l, 'load generator CPU per 1000 connections (s)', j, k, (x) => num(x, 3));
+    const [m, n] = f((r) => r.errors);
+    trow(l, 'failed set-ups', m, n, (x) => (okNum(x) ? String(x) : '—'), false);
+  }
+}
+
 const failed = rows.filter((x) => !x.result || x.result.error);
 out.push(`# runtap benchmarks (${mode})`);
 out.push('');
@@ -233,6 +271,15 @@ if (sio.some((t) => t[2] !== '—' || t[3] !== '—')) {
   out.push('| scenario | metric | runtap (Socket.IO) | socket.io | runtap/socket.io | target | verdict |');
   out.push('|---|---|---:|---:|---:|---|---|');
   for (const t of sio) out.push(`| ${t.join(' | ')} |`);
+}
+if (tls.length) {
+  const ts = th[1] && th[1].tls_session;
+  out.push('');
+  out.push(`TLS against plain, runtap only: the same load generator with \`--tls-ca\` (rustls, ring; a fresh session every time, no resumption${ts ? `; ${ts.version}, ${ts.cipher_suite}, ${ts.kx_group}, P-256 ECDSA certificate` : ''}).`);
+  out.push('');
+  out.push('| scenario | metric | plain | TLS | TLS/plain |');
+  out.push('|---|---|---:|---:|---:|');
+  for (const t of tls) out.push(`| ${t.join(' | ')} |`);
 }
 if (failed.length) {
   out.push('');

@@ -7,29 +7,36 @@
 #   bench/run.sh            full run (< 15 min on 2 cores, with a warm cargo cache)
 #   bench/run.sh --smoke    every scenario, tiny, in about a minute; no thresholds (CI)
 #   bench/run.sh --only fanout,latency [--servers runtap,ws]   a subset (while profiling)
+#   bench/run.sh --only idle-rss,tls-idle-rss,handshakes,tls-handshakes --servers runtap
+#                           TLS against plain (issue 14)
 #
 # Scenarios: fanout, fanout-stalled, latency, latency-stalled, idle-rss,
 # idle-cpu, bigjob, launches (the light client), fanout-json, latency-json,
 # latency100, latency100-json (the two clients side by side), slow-readers,
 # idle-runs; sio-fanout, sio-latency, sio-idle-rss (Socket.IO: runtap's
 # /runs/ endpoint, `--proto runtap-socketio`, against the socket.io peer,
-# the same client for both).
+# the same client for both); runtap only: tls-idle-rss (idle-rss over
+# wss://), handshakes and tls-handshakes (connections set up and closed in
+# a loop, plain and TLS: WebSocket upgrade, then GET /healthz; about 35 s
+# for the three). The TLS server gets a CA and a leaf made by openssl in
+# the work directory.
 #
 # Honours CARGO_TARGET_DIR, and RUNTAP_BIN (a runtap binary to measure instead
 # of the one built here, e.g. an older commit's, for before/after figures
-# from the same session). Needs cargo, node >= 20 with npm, python3.
+# from the same session). Needs cargo, node >= 20 with npm, python3, and
+# openssl for the tls-* scenarios.
 # Everything listens on 127.0.0.1; every process started here is stopped on exit.
 set -euo pipefail
 
 MODE=full
-ONLY=fanout,fanout-json,fanout-stalled,latency,latency-json,latency100,latency100-json,latency-stalled,slow-readers,idle-rss,idle-cpu,bigjob,launches,idle-runs,sio-fanout,sio-latency,sio-idle-rss
+ONLY=fanout,fanout-json,fanout-stalled,latency,latency-json,latency100,latency100-json,latency-stalled,slow-readers,idle-rss,idle-cpu,bigjob,launches,idle-runs,sio-fanout,sio-latency,sio-idle-rss,tls-idle-rss,handshakes,tls-handshakes
 SERVER_KINDS=runtap,ws,socketio
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) MODE=smoke ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --servers) SERVER_KINDS=${2:?--servers needs a list}; shift ;;
-        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -75,6 +82,7 @@ if [[ $MODE == smoke ]]; then
     IDLE_SUBS=100 CPU_SUBS=100 CPU_WINDOW=0.5 SETTLE=0.5
     BIG_BYTES=$((10 * 1000 * 1000)) BIG_REPS=1
     LAUNCH_SECS=2
+    HS_SECS=1 HS_CONC=4
     IDLE_RUNS=10 IDLE_RUN_BYTES=1000000 IDLE_RUN_HOLD=10 IDLE_RUN_SETTLE=1
     TIMEOUT=30
 else
@@ -84,6 +92,7 @@ else
     IDLE_SUBS=10000 CPU_SUBS=1000 CPU_WINDOW=10 SETTLE=2
     BIG_BYTES=$((1024 * 1024 * 1024)) BIG_REPS=2
     LAUNCH_SECS=5
+    HS_SECS=5 HS_CONC=32
     IDLE_RUNS=10 IDLE_RUN_BYTES=16000000 IDLE_RUN_HOLD=30 IDLE_RUN_SETTLE=5
     TIMEOUT=150
 fi
@@ -107,16 +116,46 @@ RAW=$RESULTS/raw.jsonl
 : >"$RAW"
 
 # ------------------------------------------------------------------ servers
-# start_server KIND: sets SERVER_PID, SERVER_ADDR, SERVER_TOKEN, SERVER_SOCKET.
+# TLS for runtap (tls-* scenarios): a CA and a leaf for 127.0.0.1 signed by
+# it (rustls refuses a self-signed CA:TRUE certificate as the server's own),
+# P-256 keys, and a config file with only stream.tls_cert/tls_key, so
+# everything else is the defaults, as without a config. Made once per run;
+# without openssl the tls-* scenarios are recorded as failed, the rest run.
+TLS_DIR=$WORK/tls
+make_tls() {
+    [[ -f $TLS_DIR/runtap.toml ]] && return 0
+    command -v openssl >/dev/null || { log "openssl not found: no TLS scenarios"; return 1; }
+    mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n' >leaf.ext
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
+            -days 2 -subj /CN=bench-ca
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout key.pem -out leaf.csr \
+            -subj /CN=localhost
+        openssl x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out cert.pem -extfile leaf.ext
+    ) >"$WORK/openssl.log" 2>&1 || { log "openssl failed:"; cat "$WORK/openssl.log" >&2; return 1; }
+    printf '[stream]\ntls_cert = "%s"\ntls_key = "%s"\n' "$TLS_DIR/cert.pem" "$TLS_DIR/key.pem" >"$TLS_DIR/runtap.toml"
+}
+
+# start_server KIND [tls]: sets SERVER_PID, SERVER_ADDR, SERVER_TOKEN,
+# SERVER_SOCKET, and SERVER_TLS_CA (the CA file for the load generator's
+# --tls-ca; empty for a plain server). Only runtap serves TLS.
 n_server=0
 start_server() {
-    local kind=$1 dir i
+    local kind=$1 tls=${2:-} dir i config=()
     n_server=$((n_server + 1))
     dir=$WORK/$kind-$n_server
     mkdir -p "$dir"
     SERVER_SOCKET=$dir/runtap.sock
+    SERVER_TLS_CA=
+    if [[ -n $tls ]]; then
+        [[ $kind == runtap ]] || { log "only runtap serves TLS"; exit 1; }
+        config=(--config "$TLS_DIR/runtap.toml")
+        SERVER_TLS_CA=$TLS_DIR/ca.pem
+    fi
     if [[ $kind == runtap ]]; then
-        setsid "$RUNTAP" daemon --state-dir "$dir/state" --socket "$SERVER_SOCKET" --listen 127.0.0.1:0 \
+        setsid "$RUNTAP" daemon "${config[@]}" --state-dir "$dir/state" --socket "$SERVER_SOCKET" --listen 127.0.0.1:0 \
             >"$dir/out" 2>"$dir/log" </dev/null &
     else
         SERVER_TOKEN=bench-token-$RANDOM$RANDOM$RANDOM
@@ -164,7 +203,7 @@ proto_for() {
 target_args() {
     local kind=$1 run=$2
     echo --proto "$(proto_for "$kind" "$run")" --addr "$SERVER_ADDR" --token "$SERVER_TOKEN" --socket "$SERVER_SOCKET" \
-        --server-pid "$SERVER_PID" --run-id "$run"
+        --server-pid "$SERVER_PID" --run-id "$run" ${SERVER_TLS_CA:+--tls-ca "$SERVER_TLS_CA"}
 }
 
 # stream_scenario NAME KIND SUBS STALLED LINES INTERVAL_US SCAN DECODE
@@ -181,16 +220,41 @@ stream_scenario() {
     stop_server
 }
 
-# idle_scenario NAME KIND SUBS CPU_WINDOW
+# tls_or_skip NAME: the certificates for a tls-* scenario, or a failed
+# measurement recorded for it (status 1).
+tls_or_skip() {
+    make_tls && return 0
+    record "$1" runtap '{"error":"no certificates: openssl missing or failed"}'
+    return 1
+}
+
+# idle_scenario NAME KIND SUBS CPU_WINDOW [tls]
 idle_scenario() {
-    local name=$1 kind=$2 subs=$3 window=$4 out
-    start_server "$kind"
-    log "$name: $kind, $subs idle subscribers"
+    local name=$1 kind=$2 subs=$3 window=$4 tls=${5:-} out
+    if [[ -n $tls ]]; then tls_or_skip "$name" || return 0; fi
+    start_server "$kind" "$tls"
+    log "$name: $kind, $subs idle subscribers${tls:+ over TLS}"
     # shellcheck disable=SC2046
     out=$(timeout $((TIMEOUT + 120)) "$LOADGEN" idle $(target_args "$kind" "$name-1") \
         --subs "$subs" --settle "$SETTLE" --cpu-window "$window" -- sleep 600) || true
     log "  $out"
     record "$name" "$kind" "$out"
+    stop_server
+}
+
+# handshakes_scenario NAME [tls] (runtap only): HS_CONC workers set up and
+# close connections for HS_SECS each way: WebSocket upgrade to an idle run
+# up to its first frame, then GET /healthz. TLS: a full handshake each time.
+handshakes_scenario() {
+    local name=$1 tls=${2:-} out
+    if [[ -n $tls ]]; then tls_or_skip "$name" || return 0; fi
+    start_server runtap "$tls"
+    log "$name: runtap, $HS_CONC workers, ${HS_SECS}s each of WebSocket upgrades and GET /healthz${tls:+ over TLS}"
+    # shellcheck disable=SC2046
+    out=$(timeout $((2 * HS_SECS + 60)) "$LOADGEN" handshakes $(target_args runtap "$name-1") \
+        --secs "$HS_SECS" --concurrency "$HS_CONC" --set-up ws,healthz -- sleep 600) || true
+    log "  $out"
+    record "$name" runtap "$out"
     stop_server
 }
 
@@ -296,7 +360,7 @@ if ((BUSY_BEFORE > 10)); then
     log "warning: the machine is already ${BUSY_BEFORE}% busy; results will be noisy"
 fi
 for name in fanout fanout-json fanout-stalled latency latency-json latency100 latency100-json latency-stalled \
-    slow-readers idle-rss idle-cpu sio-fanout sio-latency sio-idle-rss; do
+    slow-readers idle-rss idle-cpu sio-fanout sio-latency sio-idle-rss tls-idle-rss; do
     wanted "$name" || continue
     for kind in "${SERVER_KINDS[@]}"; do
         case $name in
@@ -315,12 +379,16 @@ for name in fanout fanout-json fanout-stalled latency latency-json latency100 la
             sio-fanout) [[ $kind == ws ]] || stream_scenario "$name" "$kind" "$FAN_SUBS" 0 "$FAN_LINES" 0 ends light ;;
             sio-latency) [[ $kind == ws ]] || stream_scenario "$name" "$kind" "$LAT_SUBS" 0 "$LAT_LINES" 1000 all light ;;
             sio-idle-rss) [[ $kind == ws ]] || idle_scenario "$name" "$kind" "$IDLE_SUBS" "$SETTLE" ;;
+            # TLS: runtap only (the baselines serve plain TCP).
+            tls-idle-rss) [[ $kind != runtap ]] || idle_scenario "$name" "$kind" "$IDLE_SUBS" "$SETTLE" tls ;;
         esac
     done
 done
 if wanted bigjob; then bigjob_scenario; fi
 if wanted launches; then launches_scenario; fi
 if wanted idle-runs; then idle_runs_scenario; fi
+if wanted handshakes; then handshakes_scenario handshakes; fi
+if wanted tls-handshakes; then handshakes_scenario tls-handshakes tls; fi
 
 BUSY_AFTER=$(busy_pct)
 elapsed=$(($(date +%s) - started))

@@ -21,6 +21,8 @@ pub(crate) enum Mode {
     Launches(LaunchArgs),
     /// Runs that write a burst and then stay alive idle: runtap's RSS then.
     IdleRuns(IdleRunsArgs),
+    /// Connection set-up rate: connect (TLS), upgrade or GET, close; repeat.
+    Handshakes(HandshakeArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
@@ -79,6 +81,11 @@ pub(crate) struct Target {
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 64)]
     pub(crate) connect_concurrency: usize,
+    /// PEM file of the CA that signed the server's certificate: connect
+    /// with `wss://` (rustls, `ring`), the host of `--addr` as the server
+    /// name, ALPN `http/1.1`, no session resumption.
+    #[arg(long)]
+    pub(crate) tls_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -132,6 +139,34 @@ pub(crate) struct IdleArgs {
     #[arg(long, default_value_t = 10.0)]
     pub(crate) cpu_window: f64,
     /// The idle job (e.g. `sleep 600`).
+    #[arg(last = true, required = true)]
+    pub(crate) command: Vec<String>,
+}
+
+/// What a `handshakes` connection does once TCP (and TLS) is up.
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+pub(crate) enum SetUp {
+    /// WebSocket upgrade to the run (`/runs?runId=&token=`), up to its
+    /// first text frame, then a close handshake: what a dashboard does.
+    Ws,
+    /// `GET /healthz` over HTTP/1.1 with `connection: close`, read to the end.
+    Healthz,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct HandshakeArgs {
+    #[command(flatten)]
+    pub(crate) target: Target,
+    /// Seconds each kind of set-up is repeated for.
+    #[arg(long, default_value_t = 5.0)]
+    pub(crate) secs: f64,
+    /// Workers, each with one connection at a time.
+    #[arg(long, default_value_t = 32)]
+    pub(crate) concurrency: usize,
+    /// Kinds of set-up, measured one after the other.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "ws,healthz")]
+    pub(crate) set_up: Vec<SetUp>,
+    /// The idle job whose run the WebSocket connections subscribe to.
     #[arg(last = true, required = true)]
     pub(crate) command: Vec<String>,
 }

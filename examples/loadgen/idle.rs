@@ -105,6 +105,7 @@ pub(crate) async fn idle(a: IdleArgs) -> Result<Value, String> {
         Ok::<Value, String>(json!({
             "mode": "idle",
             "proto": format!("{:?}", t.proto).to_lowercase(),
+            "tls": t.tls_ca.is_some(),
             "subs": a.subs,
             "connect_s": round(connect_s, 3),
             "server_rss_before_kib": rss0,

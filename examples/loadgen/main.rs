@@ -23,6 +23,12 @@
 //! - `launches`: short runs (`true`) over runtap's Unix socket, per second.
 //! - `idle-runs`: runs that write a burst and then stay alive idle; runtap's
 //!   RSS once they are all idle.
+//! - `handshakes`: connections set up and closed in a loop (WebSocket
+//!   upgrade to a run, or `GET /healthz`), per second; set-up latency and
+//!   server CPU per 1000 connections.
+//!
+//! `--tls-ca FILE` makes every WebSocket (and `handshakes` connection) TLS:
+//! `wss://`, rustls with the CA in FILE as the only root, no resumption.
 //!
 //! Every wait is bounded (`--timeout`, connect and settle limits).
 
@@ -30,6 +36,7 @@ mod cli;
 mod conn;
 mod control;
 mod frames;
+mod handshakes;
 mod histogram;
 mod idle;
 mod idle_runs;
@@ -63,6 +70,7 @@ fn main() {
             Mode::Idle(a) => idle::idle(a).await,
             Mode::Launches(a) => launches::launches(a).await,
             Mode::IdleRuns(a) => idle_runs::idle_runs(a).await,
+            Mode::Handshakes(a) => handshakes::handshakes(a).await,
         }
     });
     match result {

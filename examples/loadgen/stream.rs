@@ -96,6 +96,7 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
     Ok(json!({
         "mode": "stream",
         "proto": format!("{:?}", t.proto).to_lowercase(),
+        "tls": t.tls_ca.is_some(),
         "subs": a.subs,
         "stalled": a.stalled,
         "expect_lines": a.expect_lines,
