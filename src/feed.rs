@@ -83,6 +83,8 @@ pub(crate) struct Feed {
     /// instead of re-reading the journal from the start. Just two numbers:
     /// an idle subscriber holds no file or buffer.
     resume: Option<(u64, u64)>,
+    /// Frames that came after a jump in seq, held while the gap is reported.
+    held: Option<Box<Delivery>>,
 }
 
 impl Feed {
@@ -96,6 +98,7 @@ impl Feed {
             step: crate::journal::HISTORY_STEP,
             state: State::Start,
             resume: None,
+            held: None,
         }
     }
 
@@ -166,6 +169,9 @@ impl Feed {
     /// The live phase: Ready(Some) with the next item, Ready(None) when the
     /// feed is not live (any more), and `step` has to run.
     pub(crate) fn poll_live(&mut self, cx: &mut Context<'_>) -> Poll<Option<FeedItem>> {
+        if let Some(held) = self.held.take() {
+            return Poll::Ready(Some(FeedItem::Frames(*held)));
+        }
         loop {
             let State::Live(sub) = &mut self.state else {
                 return Poll::Ready(None);
@@ -217,10 +223,19 @@ impl Feed {
     }
 
     /// Advances the cursor over the new frames; None if there are none.
+    /// Published seqs are consecutive, but for one case: a gateway's copy
+    /// of a host's run whose host journal lost events (the link's `gap`).
+    /// A jump is reported as the gap it is, then the frames follow.
     fn deliver(&mut self, batches: Vec<Arc<Batch>>) -> Option<FeedItem> {
         let delivery = Delivery { batches, after: self.delivered };
+        let first = delivery.frames().next().map(|f| f.seq)?;
         let last = delivery.frames().last().map(|f| f.seq)?;
+        let from = self.delivered.saturating_add(1);
         self.delivered = last;
+        if first > from {
+            self.held = Some(Box::new(delivery));
+            return Some(FeedItem::Gap { from, to: first - 1 });
+        }
         Some(FeedItem::Frames(delivery))
     }
 }

@@ -81,6 +81,27 @@ impl RunInfo {
     }
 
     /// "run ID already STATUS", for a cancel that came too late.
+    /// The run's final status event, rebuilt from this row: for a run
+    /// whose journal lost it (a full disk), so a copy elsewhere still
+    /// learns how the run ended. `None` until the run has ended.
+    pub fn final_event(&self) -> Option<crate::event::Event> {
+        if !self.status.is_final() {
+            return None;
+        }
+        Some(crate::event::Event {
+            run_id: self.run_id.as_str().to_owned(),
+            seq: self.last_seq,
+            kind: crate::event::EventType::Status,
+            data: self.status.as_str().to_owned(),
+            exit_code: self.exit_code,
+            signal: self.signal,
+            signal_name: self.signal.and_then(crate::event::signal_name),
+            reason: self.reason.clone(),
+            timestamp: self.ended_at.clone().unwrap_or_else(crate::event::now_timestamp),
+            ..Default::default()
+        })
+    }
+
     pub fn finished_message(&self) -> String {
         format!("run {} already {}", self.run_id, self.status.as_str())
     }

@@ -65,6 +65,7 @@ impl Backend for DaemonRuns {
             events_in: t.hub().stats().events_published.load(Relaxed),
             journal_bytes: t.journal().stats.bytes_written.load(Relaxed),
             journal_errors: t.journal().stats.write_errors.load(Relaxed),
+            quarantined: t.journal().stats.quarantined.load(Relaxed),
             by_status,
         }
     }

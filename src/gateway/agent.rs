@@ -47,6 +47,10 @@ enum SessionError {
     Protocol(String),
     #[error("journal: {0}")]
     Journal(JournalError),
+    /// Writing some runs' journals here failed: what they lack was not
+    /// acknowledged, and the host resends it on its next connection.
+    #[error("cannot store runs {0}; not acknowledged")]
+    Storage(String),
     #[error("connection closed")]
     Closed,
 }
@@ -108,6 +112,7 @@ pub(super) async fn serve(upgraded: Upgraded, gateway: Gateway, stop: Cancellati
         unacked: HashSet::new(),
         pending: HashMap::new(),
         next_req: 1,
+        refused: HashSet::new(),
     };
     let result = session.run(&mut ws, &runs, cancel_rx, link_stop).await;
     session.flush_all();
@@ -116,6 +121,10 @@ pub(super) async fn serve(upgraded: Upgraded, gateway: Gateway, stop: Cancellati
         Ok(()) | Err(SessionError::Closed) => {
             tracing::info!(host = %host.id, link_id, "host disconnected");
             close(&mut ws, 1001, "bye").await;
+        }
+        Err(SessionError::Storage(runs)) => {
+            tracing::error!(host = %host.id, link_id, runs, "gateway storage failing: closing the link so the host resends later");
+            close(&mut ws, 1011, "gateway storage error").await;
         }
         Err(error) => {
             tracing::warn!(host = %host.id, link_id, %error, "host session failed");
@@ -141,6 +150,10 @@ struct Session {
     /// Cancels sent down, by request ID.
     pending: HashMap<u64, (String, oneshot::Sender<CancelReply>)>,
     next_req: u64,
+    /// Runs this gateway cannot store (their journal could not be opened
+    /// or a write failed): their events are dropped unacknowledged, so the
+    /// host keeps them, while its other runs flow.
+    refused: HashSet<RunId>,
 }
 
 impl Session {
@@ -230,6 +243,7 @@ impl Session {
         }
         match serde_json::from_str::<AgentMsg>(&text) {
             Ok(AgentMsg::Run { run_id, meta }) => self.on_run(&run_id, meta),
+            Ok(AgentMsg::Gap { run_id, from, to }) => self.on_gap(&run_id, from, to),
             Ok(AgentMsg::CancelResult { req_id, ok, status, code, message }) => {
                 if let Some((_, reply)) = self.pending.remove(&req_id) {
                     let host = self.host.id.clone();
@@ -243,8 +257,23 @@ impl Session {
     }
 
     /// A run the host is about to forward: create its journal here if new.
+    /// A journal that cannot be opened refuses that run only.
     fn on_run(&mut self, run_id: &str, meta: RunMeta) -> Result<(), SessionError> {
         let run = RunId::parse(run_id).map_err(|e| SessionError::Protocol(format!("bad run ID: {e}")))?;
+        if self.refused.contains(&run) {
+            return Ok(());
+        }
+        if let Err(error) = self.open_run(&run, meta) {
+            tracing::error!(host = %self.host.id, run_id = %run, %error,
+                "cannot store this run here; its events are not acknowledged, the host's other runs flow");
+            self.gateway.metrics().runs_refused.fetch_add(1, Ordering::Relaxed);
+            self.refused.insert(run);
+        }
+        Ok(())
+    }
+
+    fn open_run(&mut self, run: &RunId, meta: RunMeta) -> Result<(), JournalError> {
+        let run = run.clone();
         let known = self.host.run_info(&run);
         if let Some(old) = &known
             && old.created_at != meta.created_at
@@ -258,6 +287,11 @@ impl Session {
             self.host.journal.archive_run(&run)?;
         } else if self.writers.contains_key(&run) {
             return Ok(());
+        }
+        if self.host.run_info(&run).is_none() && self.host.journal.run_dir_exists(&run) {
+            // Files without a run this gateway knows: recovery could not
+            // read them. Moved aside, so the host's copy starts afresh.
+            self.host.journal.quarantine_run(&run);
         }
         let (writer, last_seq) = match self.host.run_info(&run) {
             Some(info) => (self.host.journal.open_writer(&run, info.last_seq)?, info.last_seq),
@@ -275,6 +309,9 @@ impl Session {
 
     fn on_event(&mut self, mut event: Event) -> Result<(), SessionError> {
         let run = RunId::parse(&event.run_id).map_err(|e| SessionError::Protocol(format!("bad run ID: {e}")))?;
+        if self.refused.contains(&run) {
+            return Ok(());
+        }
         let Some((writer, _)) = self.writers.get_mut(&run) else {
             return Err(SessionError::Protocol(format!("event for run {run} before its `run` message")));
         };
@@ -304,6 +341,33 @@ impl Session {
         } else {
             self.touched.insert(run.clone());
         }
+        self.unacked.insert(run);
+        Ok(())
+    }
+
+    /// The host's journal lost `from..=to`: skip them (once), so the link
+    /// carries on with `to + 1` instead of failing at the hole forever.
+    fn on_gap(&mut self, run_id: &str, from: u64, to: u64) -> Result<(), SessionError> {
+        let run = RunId::parse(run_id).map_err(|e| SessionError::Protocol(format!("bad run ID: {e}")))?;
+        if self.refused.contains(&run) {
+            return Ok(());
+        }
+        let Some((writer, _)) = self.writers.get_mut(&run) else {
+            return Err(SessionError::Protocol(format!("gap for run {run} before its `run` message")));
+        };
+        let next = writer.last_seq() + 1;
+        if to < next {
+            return Ok(()); // already skipped (a resend after a reconnect)
+        }
+        // Events before the gap are written first, in their own batch.
+        self.flush(&run, false);
+        let Some((writer, _)) = self.writers.get_mut(&run) else { return Ok(()) };
+        if !writer.skip_gap(from.max(next), to) {
+            return Err(SessionError::Protocol(format!("run {run}: gap {from}..={to} but expected seq {next}")));
+        }
+        tracing::warn!(host = %self.host.id, run_id = %run, from, to, "the host's journal lost these events; recorded as a gap");
+        self.gateway.metrics().gaps_received.fetch_add(1, Ordering::Relaxed);
+        self.host.update_run(&run, |info| info.last_seq = to);
         self.unacked.insert(run);
         Ok(())
     }
@@ -348,11 +412,37 @@ impl Session {
                 }));
             }
         }
+        // A journal that failed a write (or an fsync) holds less than its
+        // writer counted: acknowledge only the whole ones.
+        let (failed, whole): (Vec<RunId>, Vec<RunId>) =
+            runs.into_iter().partition(|r| self.writers.get(r).is_some_and(|(w, _)| w.is_degraded()));
         let acked =
-            runs.iter().filter_map(|r| self.writers.get(r).map(|(w, _)| (r.to_string(), w.last_seq()))).collect();
+            whole.iter().filter_map(|r| self.writers.get(r).map(|(w, _)| (r.to_string(), w.last_seq()))).collect();
         send(ws, &GatewayMsg::Ack { acked }).await?;
         self.gateway.metrics().acks_sent.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        if failed.is_empty() {
+            return Ok(());
+        }
+        for run in &failed {
+            self.forget_failed(run);
+        }
+        let names: Vec<String> = failed.iter().map(RunId::to_string).collect();
+        Err(SessionError::Storage(names.join(", ")))
+    }
+
+    /// A run whose journal here failed: its writer goes, and what this
+    /// gateway holds of it is what the file holds, so the host's next
+    /// connection resends the rest (once there is room again).
+    fn forget_failed(&mut self, run: &RunId) {
+        self.writers.remove(run);
+        self.gateway.metrics().runs_refused.fetch_add(1, Ordering::Relaxed);
+        match self.host.journal.rescan_run(run) {
+            Ok(Some(r)) => self.host.update_run(run, |info| info.last_seq = r.file_seq),
+            Ok(None) => self.host.remove_run(run),
+            Err(error) => {
+                tracing::error!(host = %self.host.id, run_id = %run, %error, "cannot rescan the run's journal")
+            }
+        }
     }
 }
 

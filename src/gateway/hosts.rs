@@ -52,7 +52,10 @@ impl Host {
             epoch: std::fs::read_to_string(dir.join("epoch")).ok().map(|s| s.trim().to_owned()),
             ..HostState::default()
         };
-        for r in journal.scan_open().map_err(GatewayError::Journal)? {
+        for mut r in journal.scan_open().map_err(GatewayError::Journal)? {
+            // Resume after what the file holds: seqs this copy saw but could
+            // not store (a full disk here) are sent again by the host.
+            r.last_seq = r.file_seq;
             if r.status.is_final() {
                 hub.insert_closed(&r.run_id, r.last_seq);
             } else {

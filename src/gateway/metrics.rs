@@ -11,6 +11,13 @@ pub(crate) struct GatewayMetrics {
     pub duplicates_dropped: AtomicU64,
     pub agent_sessions: AtomicU64,
     pub acks_sent: AtomicU64,
+    /// Ranges of events hosts said their journals lost.
+    pub gaps_received: AtomicU64,
+    /// Runs whose journal here could not be opened or written: their
+    /// events are not acknowledged (the host keeps them), the other runs flow.
+    pub runs_refused: AtomicU64,
+    /// Run directories moved aside because they could not be read.
+    pub quarantined: AtomicU64,
 }
 
 impl Gateway {
@@ -29,6 +36,7 @@ impl Gateway {
             s.events_in += h.hub.stats().events_published.load(Relaxed);
             s.journal_bytes += h.journal.stats.bytes_written.load(Relaxed);
             s.journal_errors += h.journal.stats.write_errors.load(Relaxed);
+            s.quarantined += h.journal.stats.quarantined.load(Relaxed);
         }
         s
     }
@@ -48,6 +56,13 @@ impl Gateway {
             ("runtap_gateway_duplicates_dropped_total", "Events received again and dropped.", &m.duplicates_dropped),
             ("runtap_gateway_agent_sessions_total", "Agent sessions accepted.", &m.agent_sessions),
             ("runtap_gateway_acks_sent_total", "Acknowledgement batches sent.", &m.acks_sent),
+            ("runtap_gateway_gaps_received_total", "Event ranges hosts' journals lost.", &m.gaps_received),
+            (
+                "runtap_gateway_runs_refused_total",
+                "Runs not stored here (journal error): not acknowledged.",
+                &m.runs_refused,
+            ),
+            ("runtap_gateway_quarantined_total", "Unreadable run directories moved to quarantine.", &m.quarantined),
         ] {
             let _ =
                 writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));

@@ -22,7 +22,7 @@
 mod encode;
 mod history;
 mod layout;
-mod lines;
+pub(crate) mod lines;
 mod recover;
 mod state;
 mod writer;
@@ -83,6 +83,8 @@ pub struct RunMeta {
 pub struct JournalStats {
     pub write_errors: AtomicU64,
     pub bytes_written: AtomicU64,
+    /// Run directories moved to quarantine because they could not be read.
+    pub quarantined: AtomicU64,
 }
 
 /// The journal root. Cheap to clone.

@@ -34,6 +34,10 @@ pub struct RecoveredRun {
     pub started_at: Option<String>,
     pub ended_at: Option<String>,
     pub journal: Health,
+    /// The highest seq the events file itself holds (`last_seq` may be
+    /// higher: seqs handed out live that the file did not keep). A copy
+    /// that is resent what it lacks (the gateway) resumes after this.
+    pub file_seq: u64,
 }
 
 /// The end of an events file, after its torn tail (if any) was cut.
@@ -73,7 +77,7 @@ impl Journal {
             match self.recover_run(&id, close_active) {
                 Ok(Some(run)) => runs.push(run),
                 Ok(None) => {}
-                Err(error) => tracing::error!(run_id = %id, %error, "cannot recover run; leaving it alone"),
+                Err(error) => self.quarantine(&id, &error),
             }
         }
         runs.sort_by(|a, b| a.meta.created_at.cmp(&b.meta.created_at));
@@ -136,6 +140,7 @@ impl Journal {
             started_at: started.map(|e| e.timestamp.clone()),
             ended_at: None,
             journal: if degraded { Health::Degraded } else { Health::Ok },
+            file_seq,
         };
         if degraded {
             self.note_degraded(id, record.journal, &damage);
@@ -160,6 +165,57 @@ impl Journal {
         }
         self.close_lost(&mut run, &events_path)?;
         Ok(Some(run))
+    }
+
+    /// A run whose files cannot even be read (an events file that is a
+    /// directory, unreadable, an I/O error): moved whole to
+    /// `<root>/../quarantine/<id>.<ulid>` for a person to look at, so the
+    /// rest of the journal (and, at a gateway, the rest of the host's link)
+    /// is not held up by it, and its ID can be used again. Nothing is deleted.
+    fn quarantine(&self, id: &RunId, error: &JournalError) {
+        let dir = self.run_dir(id);
+        let quarantine = self.root.parent().unwrap_or(&self.root).join("quarantine");
+        let to = quarantine.join(format!("{id}.{}", RunId::generate()));
+        let moved = fs::create_dir_all(&quarantine).and_then(|()| fs::rename(&dir, &to));
+        match moved {
+            Ok(()) => {
+                self.stats.quarantined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.health.forget(id);
+                tracing::error!(run_id = %id, %error, to = %to.display(),
+                    "cannot recover run; moved it to quarantine (nothing deleted)");
+            }
+            Err(move_error) => tracing::error!(run_id = %id, %error, %move_error,
+                "cannot recover run, nor move it to quarantine; leaving it alone"),
+        }
+    }
+
+    /// Whether a directory for the run exists (with or without its files).
+    pub fn run_dir_exists(&self, id: &RunId) -> bool {
+        self.run_dir(id).exists()
+    }
+
+    /// Moves a run's directory to quarantine (see `quarantine`): the
+    /// gateway, for files it could not make a run of.
+    pub fn quarantine_run(&self, id: &RunId) {
+        let error = JournalError::Io {
+            what: "recover run",
+            path: self.run_dir(id),
+            error: io::Error::other("its files could not be read at start"),
+        };
+        self.quarantine(id, &error);
+    }
+
+    /// The files of one run as they are now (the gateway, after its
+    /// journal of the run failed): last seq is what the file holds, torn
+    /// tail cut. `None` if the run is gone.
+    pub fn rescan_run(&self, id: &RunId) -> Result<Option<RecoveredRun>, JournalError> {
+        match self.recover_run(id, false) {
+            Ok(run) => Ok(run),
+            Err(error) => {
+                self.quarantine(id, &error);
+                Ok(None)
+            }
+        }
     }
 
     /// Marks a run degraded at start, and makes its state record say so.

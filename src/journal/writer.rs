@@ -178,6 +178,22 @@ impl RunWriter {
         true
     }
 
+    /// Records that events `from..=to` will never come (the host's journal
+    /// lost them): the next expected seq is `to + 1`, and the run is
+    /// degraded, so history reports the hole as a gap. Returns false,
+    /// changing nothing, unless `from` is the next seq.
+    pub fn skip_gap(&mut self, from: u64, to: u64) -> bool {
+        if from != self.next_seq || to < from {
+            return false;
+        }
+        self.next_seq = to + 1;
+        self.health.mark(&self.run_id);
+        self.state.journal = Health::Degraded;
+        self.state.last_seq = to;
+        self.save_state();
+        true
+    }
+
     /// Journals output bytes as one event: text when they are UTF-8,
     /// base64 otherwise (lossless either way), with no intermediate string.
     pub fn append_output(&mut self, stream: EventType, bytes: &[u8]) -> u64 {

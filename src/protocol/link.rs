@@ -7,6 +7,7 @@
 //!                                     <- welcome {acked:{runId: seq}}
 //!   run {runId, meta}                  ->   (before a run's first events)
 //!   <raw event JSON, as journaled>     ->   (seq > acked, in order per run)
+//!   gap {runId, from, to}              ->   (events the host's journal lost: skipped)
 //!                                     <- ack {acked:{runId: seq}}   (batched, after fsync)
 //!                                     <- cancel {reqId, runId, reason}
 //!   cancel-result {reqId, ...}         ->
@@ -58,6 +59,16 @@ pub enum AgentMsg {
     Run {
         run_id: String,
         meta: RunMeta,
+    },
+    /// Events `from..=to` of the run are not in the host's journal (it was
+    /// degraded: a full disk, damage), so they can never be forwarded. The
+    /// gateway records the gap (its subscribers get `journal-gap`) and
+    /// expects `to + 1` next, instead of refusing the link at the hole.
+    #[serde(rename_all = "camelCase")]
+    Gap {
+        run_id: String,
+        from: u64,
+        to: u64,
     },
     #[serde(rename_all = "camelCase")]
     CancelResult {

@@ -153,5 +153,7 @@ pub(crate) struct BackendStats {
     pub events_in: u64,
     pub journal_bytes: u64,
     pub journal_errors: u64,
+    /// Run directories moved to quarantine (unreadable) since start.
+    pub quarantined: u64,
     pub by_status: HashMap<RunStatus, usize>,
 }

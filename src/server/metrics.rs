@@ -174,6 +174,12 @@ impl Metrics {
             get(&self.tls_handshake_failures).to_string(),
         );
         metric(
+            "runtap_journal_quarantined_total",
+            "counter",
+            "Unreadable run directories moved to quarantine (see docs/bad-input.md).",
+            stats.quarantined.to_string(),
+        );
+        metric(
             "runtap_journal_errors_total",
             "counter",
             "Failed journal writes (the run continues; its journal is degraded).",

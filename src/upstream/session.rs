@@ -179,7 +179,8 @@ impl<'a> Session<'a> {
         };
         let feed = Feed::new(self.table.journal().clone(), self.table.hub().clone(), run.clone(), since, true);
         let hello = AgentMsg::Run { run_id: run.to_string(), meta };
-        let handle = self.tasks.spawn(forward_run(feed, hello, tx.clone(), self.status.clone()));
+        let (status, table) = (self.status.clone(), self.table.clone());
+        let handle = self.tasks.spawn(forward_run(feed, hello, tx.clone(), status, table));
         self.forwarding.insert(run, handle);
     }
 
@@ -238,7 +239,13 @@ fn cancel_result(req_id: u64, ok: bool, status: Option<crate::event::RunStatus>,
 }
 
 /// Sends one run: its `run` message, then its events from the acked seq on.
-async fn forward_run(mut feed: Feed, hello: AgentMsg, tx: mpsc::Sender<Out>, status: Arc<UpstreamStatus>) -> RunId {
+async fn forward_run(
+    mut feed: Feed,
+    hello: AgentMsg,
+    tx: mpsc::Sender<Out>,
+    status: Arc<UpstreamStatus>,
+    table: RunTable,
+) -> RunId {
     let run = feed.run_id().clone();
     let Ok(text) = serde_json::to_string(&hello) else { return run };
     if tx.send(Out::Text(text.into())).await.is_err() {
@@ -257,7 +264,25 @@ async fn forward_run(mut feed: Feed, hello: AgentMsg, tx: mpsc::Sender<Out>, sta
                 since.get_or_insert_with(Instant::now);
             }
             Ok(FeedItem::Gap { from, to }) => {
-                tracing::error!(run_id = %run, from, to, "journal gap: these events cannot be forwarded");
+                tracing::error!(run_id = %run, from, to, "journal gap: these events cannot be forwarded; telling the gateway");
+                // A gap to the end of a finished run took its final status
+                // with it: that one is rebuilt from the run's row, so the
+                // gateway's copy still ends, as the run did.
+                let end = table.get(&run).filter(|i| i.last_seq == to).and_then(|i| i.final_event());
+                let skip_to = if end.is_some() { to - 1 } else { to };
+                let mut out = Vec::new();
+                if skip_to >= from {
+                    out.push(serde_json::to_string(&AgentMsg::Gap { run_id: run.to_string(), from, to: skip_to }));
+                }
+                if let Some(event) = end {
+                    out.push(serde_json::to_string(&event));
+                }
+                for text in out {
+                    let Ok(text) = text else { return run };
+                    if tx.send(Out::Text(text.into())).await.is_err() {
+                        return run;
+                    }
+                }
             }
             Ok(FeedItem::End) => return run,
             Err(error) => {

@@ -167,6 +167,7 @@ fn healthz(shared: &Shared) -> Response<Body> {
         "subscriptions": stats.subscriptions,
         "journal": if ok { "ok" } else { "degraded" },
         "degradedRuns": stats.degraded,
+        "quarantinedRuns": stats.quarantined,
         "version": env!("CARGO_PKG_VERSION"),
     });
     json_response(StatusCode::OK, &body)

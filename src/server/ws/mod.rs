@@ -16,9 +16,9 @@
 
 mod error;
 pub(super) mod frame;
-pub(super) mod limits;
+pub(crate) mod limits;
 mod patterns;
-mod requests;
+pub(crate) mod requests;
 mod session;
 mod subs;
 
