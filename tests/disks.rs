@@ -160,3 +160,42 @@ async fn host_acked(h: &Daemon) -> u64 {
         .find_map(|l| l.strip_prefix("runtap_upstream_events_acknowledged_total ").and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_holds_up_only_the_runs_that_write() {
+    // Every journal write takes 5 s: a disk that stalls. More runs write at
+    // once than the daemon has async workers (as many as cores).
+    let mut d = Daemon::prepare("");
+    d.env.push(("RUNTAP_FAULT_JOURNAL_WRITE_DELAY_MS".into(), "5000".into()));
+    d.spawn();
+    let writers = std::thread::available_parallelism().map_or(2, |n| n.get()) + 2;
+    for i in 0..writers {
+        launch(&d, &format!("w{i}"), "while :; do echo x; sleep 0.01; done");
+    }
+    wait_until(
+        || format!("{writers} writes under way:\n{}", d.log()),
+        || {
+            let n = d.log().matches("journal write delayed").count();
+            async move { n >= writers }
+        },
+    )
+    .await;
+    // While every run's write is stuck, the listener and the socket answer.
+    let started = std::time::Instant::now();
+    let (status, _) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), http_json(&d.addr, "GET", "/healthz", None))
+            .await
+            .expect("/healthz must answer while the disk stalls");
+    assert_eq!(status, 200);
+    let list = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        unix_call(&d.socket(), serde_json::json!({"type": "list"})),
+    )
+    .await
+    .expect("the Unix socket must answer while the disk stalls");
+    assert!(list.to_string().contains("w0"), "{list}");
+    println!("answered in {:?} while {writers} writes stalled", started.elapsed());
+    for i in 0..writers {
+        let _ = d.run(&["cancel", &format!("w{i}")]);
+    }
+}

@@ -159,6 +159,32 @@ impl Journal {
     }
 }
 
+/// Runs file I/O that may block (a slow or stalled disk) without holding
+/// an async worker: on the multi-threaded runtime the worker hands its
+/// other tasks to another thread for the duration (`block_in_place`), so
+/// WebSocket sessions and the Unix socket keep being served while a disk
+/// stalls; only the run (or host link) that writes waits, as it must
+/// (history readers rely on a published event being in the file).
+pub(crate) fn off_workers<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Fault injection for tests and soaks (docs/bad-input.md): every journal
+/// write first sleeps `RUNTAP_FAULT_JOURNAL_WRITE_DELAY_MS`, a disk that
+/// stalls. Read once; unset (always, in production) costs one branch.
+fn fault_write_delay() -> Option<std::time::Duration> {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let ms: u64 = std::env::var("RUNTAP_FAULT_JOURNAL_WRITE_DELAY_MS").ok()?.parse().ok()?;
+        tracing::warn!(ms, "fault injection: every journal write is delayed");
+        Some(std::time::Duration::from_millis(ms))
+    })
+}
+
 /// Fixtures the journal's unit tests share.
 #[cfg(test)]
 mod test_util {

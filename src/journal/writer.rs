@@ -215,7 +215,15 @@ impl RunWriter {
             self.buf = BytesMut::new();
         }
         if !self.degraded && !bytes.is_empty() {
-            match (&*self.file).write_all(&bytes) {
+            let mut file = &*self.file;
+            let written = super::off_workers(|| {
+                if let Some(delay) = super::fault_write_delay() {
+                    tracing::debug!(run_id = %self.run_id, ?delay, "journal write delayed (fault injection)");
+                    std::thread::sleep(delay);
+                }
+                file.write_all(&bytes)
+            });
+            match written {
                 Ok(()) => {
                     self.unsynced += bytes.len() as u64;
                     self.stats.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
@@ -254,7 +262,7 @@ impl RunWriter {
 
     fn save_state(&mut self) {
         let Some(file) = &self.state_file else { return };
-        if let Err(error) = self.state.write_to(file) {
+        if let Err(error) = super::off_workers(|| self.state.write_to(file)) {
             tracing::error!(run_id = %self.run_id, %error, "cannot update the run's state record");
         }
     }
