@@ -316,6 +316,28 @@ mod tests {
         assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
     }
 
+    /// A gateway's copy skips what a host's journal lost: a live
+    /// subscriber gets the hole as a gap, then the frames after it.
+    #[tokio::test]
+    async fn a_live_seq_jump_is_reported_as_a_gap_before_the_frames() {
+        let f = fixture(QueueLimits::default());
+        let meta = RunMeta { command: vec!["x".into()], created_at: "t".into(), ..Default::default() };
+        let mut w = f.journal.create_run(&f.id, &meta).unwrap();
+        let publ = f.hub.open(&f.id, 0);
+        append(&mut w, 2);
+        publ.publish(w.finish_batch(false));
+        let mut feed = Feed::new(f.journal.clone(), f.hub.clone(), f.id.clone(), 0, true);
+        let FeedItem::Frames(first) = feed.next().await.unwrap() else { panic!("frames first") };
+        assert_eq!(first.frames().map(|f| f.seq).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(w.skip_gap(3, 5));
+        append(&mut w, 1);
+        publ.publish(w.finish_batch(true));
+        assert!(matches!(feed.next().await.unwrap(), FeedItem::Gap { from: 3, to: 5 }));
+        let FeedItem::Frames(after) = feed.next().await.unwrap() else { panic!("then the frames") };
+        assert_eq!(after.frames().map(|f| f.seq).collect::<Vec<_>>(), vec![6]);
+        assert!(matches!(feed.next().await.unwrap(), FeedItem::End));
+    }
+
     #[tokio::test]
     async fn subscribe_before_run_exists_waits_for_it() {
         let f = fixture(QueueLimits::default());
