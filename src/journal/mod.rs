@@ -29,6 +29,7 @@ mod writer;
 
 use std::fs::{self, OpenOptions};
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -118,7 +119,9 @@ impl Journal {
     /// Creates the run's directory and files; refuses an ID that has one.
     pub fn create_run(&self, id: &RunId, meta: &RunMeta) -> Result<RunWriter, JournalError> {
         let dir = self.run_dir(id);
-        match fs::create_dir(&dir) {
+        // 0750 whatever the state dir's mode: the files below get the
+        // umask's (0644) and hold the command line and all the output.
+        match fs::DirBuilder::new().mode(0o750).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if dir.join(META_FILE).exists() {
