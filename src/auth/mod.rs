@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use crate::config::{AuthConfig, StreamConfig};
 
-mod jwt;
+pub(crate) mod jwt;
 mod scope;
 
 use jwt::JwtKeys;

@@ -40,7 +40,7 @@ pub(super) fn event_seq(line: &[u8]) -> Option<u64> {
 }
 
 /// Whether `s` is exactly one JSON object (surrounding whitespace allowed).
-pub(super) fn is_json_object(s: &[u8]) -> bool {
+pub(crate) fn is_json_object(s: &[u8]) -> bool {
     let mut p = Syntax { s, i: 0 };
     p.ws();
     if p.peek() != Some(b'{') || !p.value(0) {

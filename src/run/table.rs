@@ -42,7 +42,7 @@ pub(crate) enum LaunchError {
 }
 
 /// What `execve` cannot carry as given: refused, not half-applied.
-fn check_spec(spec: &Spec) -> Result<(), LaunchError> {
+pub(crate) fn check_spec(spec: &Spec) -> Result<(), LaunchError> {
     if let Some(arg) = spec.argv.iter().position(|a| a.contains('\0')) {
         return Err(LaunchError::BadSpec(format!("command argument {arg} contains a NUL byte")));
     }

@@ -23,7 +23,7 @@ mod engine;
 mod lifecycle;
 mod limits;
 mod link;
-mod packet;
+pub(crate) mod packet;
 mod runs_ns;
 mod updates;
 mod workflow_ns;

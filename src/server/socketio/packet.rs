@@ -21,7 +21,7 @@ pub(super) const SEPARATOR: u8 = 0x1e;
 
 /// Engine.IO v4 packet types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum EioKind {
+pub(crate) enum EioKind {
     Open,
     Close,
     Ping,
@@ -33,14 +33,14 @@ pub(super) enum EioKind {
 
 /// One Engine.IO packet from a client.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct EioPacket<'a> {
+pub(crate) struct EioPacket<'a> {
     pub kind: EioKind,
     pub data: &'a str,
 }
 
 /// Why a client's bytes are not a packet.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub(super) enum PacketError {
+pub(crate) enum PacketError {
     #[error("empty packet")]
     Empty,
     #[error("unknown Engine.IO packet type {0:?}")]
@@ -54,7 +54,7 @@ pub(super) enum PacketError {
 }
 
 impl<'a> EioPacket<'a> {
-    pub(super) fn parse(text: &'a str) -> Result<Self, PacketError> {
+    pub(crate) fn parse(text: &'a str) -> Result<Self, PacketError> {
         let mut chars = text.chars();
         let kind = match chars.next().ok_or(PacketError::Empty)? {
             '0' => EioKind::Open,
@@ -73,13 +73,13 @@ impl<'a> EioPacket<'a> {
 }
 
 /// Splits a polling body into its packets.
-pub(super) fn split_payload(body: &str) -> impl Iterator<Item = &str> {
+pub(crate) fn split_payload(body: &str) -> impl Iterator<Item = &str> {
     body.split(SEPARATOR as char)
 }
 
 /// Socket.IO v5 packet types.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum SioKind {
+pub(crate) enum SioKind {
     Connect,
     Disconnect,
     Event,
@@ -89,7 +89,7 @@ pub(super) enum SioKind {
 
 /// One Socket.IO packet, borrowed from its Engine.IO `message`.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct SioPacket<'a> {
+pub(crate) struct SioPacket<'a> {
     pub kind: SioKind,
     /// `/` when the packet names none.
     pub ns: &'a str,
@@ -99,7 +99,7 @@ pub(super) struct SioPacket<'a> {
 }
 
 impl<'a> SioPacket<'a> {
-    pub(super) fn parse(text: &'a str) -> Result<Self, PacketError> {
+    pub(crate) fn parse(text: &'a str) -> Result<Self, PacketError> {
         let first = text.chars().next().ok_or(PacketError::Empty)?;
         let kind = match first {
             '0' => SioKind::Connect,
@@ -146,7 +146,7 @@ pub(super) fn disconnect(ns: &str) -> String {
 }
 
 /// `42["name",arg...]`.
-pub(super) fn event(ns: &str, name: &str, args: &[&Value]) -> String {
+pub(crate) fn event(ns: &str, name: &str, args: &[&Value]) -> String {
     let mut out = format!("42{}[", ns_part(ns));
     push_json(&mut out, &Value::from(name));
     for arg in args {

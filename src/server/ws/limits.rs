@@ -62,7 +62,7 @@ impl RateLimiter {
 }
 
 /// Deepest nesting of objects/arrays in `json` (strings skipped), without parsing it.
-pub(in crate::server) fn json_depth(json: &[u8]) -> usize {
+pub(crate) fn json_depth(json: &[u8]) -> usize {
     let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
     for &b in json {
         if in_str {

@@ -19,7 +19,7 @@ use crate::server::run_stream::RunStream;
 
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub(super) enum ClientMsg {
+pub(crate) enum ClientMsg {
     Auth {
         token: String,
     },
@@ -53,12 +53,12 @@ impl ClientMsg {
 }
 
 /// What `runId` in a message names: one run, or a pattern.
-enum Target {
+pub(crate) enum Target {
     One(RunId),
     Many(RunPattern),
 }
 
-fn target(run_id: Option<&str>) -> Result<Target, WsError> {
+pub(crate) fn target(run_id: Option<&str>) -> Result<Target, WsError> {
     let Some(s) = run_id else {
         return WsError::for_run_id(None).map(Target::One);
     };
@@ -69,7 +69,7 @@ fn target(run_id: Option<&str>) -> Result<Target, WsError> {
     }
 }
 
-fn type_set(types: Option<Vec<String>>) -> Result<TypeSet, WsError> {
+pub(crate) fn type_set(types: Option<Vec<String>>) -> Result<TypeSet, WsError> {
     let Some(names) = types else {
         return Ok(TypeSet::ALL);
     };
