@@ -12,9 +12,11 @@
 
 use crate::event::{Event, find_json_special};
 
-/// Deepest nesting a journal line may have (events are flat objects; the
-/// structured ones carry a `payload` object or two levels more).
-const MAX_DEPTH: usize = 32;
+/// Deepest nesting a journal line may have: serde_json's own recursion
+/// limit, so every event serde parsed (a host's, at the gateway, whose
+/// `payload` may nest as deep as that) reads back intact. Runtap's own
+/// events are flat, with a `payload` object or two levels more.
+const MAX_DEPTH: usize = 128;
 
 /// `{"runId":"` + 128-byte ID + `","seq":` fits well within this.
 const MAX_SEQ_OFFSET: usize = 200;
@@ -228,6 +230,23 @@ mod tests {
             let serde_ok =
                 matches!(serde_json::from_slice::<serde_json::Value>(case), Ok(serde_json::Value::Object(_)));
             assert_eq!(is_json_object(case), serde_ok, "{}", String::from_utf8_lossy(case));
+        }
+    }
+
+    /// Found by fuzzing (link_message): a host's event with a `payload`
+    /// nested 41 deep was journaled by the gateway, then read back as
+    /// damaged (a gap, the run degraded) after the gateway restarted.
+    #[test]
+    fn whatever_serde_json_parses_reads_back_intact() {
+        for depth in [40, 126, 127, 128] {
+            let line = format!(
+                r#"{{"runId":"r","seq":1,"type":"progress","payload":{}{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            );
+            if serde_json::from_str::<serde_json::Value>(&line).is_ok() {
+                assert!(event_seq(line.as_bytes()).is_some(), "depth {depth} read back as damaged");
+            }
         }
     }
 
