@@ -110,6 +110,7 @@ pub(super) async fn serve(upgraded: Upgraded, gateway: Gateway, stop: Cancellati
         writers: HashMap::new(),
         touched: HashSet::new(),
         unacked: HashSet::new(),
+        finished: HashSet::new(),
         pending: HashMap::new(),
         next_req: 1,
         refused: HashSet::new(),
@@ -147,6 +148,10 @@ struct Session {
     touched: HashSet<RunId>,
     /// Runs with events not yet fsynced and acknowledged.
     unacked: HashSet<RunId>,
+    /// Runs whose final status is written: their writers are dropped (the
+    /// files closed) once it is acknowledged, so a link that lives for
+    /// weeks does not hold a journal open per run it ever forwarded.
+    finished: HashSet<RunId>,
     /// Cancels sent down, by request ID.
     pending: HashMap<u64, (String, oneshot::Sender<CancelReply>)>,
     next_req: u64,
@@ -282,6 +287,7 @@ impl Session {
             tracing::warn!(host = %self.host.id, run_id = %run, old = %old.created_at, new = %meta.created_at,
                 "run ID reused by the host: archiving the gateway's copy of the old run");
             self.writers.remove(&run);
+            self.finished.remove(&run);
             self.host.hub.remove(&run);
             self.host.remove_run(&run);
             self.host.journal.archive_run(&run)?;
@@ -313,6 +319,11 @@ impl Session {
             return Ok(());
         }
         let Some((writer, _)) = self.writers.get_mut(&run) else {
+            if self.host.run_info(&run).is_some_and(|info| info.status.is_final() && event.seq <= info.last_seq) {
+                // A resend of a run this session already closed.
+                self.gateway.metrics().duplicates_dropped.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
             return Err(SessionError::Protocol(format!("event for run {run} before its `run` message")));
         };
         let next = writer.last_seq() + 1;
@@ -338,6 +349,7 @@ impl Session {
         if status.is_some_and(RunStatus::is_final) {
             // Close the run's topic now, with the final status in its last batch.
             self.flush(&run, true);
+            self.finished.insert(run.clone());
         } else {
             self.touched.insert(run.clone());
         }
@@ -420,6 +432,11 @@ impl Session {
             whole.iter().filter_map(|r| self.writers.get(r).map(|(w, _)| (r.to_string(), w.last_seq()))).collect();
         send(ws, &GatewayMsg::Ack { acked }).await?;
         self.gateway.metrics().acks_sent.fetch_add(1, Ordering::Relaxed);
+        for run in &whole {
+            if self.finished.remove(run) {
+                self.writers.remove(run);
+            }
+        }
         if failed.is_empty() {
             return Ok(());
         }
@@ -435,6 +452,7 @@ impl Session {
     /// connection resends the rest (once there is room again).
     fn forget_failed(&mut self, run: &RunId) {
         self.writers.remove(run);
+        self.finished.remove(run);
         self.gateway.metrics().runs_refused.fetch_add(1, Ordering::Relaxed);
         match self.host.journal.rescan_run(run) {
             Ok(Some(r)) => self.host.update_run(run, |info| info.last_seq = r.file_seq),
