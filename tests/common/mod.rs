@@ -13,11 +13,14 @@ pub mod agent;
 pub mod copies;
 pub mod daemon;
 pub mod damage;
+pub mod faulty_link;
 pub mod gateway;
+pub mod hostile;
 pub mod observe;
 pub mod process;
 pub mod proxy;
 pub mod requests;
+pub mod soak_check;
 pub mod tls;
 pub mod ws;
 
