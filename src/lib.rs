@@ -32,7 +32,8 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 mod feed;
-#[doc(hidden)] pub mod fuzzing; // entry points of fuzz/ and tests/fuzz_corpora.rs (docs/fuzzing.md)
+#[doc(hidden)]
+pub mod fuzzing; // entry points of fuzz/ and tests/fuzz_corpora.rs (docs/fuzzing.md)
 pub mod gateway;
 mod hub;
 pub mod journal;

@@ -51,7 +51,7 @@ async fn an_unreadable_run_dir_at_the_gateway_does_not_hold_up_the_hosts_link() 
     let last = host_last_seq(&h, "first").await;
     wait_gateway_seq(&g, "h1", "first", last).await;
     g.stop();
-    break_run_dir(&g.events_path("h1", "first").parent().unwrap().to_owned());
+    break_run_dir(g.events_path("h1", "first").parent().unwrap());
     g.spawn();
 
     // The broken copy is moved aside; the host sends the run again, whole,
@@ -138,7 +138,7 @@ async fn a_full_gateway_acknowledges_only_what_it_stored_and_catches_up_when_spa
         || "the gateway's file to hold the whole run".to_owned(),
         || {
             let path = g.events_path("h1", "big");
-            async move { journal_lines_or_empty(&path) as u64 >= last }
+            async move { journal_lines_or_empty(&path) >= last }
         },
     )
     .await;
