@@ -140,20 +140,34 @@ impl Syntax<'_> {
                 b'\\' => {
                     let ok = match self.s.get(self.i + 1) {
                         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 2,
-                        Some(b'u')
-                            if self
-                                .s
-                                .get(self.i + 2..self.i + 6)
-                                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
-                        {
-                            6
-                        }
+                        Some(b'u') => match self.unicode_escape(self.i) {
+                            Some(len) => len,
+                            None => return false,
+                        },
                         _ => return false,
                     };
                     self.i += ok;
                 }
                 _ => return false, // a raw control character
             }
+        }
+    }
+
+    /// Bytes of the `\uXXXX` escape at `at` (12 for a surrogate pair), or
+    /// `None`: not four hex digits, or a surrogate without its other half,
+    /// which serde_json refuses.
+    fn unicode_escape(&self, at: usize) -> Option<usize> {
+        let hex = |at: usize| {
+            let digits = self.s.get(at + 2..at + 6)?;
+            if self.s.get(at..at + 2) != Some(b"\\u") || !digits.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            u16::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()
+        };
+        match hex(at)? {
+            0xD800..=0xDBFF => hex(at + 6).filter(|low| (0xDC00..=0xDFFF).contains(low)).map(|_| 12),
+            0xDC00..=0xDFFF => None,
+            _ => Some(6),
         }
     }
 
@@ -226,6 +240,12 @@ mod tests {
             br#"{"a":-01}"#,
             br#"{"a":[0,-0,0.5,-0.0e1,10,100]}"#,
             br#"{"a":00.5}"#,
+            // Lone surrogates: valid to the RFC's grammar, refused by serde_json.
+            br#"{"a":"\ud83d\ude00 \u00e9"}"#,
+            br#"{"a":"\ud83d"}"#,
+            br#"{"a":"\ude00\ud83d"}"#,
+            br#"{"a":"\ud83d\u0041"}"#,
+            br#"{"a":"\ud83d\"}"#,
             br#"{"a":"\x"}"#,
             br#"{"a":"\u12"}"#,
             b"{\"a\":\"raw\nnewline\"}",
