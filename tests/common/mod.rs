@@ -3,7 +3,8 @@
 //! - this file: one `runtap` process (`Instance`) and its readiness line.
 //! - `daemon`, `gateway`: the two programs; `process`: child processes and waits.
 //! - `ws`, `requests`: real clients; `tls`: certificates made here, TLS clients. `copies`, `agent`, `proxy`: the gateway tests' tools.
-//! - `observe`, `damage`: the probe tests' clients and damaged journals.
+//! - `observe`, `damage`: the probe tests' clients and damaged journals (and a small tmpfs).
+//! - `faulty_link`, `hostile`, `soak_check`: the soak's proxy, bad clients and invariant checker.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 // The harness is a private module of each test crate; `pub` is how its users see it.
