@@ -6,8 +6,11 @@
 # crash, hang or out-of-memory, whose input cargo-fuzz leaves in
 # fuzz/artifacts/<target>/. Without nightly or cargo-fuzz it exits 0 with a
 # SKIPPED line: tests/fuzz_corpora.rs replays the corpora on stable anyway.
+# FUZZ_FLAGS: cargo-fuzz build flags, default `-O` (optimised, as the long
+# runs); CI passes `--dev -s none`, which builds in a third of the time.
 set -euo pipefail
 seconds=${1:-15}
+read -r -a flags <<<"${FUZZ_FLAGS:--O}"
 cd "$(dirname "$0")"
 
 if ! command -v rustup >/dev/null 2>&1 || ! rustup run nightly rustc --version >/dev/null 2>&1; then
@@ -31,14 +34,14 @@ fi
 export TMPDIR
 trap 'rm -rf "$TMPDIR"' EXIT
 
-cargo +nightly fuzz build -O
+cargo +nightly fuzz build "${flags[@]}"
 for target in $(cargo +nightly fuzz list); do
     work="target/corpus/$target"
     log="target/$target.log"
     mkdir -p "$work"
     echo "== $target: ${seconds}s"
     # -rss_limit_mb catches unbounded allocation, -timeout a hang on one input.
-    if ! cargo +nightly fuzz run -O "$target" "$work" "corpus/$target" -- \
+    if ! cargo +nightly fuzz run "${flags[@]}" "$target" "$work" "corpus/$target" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
         tail -n 40 "$log"
         echo "FAILED: $target (its input is in fuzz/artifacts/$target/, the log in fuzz/$log)"
