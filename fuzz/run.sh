@@ -7,7 +7,7 @@
 # fuzz/artifacts/<target>/. Without nightly or cargo-fuzz it exits 0 with a
 # SKIPPED line: tests/fuzz_corpora.rs replays the corpora on stable anyway.
 # FUZZ_FLAGS: cargo-fuzz build flags, default `-O` (optimised, as the long
-# runs); CI passes `--dev -s none`, which builds in a third of the time.
+# runs); CI passes `--dev -s none`, a smoke test that builds with less work.
 set -euo pipefail
 seconds=${1:-15}
 read -r -a flags <<<"${FUZZ_FLAGS:--O}"
