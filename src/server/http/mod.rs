@@ -140,16 +140,18 @@ async fn refuse(mut stream: TcpStream, _guard: ConnGuard, _refusing: Refusing) {
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{body}",
         body.len()
     );
-    // Write, half-close, then drain what the client sent: closing with its
-    // request unread would reset the connection and lose the 503.
-    let _ = tokio::time::timeout(REFUSE_LINGER, async {
-        stream.write_all(resp.as_bytes()).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while stream.read(&mut sink).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
+    let _ = tokio::time::timeout(REFUSE_LINGER, answer_and_close(&mut stream, &resp)).await;
+}
+
+/// Writes a whole plain-HTTP answer, half-closes, then drains what the
+/// client sent: closing with its request unread would reset the
+/// connection and lose the answer. The caller bounds it in time.
+async fn answer_and_close(stream: &mut TcpStream, resp: &str) -> std::io::Result<()> {
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 1024];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
 }
 
 /// How long an HTTP connection may stay open: `handshake_timeout` from its

@@ -2,7 +2,6 @@
 //! health check written for the plain port): it is told, in plain HTTP,
 //! to use `https://`, instead of a TLS alert it cannot read.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The first byte of every TLS connection: a handshake record (RFC 8446 §5.1).
@@ -16,20 +15,13 @@ pub(super) async fn starts_like_tls(stream: &TcpStream) -> std::io::Result<bool>
     Ok(n == 1 && first[0] == HANDSHAKE_RECORD)
 }
 
-/// A 400 in plain HTTP, then close (after draining, as a refusal does, so
-/// the answer is not lost to a reset).
+/// A 400 in plain HTTP, then close (within the handshake deadline the
+/// caller sets).
 pub(super) async fn refuse_plain(mut stream: TcpStream) {
     let body = r#"{"code":"tls-required","message":"this port speaks TLS only: use https:// or wss://"}"#;
     let resp = format!(
         "HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    let _ = async {
-        stream.write_all(resp.as_bytes()).await?;
-        stream.shutdown().await?;
-        let mut sink = [0u8; 1024];
-        while stream.read(&mut sink).await? > 0 {}
-        Ok::<_, std::io::Error>(())
-    }
-    .await;
+    let _ = super::answer_and_close(&mut stream, &resp).await;
 }
