@@ -52,6 +52,7 @@ export class LogView {
     this.rows = []; // {kind:'line', segs, no, step} | {kind:'step', step} | {kind:'note', text, level, step}
     this.visible = []; // indices into rows
     this.steps = new Map(); // stepId -> {id, name, status, duration, collapsed}
+    this.stepEls = new Map(); // stepId -> its header element, kept across renders
     this.current = []; // segments of the line being written
     this.lines = 0;
     this.follow = true;
@@ -241,23 +242,33 @@ export class LogView {
     return el;
   }
 
+  /**
+   * A step's header is one element for the life of the view, updated in
+   * place: a live run re-renders often, and a header rebuilt between a
+   * press and its release would swallow the click on its toggle.
+   */
   stepElement(step) {
-    const el = document.createElement('div');
+    let el = this.stepEls.get(step.id);
+    if (!el) {
+      el = document.createElement('div');
+      el.dataset.step = step.id;
+      const btn = document.createElement('button');
+      btn.className = 'toggle';
+      btn.type = 'button';
+      btn.addEventListener('click', () => this.toggleStep(step.id));
+      const name = document.createElement('span');
+      name.className = 'name';
+      const status = document.createElement('span');
+      status.className = 'step-status';
+      el.append(btn, name, status);
+      this.stepEls.set(step.id, el);
+    }
+    const [btn, name, status] = el.children;
     el.className = `row step ${step.status}${step.collapsed ? ' collapsed' : ''}`;
-    el.dataset.step = step.id;
-    const btn = document.createElement('button');
-    btn.className = 'toggle';
-    btn.type = 'button';
     btn.textContent = step.collapsed ? '▸' : '▾';
     btn.setAttribute('aria-expanded', String(!step.collapsed));
-    btn.addEventListener('click', () => this.toggleStep(step.id));
-    const name = document.createElement('span');
-    name.className = 'name';
     name.textContent = step.name;
-    const status = document.createElement('span');
-    status.className = 'step-status';
     status.textContent = step.status + (step.duration !== null ? ` · ${formatMs(step.duration)}` : '');
-    el.append(btn, name, status);
     return el;
   }
 }
