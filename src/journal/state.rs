@@ -129,6 +129,14 @@ impl HealthBook {
         self.set().insert(run.clone())
     }
 
+    /// The run's writer, in another process (its shim), stopped writing
+    /// the file (a full disk): degraded, and its lines read checked.
+    pub fn writer_degraded(&self, run: &RunId) {
+        if self.mark(run) {
+            self.set_written_from(run, None);
+        }
+    }
+
     pub(super) fn forget(&self, run: &RunId) {
         self.set().remove(run);
         self.written().remove(run);

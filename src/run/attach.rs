@@ -55,6 +55,8 @@ pub(super) struct Attach<O> {
     /// Cancelled at a shutdown that leaves runs running.
     pub detach: CancellationToken,
     pub tail: Tail,
+    /// The last seq read from the file.
+    pub read_seq: u64,
     /// The job's process group, once known.
     pub pgid: Option<u32>,
     /// The shim, when this daemon started it (so it is ours to reap).
@@ -220,6 +222,11 @@ impl<O: Observer> Attach<O> {
         }
         let ended = self.publish_to(Some(mark.offset));
         s.awaiting_idle = true;
+        if self.read_seq < mark.seq {
+            // Seqs handed out that the file does not hold: the shim's
+            // writes failed. Live readers see the hole as a gap.
+            self.journal.health.writer_degraded(&self.run_id);
+        }
         if ended || !mark.done {
             return ended;
         }
@@ -249,6 +256,9 @@ impl<O: Observer> Attach<O> {
             .filter_map(|f| serde_json::from_slice::<Event>(f.bytes()).ok()?.status_change())
             .collect();
         let last = changes.iter().any(|c| c.status.is_some_and(RunStatus::is_final));
+        if let Some(frame) = read.frames.last() {
+            self.read_seq = frame.seq;
+        }
         self.publisher.publish(Batch { frames: read.frames, last });
         for change in &changes {
             if change.status == Some(RunStatus::Running) {

@@ -94,3 +94,35 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     }
     Ok(done)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    #[test]
+    fn reads_complete_lines_up_to_the_mark_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut w = std::fs::File::create(&path).unwrap();
+        let line =
+            |seq: u64, kind: &str| format!("{{\"runId\":\"r\",\"seq\":{seq},\"type\":\"{kind}\",\"data\":\"x\"}}\n");
+        let (a, b) = (line(1, "status"), line(2, "stdout"));
+        write!(w, "{a}{b}").unwrap();
+        // Half of the third line: a write in progress.
+        let c = line(3, "stdout");
+        w.write_all(&c.as_bytes()[..10]).unwrap();
+        let mut tail = Tail::new(std::fs::File::open(&path).unwrap(), 0);
+        let first = tail.read(Some(a.len() as u64)).unwrap();
+        assert_eq!(first.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), [1]);
+        assert_eq!(first.statuses.len(), 1);
+        let rest = tail.read(None).unwrap();
+        assert_eq!(rest.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), [2], "the torn line waits");
+        assert!(rest.statuses.is_empty());
+        w.write_all(&c.as_bytes()[10..]).unwrap();
+        let last = tail.read(None).unwrap();
+        assert_eq!(last.frames.iter().map(|f| f.seq).collect::<Vec<_>>(), [3]);
+        assert_eq!(last.frames[0].bytes(), c.trim_end().as_bytes());
+    }
+}
