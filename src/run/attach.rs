@@ -186,6 +186,12 @@ impl<O: Observer> Attach<O> {
                 line = lines.next() => {
                     let mark = match line.map(|l| l.map(|l| serde_json::from_str::<FromShim>(&l))) {
                         Some(Ok(Ok(FromShim::Mark { mark }))) => mark,
+                        Some(Ok(Ok(FromShim::Events { lines }))) => {
+                            if self.publish_unwritten(lines) {
+                                return End::Done;
+                            }
+                            continue;
+                        }
                         Some(Ok(other)) => {
                             tracing::warn!(run_id = %self.run_id, line = ?other, "unexpected line from the run's shim");
                             continue;
@@ -222,7 +228,7 @@ impl<O: Observer> Attach<O> {
         }
         let ended = self.publish_to(Some(mark.offset));
         s.awaiting_idle = true;
-        if self.read_seq < mark.seq {
+        if mark.degraded || self.read_seq < mark.seq {
             // Seqs handed out that the file does not hold: the shim's
             // writes failed. Live readers see the hole as a gap.
             self.journal.health.writer_degraded(&self.run_id);
@@ -243,13 +249,36 @@ impl<O: Observer> Attach<O> {
     /// Reads and publishes complete lines up to `upto` (the file's end
     /// with `None`); true if they held the final status.
     fn publish_to(&mut self, upto: Option<u64>) -> bool {
-        let read = match self.tail.read(upto) {
-            Ok(read) => read,
+        match self.tail.read(upto) {
+            Ok(read) => self.publish(read),
             Err(error) => {
                 tracing::error!(run_id = %self.run_id, %error, "cannot read the run's journal");
-                return false;
+                false
             }
-        };
+        }
+    }
+
+    /// Publishes events the shim sent because its journal could not keep
+    /// them (a full disk): live readers still get them.
+    fn publish_unwritten(&mut self, lines: Vec<String>) -> bool {
+        self.journal.health.writer_degraded(&self.run_id);
+        let mut read = super::tail::Read::default();
+        for line in lines {
+            let Some(seq) = crate::journal::line_seq(line.as_bytes()).filter(|&seq| seq > self.read_seq) else {
+                continue;
+            };
+            let frame = crate::event::Frame { seq, json: line.into() };
+            if crate::event::EventType::of_line(frame.bytes()) == Some(crate::event::EventType::Status) {
+                read.statuses.push(frame.clone());
+            }
+            read.frames.push(frame);
+        }
+        self.publish(read)
+    }
+
+    /// Publishes frames in one batch, then tells the table of the status
+    /// changes among them; true if one was final.
+    fn publish(&mut self, read: super::tail::Read) -> bool {
         let changes: Vec<StatusChange> = read
             .statuses
             .iter()

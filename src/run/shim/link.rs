@@ -7,7 +7,8 @@
 //! can never hold up the job. One daemon is attached at a time: a new
 //! connection (a restarted daemon) replaces the old one.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::StreamExt as _;
 use tokio::io::AsyncWriteExt as _;
@@ -15,37 +16,86 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
-use super::wire::{self, FromShim, MAX_LINE, Mark, ToShim};
-use crate::event::Batch;
+use super::wire::{self, FromShim, MAX_EVENTS_BYTES, MAX_LINE, Mark, ToShim};
+use crate::event::{Batch, Frame};
 use crate::hub::Delivered;
 use crate::journal::RunWriter;
 use crate::run::supervisor::{Control, Sink};
+
+/// Events a degraded journal could not keep, held for the attached
+/// daemon's live readers, at most this much (the oldest go first: a
+/// gap for live readers too, rather than unbounded memory).
+const UNWRITTEN_MAX: usize = 8 * 1024 * 1024;
+
+/// What the file lacks, waiting to be sent.
+#[derive(Default)]
+pub(super) struct Unwritten {
+    frames: VecDeque<Frame>,
+    bytes: usize,
+}
+
+impl Unwritten {
+    fn push(&mut self, frames: Vec<Frame>) {
+        for frame in frames {
+            self.bytes += frame.bytes().len();
+            self.frames.push_back(frame);
+        }
+        while self.bytes > UNWRITTEN_MAX {
+            let Some(old) = self.frames.pop_front() else { break };
+            self.bytes -= old.bytes().len();
+        }
+    }
+
+    /// The next message's worth, as JSON strings.
+    fn take(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut size = 0;
+        while size < MAX_EVENTS_BYTES {
+            let Some(frame) = self.frames.pop_front() else { break };
+            self.bytes -= frame.bytes().len();
+            size += frame.bytes().len();
+            lines.push(frame.json.as_str().to_owned());
+        }
+        lines
+    }
+}
+
+pub(super) type Shared = Arc<Mutex<Unwritten>>;
 
 /// The supervisor's end: a [`Sink`] that publishes marks.
 pub(super) struct Link {
     marks: watch::Sender<Mark>,
     delivered: Arc<Delivered>,
     bad_lines: u64,
+    unwritten: Shared,
+    attached: Arc<watch::Sender<Attached>>,
 }
 
 impl Link {
-    pub(super) fn new() -> (Link, watch::Receiver<Mark>, Arc<Delivered>) {
+    pub(super) fn new(attached: Arc<watch::Sender<Attached>>) -> (Link, watch::Receiver<Mark>, Arc<Delivered>, Shared) {
         let (marks, rx) = watch::channel(Mark::default());
         let delivered = Arc::<Delivered>::default();
-        (Link { marks, delivered: delivered.clone(), bad_lines: 0 }, rx, delivered)
+        let unwritten = Shared::default();
+        let link = Link { marks, delivered: delivered.clone(), bad_lines: 0, unwritten: unwritten.clone(), attached };
+        (link, rx, delivered, unwritten)
     }
 
     fn mark(&self, writer: &RunWriter, done: bool) -> Mark {
-        Mark { seq: writer.last_seq(), offset: writer.offset(), done, bad_lines: self.bad_lines }
+        let (seq, offset, degraded) = (writer.last_seq(), writer.offset(), writer.is_degraded());
+        Mark { seq, offset, done, bad_lines: self.bad_lines, degraded }
     }
 }
 
 impl Sink for Link {
     fn written(&mut self, batch: Batch, writer: &RunWriter) {
-        if !batch.frames.is_empty() {
-            self.delivered.remote_written();
-            self.marks.send_replace(self.mark(writer, false));
+        if batch.frames.is_empty() {
+            return;
         }
+        if writer.is_degraded() && self.attached.borrow().daemon {
+            lock(&self.unwritten).push(batch.frames);
+        }
+        self.delivered.remote_written();
+        self.marks.send_replace(self.mark(writer, false));
     }
 
     fn done(&mut self, writer: &RunWriter) {
@@ -91,6 +141,7 @@ pub(super) async fn serve(
     control: mpsc::UnboundedSender<Control>,
     delivered: Arc<Delivered>,
     attached: Arc<watch::Sender<Attached>>,
+    unwritten: Shared,
 ) {
     let mut current: Option<tokio::task::JoinHandle<()>> = None;
     loop {
@@ -107,7 +158,9 @@ pub(super) async fn serve(
         }
         tracing::info!(run_id = %me.run_id, "daemon attached");
         attached.send_replace(Attached { daemon: true, told_done: false });
-        let session = session(stream, me.clone(), marks.clone(), control.clone(), delivered.clone());
+        // What a previous daemon was not sent is a gap: its readers are gone.
+        *lock(&unwritten) = Unwritten::default();
+        let session = session(stream, me.clone(), marks.clone(), control.clone(), delivered.clone(), unwritten.clone());
         let attached = attached.clone();
         current = Some(tokio::spawn(async move {
             let told_done = session.await;
@@ -122,6 +175,7 @@ async fn session(
     mut marks: watch::Receiver<Mark>,
     control: mpsc::UnboundedSender<Control>,
     delivered: Arc<Delivered>,
+    unwritten: Shared,
 ) -> bool {
     let (rd, mut wr) = stream.into_split();
     let mut lines = FramedRead::new(rd, LinesCodec::new_with_max_length(MAX_LINE));
@@ -138,6 +192,16 @@ async fn session(
                     break;
                 }
                 let mark = *marks.borrow_and_update();
+                // What the file lacks goes first: the mark's status may be among it.
+                loop {
+                    let lines = lock(&unwritten).take();
+                    if lines.is_empty() {
+                        break;
+                    }
+                    if wr.write_all(&wire::line(&FromShim::Events { lines })).await.is_err() {
+                        return false;
+                    }
+                }
                 if wr.write_all(&wire::line(&FromShim::Mark { mark })).await.is_err() {
                     break;
                 }
@@ -165,4 +229,9 @@ async fn session(
     delivered.remote_idle(0);
     tracing::debug!(run_id = %me.run_id, told_done, "daemon session over");
     told_done
+}
+
+fn lock(u: &Shared) -> MutexGuard<'_, Unwritten> {
+    // Plain data: a panic elsewhere cannot leave it half-updated.
+    u.lock().unwrap_or_else(|p| p.into_inner())
 }

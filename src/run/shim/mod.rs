@@ -97,10 +97,10 @@ async fn shim(launch: Launch) -> Result<(), String> {
         Record { version: wire::VERSION, pid: me.pid, boot_id: record::boot_id(), socket: launch.socket.clone() };
     record.write(&journal.run_dir(&run_id)).map_err(|e| format!("write supervisor.json: {e}"))?;
     let reaper = Reaper::new().map_err(|e| format!("SIGCHLD: {e}"))?;
-    let (link, marks, delivered) = Link::new();
-    let (control_tx, control) = mpsc::unbounded_channel();
     let attached = Arc::new(watch::Sender::new(Attached::default()));
-    let serve = link::serve(listener, me, marks, control_tx.clone(), delivered, attached.clone());
+    let (link, marks, delivered, unwritten) = Link::new(attached.clone());
+    let (control_tx, control) = mpsc::unbounded_channel();
+    let serve = link::serve(listener, me, marks, control_tx.clone(), delivered, attached.clone(), unwritten);
     let serving = tokio::spawn(serve);
     let signals = tokio::spawn(forward_signals(control_tx));
     say_ready().map_err(|e| format!("tell the daemon: {e}"))?;

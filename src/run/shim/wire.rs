@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 pub(crate) const VERSION: u32 = 1;
 /// The shim versions this build's daemon can take runs back from.
 pub(crate) const ATTACHES_TO: &[u32] = &[1];
-/// Longest line either side accepts (a cancel reason is at most 1 KiB).
-pub(crate) const MAX_LINE: usize = 64 * 1024;
+/// Longest line either side accepts: an `events` message of at most
+/// [`MAX_EVENTS_BYTES`] of events, escaped into JSON strings.
+pub(crate) const MAX_LINE: usize = 16 * 1024 * 1024;
+/// Events carried in one `events` message, at most (then another follows).
+pub(crate) const MAX_EVENTS_BYTES: usize = 2 * 1024 * 1024;
 
 /// How far the run's journal is written: every event up to `seq` is in
 /// the events file below `offset` (unless the journal is degraded, when
@@ -31,6 +34,10 @@ pub(crate) struct Mark {
     /// Lines the job's events channel dropped so far (for `/metrics`).
     #[serde(default)]
     pub bad_lines: u64,
+    /// The events file stopped short (a write failed): what it lacks comes
+    /// in `events` messages while a daemon is attached.
+    #[serde(default)]
+    pub degraded: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -41,6 +48,9 @@ pub(crate) enum FromShim {
     Hello { version: u32, run_id: String, pid: u32, mark: Mark },
     /// The journal grew (sent as it grows; a newer mark replaces an unsent one).
     Mark { mark: Mark },
+    /// Events the journal could not keep (its disk is full), for live
+    /// readers: what the file would have held, one JSON line each.
+    Events { lines: Vec<String> },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
