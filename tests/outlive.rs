@@ -48,9 +48,11 @@ async fn run_info(d: &Daemon, id: &str) -> Value {
     run
 }
 
-/// Complete lines in a run's journal file now.
+/// Complete lines (events) in a run's journal file now; counted, not
+/// parsed: the first test's journal grows by megabytes a second.
 fn journaled(d: &Daemon, id: &str) -> u64 {
-    journal_lines_lenient(&host_journal_path(d, id)).len() as u64
+    let bytes = std::fs::read(host_journal_path(d, id)).unwrap_or_default();
+    bytes.iter().filter(|&&b| b == b'\n').count() as u64
 }
 
 /// Waits until the daemon publishes events of a run beyond the `journaled`
