@@ -74,6 +74,19 @@ async fn wait_taken_back(d: &Daemon, id: &str, journaled: u64) -> Value {
     }
 }
 
+/// Waits until GET /runs/ID shows a final status, and returns it.
+async fn wait_row_final(d: &Daemon, id: &str) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let run = run_info(d, id).await;
+        if !matches!(run["status"].as_str(), Some("running" | "queued")) {
+            return run;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not end: {run}\n{}", d.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The bytes of a run's stdout events, in order.
 fn stdout_of(events: &[Event]) -> Vec<u8> {
     events.iter().filter(|e| e.kind == EventType::Stdout).flat_map(|e| e.output_bytes().unwrap()).collect()
@@ -161,8 +174,15 @@ async fn kill9_mid_output_the_job_goes_on_and_no_byte_or_seq_is_lost() {
     let last_seen = before.events.last().unwrap().seq;
     assert_eq!(before.seqs(), (1..=last_seen).collect::<Vec<_>>(), "the subscriber before the crash");
 
-    // The job writes on while no daemon runs.
+    // The job writes on while no daemon runs: many times what a pipe holds
+    // (64 KiB), journaled.
     let at_kill = journaled(&d, "firehose");
+    let size = || std::fs::metadata(&tee).map(|m| m.len()).unwrap_or(0);
+    let tee_at_kill = size();
+    wait_for(
+        || format!("the job to write 1 MiB more with no daemon running (it wrote {} bytes)", size() - tee_at_kill),
+        || size() > tee_at_kill + 1024 * 1024,
+    );
     wait_for(
         || format!("the journal to grow past {at_kill} events with no daemon running"),
         || journaled(&d, "firehose") > at_kill + 10,
@@ -200,9 +220,11 @@ async fn kill9_mid_output_the_job_goes_on_and_no_byte_or_seq_is_lost() {
     };
     let written = std::fs::read(&tee).unwrap();
     let got = stdout_of(&all);
+    let span = |e: &Event| chrono::DateTime::parse_from_rfc3339(&e.timestamp).unwrap();
     println!(
-        "firehose: {count} lines, {} bytes in {n} events, checksum {:016x}; the journal had {at_kill} events at the kill, {at_restart} at the restart; longest write gap {max_gap:.3} s",
+        "firehose: {count} lines, {} bytes in {n} events over {:?}, checksum {:016x}; the journal had {at_kill} events at the kill, {at_restart} at the restart; longest write gap {max_gap:.3} s",
         written.len(),
+        (span(&all[n as usize - 1]) - span(&all[0])).to_std().unwrap(),
         fnv1a(&written)
     );
     assert_eq!(
@@ -705,13 +727,62 @@ async fn disk_full_while_the_daemon_is_down_never_blocks_the_job() {
     std::fs::remove_file(d.state_dir().join("filler")).unwrap();
     d.spawn();
     touch(&stop);
-    let fin = d.wait_final("diskfull").await;
-    assert_eq!((fin.status(), fin.exit_code), (Some(RunStatus::Failed), Some(4)), "{fin:?}");
-    let run = run_info(&d, "diskfull").await;
+    // Not `wait_final`: the final status is in the journal's hole (the file
+    // stays as it was when the disk filled), so a subscriber that comes
+    // after the end gets the gap and `end`, no status event; the run's row
+    // has it.
+    let run = wait_row_final(&d, "diskfull").await;
     assert_eq!((run["status"].as_str(), run["exitCode"].as_i64()), (Some("failed"), Some(4)), "{run}");
+    let ps = d.run(&["ps", "--json"]);
+    let rows: Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["runId"] == "diskfull").unwrap().clone();
+    assert_eq!((row["status"].as_str(), row["exitCode"].as_i64()), (Some("failed"), Some(4)), "{row}");
+    assert_eq!(run["journal"], "degraded", "the journal lost output to the full disk: {run}");
+    // History: what the file kept, the hole as a journal-gap, and its end.
     let history = unix_seen(&d.socket(), "diskfull", 0, false, WAIT).await;
     println!("history: {} events, gaps {:?}", history.seqs.len(), history.gaps);
-    assert_eq!(run["journal"], "degraded", "the journal lost output to the full disk: {run}");
+    assert!(history.ended && history.errors.is_empty() && history.invalid.is_empty(), "{history:?}");
+    assert!(!history.gaps.is_empty(), "the full disk's hole is not reported: {:?}", history.seqs);
+    let last = run["lastSeq"].as_u64().unwrap();
+    let mut covered: Vec<u64> = history.seqs.iter().copied().chain(history.gap_seqs()).collect();
+    covered.sort_unstable();
+    assert_eq!(covered, (1..=last).collect::<Vec<_>>(), "events and gaps do not cover 1..={last} once each");
+    drop(d);
+    drop(disk);
+}
+
+/// Beyond the list: docs/bad-input.md's promise for a disk that
+/// fills up mid-run, now with a shim between the job and the daemon: the
+/// job is never blocked and live subscribers get everything (only history
+/// gets a journal-gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_while_attached_live_subscribers_still_get_everything() {
+    if !is_root() {
+        println!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let disk;
+    let mut d = Daemon::prepare("");
+    disk = Tmpfs::mount(&d.state_dir(), "2m");
+    d.spawn();
+    let mut live = UnixConn::open(&d.socket()).await;
+    live.call(&serde_json::json!({"type": "subscribe", "runId": "full-live", "since": 0, "follow": true})).await;
+    // 4 MB of output into a 2 MB state dir.
+    launch_args(&d, "full-live", &sh("head -c 4000000 /dev/zero | tr '\\0' x; echo done"));
+    let mut seen = Seen::default();
+    live.collect(&mut seen, WAIT).await;
+    assert!(seen.ended, "the live subscriber never got the end: {:?}", seen.seqs);
+    let history = unix_seen(&d.socket(), "full-live", 0, false, WAIT).await;
+    assert!(!history.gaps.is_empty(), "the disk was meant to fill up: {:?}", history.seqs);
+    let stdout: String =
+        seen.events.iter().filter(|e| e["type"] == "stdout").filter_map(|e| e["data"].as_str()).collect();
+    assert!(
+        seen.gaps.is_empty() && stdout.len() == 4_000_005 && stdout.ends_with("xdone\n"),
+        "a live subscriber lost output to the full disk: {} of 4000005 bytes, gaps {:?}",
+        stdout.len(),
+        seen.gaps
+    );
+    assert_eq!(seen.last_status(), Some("succeeded"));
     drop(d);
     drop(disk);
 }
