@@ -595,6 +595,14 @@ async fn fifty_runs_through_three_restarts_leave_no_fd_zombie_or_shim() {
         d.wait_running(id).await;
     }
     let shims: Vec<u32> = ids.iter().map(|id| shim_pid(&d, id)).collect();
+    // What the end checks look for is there to be found while the runs are.
+    let marker = d.dir.path().to_owned();
+    let mut found = marked_shims(&marker);
+    found.sort_unstable();
+    let mut want = shims.clone();
+    want.sort_unstable();
+    assert_eq!(found, want, "the shims found by the test's marker are not supervisor.json's");
+    assert_eq!(shim_sockets(&d).len(), RUNS, "{:?}", shim_sockets(&d));
     println!("50 runs: daemon fds {baseline} idle, {} with the runs", fd_count(d.pid()));
 
     for round in 0..3 {
@@ -644,7 +652,6 @@ async fn fifty_runs_through_three_restarts_leave_no_fd_zombie_or_shim() {
         assert_gap_free(id, &journal(&host_journal_path(&d, id)));
     }
 
-    let marker = d.dir.path().to_owned();
     wait_for(
         || {
             let left: Vec<u32> = shims.iter().copied().filter(|&s| alive(s)).collect();
