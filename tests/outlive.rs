@@ -673,6 +673,17 @@ async fn fifty_runs_through_three_restarts_leave_no_fd_zombie_or_shim() {
 // ---------------------------------------------------------------------------
 // 9. Disk full while the daemon is down: the job is never blocked.
 
+/// Waits until the run's state record (`STATE/runs/ID/state`, which its
+/// shim writes) says its journal is degraded: the disk did fill up.
+fn wait_shim_degraded(d: &Daemon, id: &str) {
+    let path = d.state_dir().join("runs").join(id).join("state");
+    let read = || std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Value>(b.trim_ascii_end()).ok());
+    wait_for(
+        || format!("the disk to fill up under run {id}: its state record {:?}", read()),
+        || read().is_some_and(|s| s["journal"] == "degraded"),
+    );
+}
+
 /// The last number a job appended to its progress file.
 fn progress(p: &Path) -> u64 {
     let t = std::fs::read_to_string(p).unwrap_or_default();
@@ -790,6 +801,85 @@ async fn disk_full_while_attached_live_subscribers_still_get_everything() {
         seen.gaps
     );
     assert_eq!(seen.last_status(), Some("succeeded"));
+    drop(d);
+    drop(disk);
+}
+
+/// Beyond the list: the race that the disk-full test above can
+/// lose, made certain. A run whose journal is degraded (so its events file
+/// will never hold its final status; the shim's state record does) ends
+/// while the restarted daemon cannot reach its shim: its socket is removed,
+/// so the daemon retries for as long as the shim holds the journal. Once
+/// the shim is gone the run must be closed with its exit code, not left
+/// `running`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_run_that_ends_while_its_shim_is_unreachable_is_closed_with_its_exit_code() {
+    if !is_root() {
+        println!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let disk;
+    let mut d = Daemon::prepare("");
+    disk = Tmpfs::mount(&d.state_dir(), "2m");
+    d.spawn();
+    let files = tempfile::tempdir().unwrap();
+    let stop = files.path().join("stop");
+    let script = format!(
+        "head -c 3000000 /dev/zero | tr '\\0' x; while [ ! -e {} ]; do sleep 0.02; done; exit 6",
+        stop.display()
+    );
+    launch_args(&d, "unreachable", &sh(&script));
+    d.wait_running("unreachable").await;
+    wait_shim_degraded(&d, "unreachable");
+    let shim = shim_pid(&d, "unreachable");
+    let socket = supervisor(&d.state_dir(), "unreachable").unwrap()["socket"].as_str().unwrap().to_owned();
+    d.kill9();
+    std::fs::remove_file(&socket).unwrap();
+    disk.resize("64m");
+    d.spawn();
+    touch(&stop);
+    wait_dead(shim, "the shim of the ended run");
+    let run = wait_row_final(&d, "unreachable").await;
+    assert_eq!((run["status"].as_str(), run["exitCode"].as_i64()), (Some("failed"), Some(6)), "{run}");
+    drop(d);
+    drop(disk);
+}
+
+/// Beyond the list: docs/bad-input.md (18.3) says a degraded
+/// journal is reported live, not only after the run: with the daemon
+/// attached to the run's shim, GET /runs/ID and /healthz must say so while
+/// the run is still going.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_while_attached_the_journal_is_reported_degraded_while_the_run_goes_on() {
+    if !is_root() {
+        println!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let disk;
+    let mut d = Daemon::prepare("");
+    disk = Tmpfs::mount(&d.state_dir(), "2m");
+    d.spawn();
+    let files = tempfile::tempdir().unwrap();
+    let stop = files.path().join("stop");
+    let script =
+        format!("head -c 3000000 /dev/zero | tr '\\0' x; while [ ! -e {} ]; do sleep 0.02; done", stop.display());
+    launch_args(&d, "degraded-live", &sh(&script));
+    d.wait_running("degraded-live").await;
+    wait_shim_degraded(&d, "degraded-live");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let run = run_info(&d, "degraded-live").await;
+        assert_eq!(run["status"], "running", "{run}");
+        if run["journal"] == "degraded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run's journal is degraded, GET /runs says: {run}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let health = healthz(&d).await;
+    assert!(health["degradedRuns"].as_u64() >= Some(1), "/healthz counts no degraded run: {health}");
+    touch(&stop);
+    wait_row_final(&d, "degraded-live").await;
     drop(d);
     drop(disk);
 }
