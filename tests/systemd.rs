@@ -82,11 +82,10 @@ fn notify_ready_watchdog_reload_stopping() {
     assert!(wait_child(&mut child, WAIT).unwrap().success());
 }
 
-/// With `runs.on_shutdown = "cancel"`; the default, "detach", leaves the
-/// runs running (tests/outlive.rs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cancels_active_runs_and_closes_websockets_with_1001() {
-    let mut d = Daemon::start_with("[runs]\non_shutdown = \"cancel\"\ngrace_period = \"2s\"\n");
+    // The `cancel` policy (the default, `detach`, is tests/outlive.rs's).
+    let mut d = Daemon::start_with("[runs]\ngrace_period = \"2s\"\non_shutdown = \"cancel\"\n");
     let t = d.token();
     d.run(&["run", "--detach", "--id", "victim", "--", "sh", "-c", "echo working; sleep 1000"]);
     let pgid = d.wait_running("victim").await;

@@ -225,7 +225,11 @@ impl<O: Observer> Attach<O> {
         }
         // Done, but the final status is not in the file: the journal is
         // degraded (a full disk); the state record has it.
-        self.finish_from_record(mark.seq);
+        match self.journal.rescan_run(&self.run_id) {
+            Ok(Some(run)) => self.publish_recorded_end(run),
+            Ok(None) => {}
+            Err(error) => tracing::error!(run_id = %self.run_id, %error, "cannot read the run's state record"),
+        }
         true
     }
 
@@ -255,14 +259,14 @@ impl<O: Observer> Attach<O> {
         last
     }
 
-    fn finish_from_record(&mut self, seq: u64) {
-        let Ok(Some(run)) = self.journal.rescan_run(&self.run_id) else { return };
+    /// Publishes the final status that only the state record kept (the
+    /// events file was full), rebuilt as an event.
+    fn publish_recorded_end(&mut self, run: crate::journal::RecoveredRun) {
         let info = crate::run_info::RunInfo::recovered(run);
-        let Some(mut event) = info.final_event() else { return };
-        event.seq = seq;
+        let Some(event) = info.final_event() else { return };
         let Some(change) = event.status_change() else { return };
         if let Ok(json) = serde_json::to_string(&event) {
-            let frame = crate::event::Frame { seq, json: json.into() };
+            let frame = crate::event::Frame { seq: event.seq, json: json.into() };
             self.publisher.publish(Batch { frames: vec![frame], last: true });
         }
         self.observer.on_status(&self.run_id, &change);
@@ -322,7 +326,11 @@ impl<O: Observer> Attach<O> {
         let closed = self.journal.rescan_run(&self.run_id).and_then(|run| match run {
             Some(mut run) => {
                 // What the torn tail cut left, then the final status.
-                if self.publish_to(Some(run.offset)) || run.status.is_final() {
+                if self.publish_to(Some(run.offset)) {
+                    return Ok(None);
+                }
+                if run.status.is_final() {
+                    self.publish_recorded_end(run);
                     return Ok(None);
                 }
                 self.journal.close_run(&mut run, change.clone()).map(Some)
