@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::soak_check::journal_lines_lenient;
 use common::*;
 use runtap::event::RunStatus;
 // ---------------------------------------------------------------------------
@@ -56,24 +57,39 @@ async fn gateway_kill9_mid_run_then_restart_ends_with_equal_copies() {
 }
 
 // ---------------------------------------------------------------------------
-// 3. kill -9 a daemon mid-run, restart it on the same state dir.
+// 3. kill -9 a daemon mid-run, restart it on the same state dir. Its runs
+// go on meanwhile (issue 15: each has its own supervisor, which journals
+// while no daemon runs); one whose supervisor is killed too, as in a host
+// crash, is closed `lost` by the restarted daemon. The gateway gets all of
+// both, and the runs after.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn daemon_kill9_mid_run_gateway_gets_the_lost_run_and_later_runs() {
+async fn daemon_kill9_mid_run_gateway_gets_the_runs_across_it_and_later_runs() {
     let gw = Gateway::start();
     let mut h1 = gw.start_host("h1");
     let h2 = gw.start_host("h2");
     let tmp = tempfile::tempdir().unwrap();
     let stop = tmp.path().join("stop");
 
+    launch(&h1, "survivor", &producer(&stop));
     launch(&h1, "doomed", &producer(&stop));
     launch(&h2, "bystander", &producer(&stop));
+    wait_gateway_seq(&gw, "h1", "survivor", 20).await;
     wait_gateway_seq(&gw, "h1", "doomed", 20).await;
+    let doomed_shim = shim_pid(&h1, "doomed");
 
     h1.kill9();
+    signal(doomed_shim as i32, nix::sys::signal::Signal::SIGKILL);
     wait_connected(&gw, "h1", false).await;
-    let held = gw_run(&gw, "h1", "doomed").await.unwrap();
+    let held = gw_run(&gw, "h1", "survivor").await.unwrap();
     assert_eq!(held["status"], "running", "the gateway cannot know yet: {held}");
+    // The survivor writes on, journaled with no daemon running.
+    let survivor_path = host_journal_path(&h1, "survivor");
+    let at_kill = journal_lines_lenient(&survivor_path).len();
+    wait_for(
+        || format!("the survivor's journal to grow past {at_kill} + 50 lines while h1 is down"),
+        || journal_lines_lenient(&survivor_path).len() >= at_kill + 50,
+    );
 
     h1.spawn();
     let lost = h1.wait_final("doomed").await;
@@ -81,8 +97,11 @@ async fn daemon_kill9_mid_run_gateway_gets_the_lost_run_and_later_runs() {
     let out = h1.run(&["run", "--id", "after", "--", "sh", "-c", "echo after the restart"]);
     assert!(out.status.success(), "{out:?}");
     touch(&stop);
+    assert_eq!(h1.wait_final("survivor").await.status(), Some(RunStatus::Succeeded));
     h2.wait_final("bystander").await;
 
+    let survivor = assert_same_copy(&gw, "h1", &h1, "survivor").await;
+    assert!(survivor.len() > at_kill + 50, "the events journaled while h1 was down: {} events", survivor.len());
     let doomed = assert_same_copy(&gw, "h1", &h1, "doomed").await;
     assert_eq!(doomed.last().unwrap()["data"], "lost");
     assert_same_copy(&gw, "h1", &h1, "after").await;

@@ -211,20 +211,27 @@ async fn history_survives_a_restart() {
     assert_eq!(runs[0]["exitCode"], 4);
 }
 
+/// A run outlives a kill -9 of its daemon (tests/outlive.rs); it is lost
+/// when its supervisor dies too, as in a host crash: the restarted daemon
+/// closes it `lost`, its history whole, and ends the job it left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_is_lost_when_daemon_is_killed_mid_run() {
+async fn run_is_lost_when_daemon_and_shim_are_killed_mid_run() {
     let mut d = Daemon::start();
     d.run(&["run", "--detach", "--id", "doomed", "--", "sh", "-c", "echo started; sleep 1000"]);
     let pgid = d.wait_running("doomed").await;
+    let shim = shim_pid(&d, "doomed");
     d.kill9();
+    signal(shim as i32, nix::sys::signal::Signal::SIGKILL);
+    wait_dead(shim, "the killed shim");
     d.spawn();
     let ev = d.wait_final("doomed").await;
     assert_eq!(ev.status(), Some(RunStatus::Lost));
     let events = d.events("doomed").await;
     assert_eq!(events.last().map(|e| e.seq), Some(events.len() as u64));
+    assert!(events.iter().any(|e| e.data == "started\n"), "{events:?}");
     let ps = d.run(&["ps"]);
     assert!(text(&ps.stdout).contains("lost"), "{}", text(&ps.stdout));
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), nix::sys::signal::Signal::SIGKILL);
+    wait_for(|| format!("the lost run's group {pgid} to be ended: {:?}", group_members(pgid)), || !group_alive(pgid));
 }
 
 #[test]

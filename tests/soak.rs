@@ -141,8 +141,9 @@ struct Soak {
     faults: Tally,
     /// Every run launched: (host index, run ID) -> kind.
     jobs: BTreeMap<(usize, String), Job>,
-    /// Runs active when their daemon was killed: they must end `lost`.
-    doomed: Vec<(usize, String)>,
+    /// Runs active when their daemon was killed: they outlive it (issue
+    /// 15) and must end as their kind says all the same.
+    crossed: Vec<(usize, String)>,
     /// Runs of the `Cancelled` kind not cancelled yet, and when to.
     to_cancel: Vec<(usize, String, Instant)>,
     /// Stalled and malicious clients: (kind, outcome).
@@ -181,7 +182,7 @@ impl Soak {
             hosts,
             faults: Tally::default(),
             jobs: BTreeMap::new(),
-            doomed: Vec::new(),
+            crossed: Vec::new(),
             to_cancel: Vec::new(),
             clients: JoinSet::new(),
             slow: JoinSet::new(),
@@ -311,16 +312,16 @@ impl Soak {
             0 | 1 if self.hosts[host].down_until.is_none() => {
                 let h = &mut self.hosts[host];
                 block_in_place(|| h.daemon.kill9());
-                // What it was running is lost: no final status in its journal.
-                let doomed: Vec<String> = run_ids(&h.daemon.state_dir())
+                // What it was running goes on without it: no final status in its journal yet.
+                let crossed: Vec<String> = run_ids(&h.daemon.state_dir())
                     .into_iter()
                     .filter(|r| {
                         let path = h.daemon.state_dir().join("runs").join(r).join("events.jsonl");
                         final_status(&journal_lines_lenient(&path)).is_none()
                     })
                     .collect();
-                self.faults.add("kill -9 host", format!("restarted ({} runs to be lost)", bucket(doomed.len())));
-                self.doomed.extend(doomed.into_iter().map(|r| (host, r)));
+                self.faults.add("kill -9 host", format!("restarted ({} runs going on)", bucket(crossed.len())));
+                self.crossed.extend(crossed.into_iter().map(|r| (host, r)));
                 h.down_until = Some(now + self.rng.ms((0, 2000)));
             }
             2 if self.gw_down_until.is_none() => {
@@ -538,7 +539,8 @@ async fn check(soak: &mut Soak, seed: u64, faulted: Duration, settled: Duration)
     for (kind, outcomes) in &soak.faults.0 {
         println!("  {kind:<28} {:>5}  {outcomes:?}", outcomes.values().sum::<u64>());
     }
-    println!("runs killed by kill -9: {}, each `lost` on host and gateway", soak.doomed.len());
+    let crossed: std::collections::BTreeSet<&(usize, String)> = soak.crossed.iter().collect();
+    println!("runs active across a kill -9 of their daemon: {}, each ended as its kind says", crossed.len());
     println!("slow clients read {} events, each the next of its run", soak.slow_events);
     println!(
         "copies: {} runs, {} events compared, lost {}, duplicated {}, differing {}, byte-identical {} (apart from host), served equal {}/{}",
@@ -567,8 +569,8 @@ async fn check(soak: &mut Soak, seed: u64, faulted: Duration, settled: Duration)
     }
 }
 
-/// Each run's final status: as its kind says unless its daemon was killed
-/// under it (then `lost`), and the same in the gateway's list.
+/// Each run's final status: as its kind says, even if its daemon was
+/// killed under it (the run outlives it), and the same in the gateway's list.
 async fn statuses(soak: &mut Soak) {
     let (_, list) = http_json(&soak.gw.addr, "GET", "/runs", Some(&soak.gw.token())).await;
     let listed: BTreeMap<(String, String), &Value> = list
@@ -585,12 +587,12 @@ async fn statuses(soak: &mut Soak) {
         let h = &soak.hosts[*host];
         let events = journal(&h.daemon.state_dir().join("runs").join(id).join("events.jsonl"));
         let got = final_status(&events).unwrap_or_default();
-        let doomed = soak.doomed.contains(&(*host, id.clone()));
-        let want = if doomed { "lost" } else { job.expected() };
+        let crossed = if soak.crossed.contains(&(*host, id.clone())) { " across a kill -9 of its daemon" } else { "" };
+        let want = job.expected();
         if got != want {
-            soak.problems.push(format!("{}/{id} ({job:?}) ended {got:?}, expected {want:?}", h.name));
+            soak.problems.push(format!("{}/{id} ({job:?}) ended {got:?}, expected {want:?}{crossed}", h.name));
         }
-        if *job == Job::Failing && !doomed && events.last().map(|e| e["exitCode"].clone()) != Some(Value::from(3)) {
+        if *job == Job::Failing && events.last().map(|e| e["exitCode"].clone()) != Some(Value::from(3)) {
             soak.problems.push(format!("{}/{id}: a failing job without exit code 3: {:?}", h.name, events.last()));
         }
         let at_gw = listed.get(&(h.name.to_owned(), id.clone()));

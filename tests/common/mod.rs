@@ -5,6 +5,7 @@
 //! - `ws`, `requests`: real clients; `tls`: certificates made here, TLS clients. `copies`, `agent`, `proxy`: the gateway tests' tools.
 //! - `observe`, `damage`: the probe tests' clients and damaged journals (and a small tmpfs).
 //! - `faulty_link`, `hostile`, `soak_check`: the soak's proxy, bad clients and invariant checker.
+//! - `shims`: each run's `runtap shim` (runs outlive the daemon), and the cleanup of what a test leaves running.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 // The harness is a private module of each test crate; `pub` is how its users see it.
@@ -21,6 +22,7 @@ pub mod observe;
 pub mod process;
 pub mod proxy;
 pub mod requests;
+pub mod shims;
 pub mod soak_check;
 pub mod tls;
 pub mod ws;
@@ -49,6 +51,8 @@ pub use proxy::*;
 #[allow(unused_imports)]
 pub use requests::*;
 #[allow(unused_imports)]
+pub use shims::*;
+#[allow(unused_imports)]
 pub use tls::*;
 #[allow(unused_imports)]
 pub use ws::*;
@@ -66,13 +70,26 @@ pub struct Instance {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub extra_config: String,
+    /// The program to start instead of the `runtap` cargo built (another
+    /// build of it: the upgrade case); `None` is [`bin()`].
+    pub binary: Option<PathBuf>,
     /// `daemon` or `gateway`: the subcommand, the log's name, the ready line.
     kind: &'static str,
+    /// When it was created, in clock ticks since boot: a process started
+    /// before that is none of its own (pids are reused).
+    created: u64,
 }
 
 impl Instance {
     fn new(kind: &'static str, config: &str) -> Instance {
-        Instance { dir: tempfile::tempdir().unwrap(), child: None, extra_config: config.to_owned(), kind }
+        Instance {
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+            extra_config: config.to_owned(),
+            binary: None,
+            kind,
+            created: shims::ticks_since_boot(),
+        }
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -107,9 +124,11 @@ impl Instance {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).unwrap();
         let marker = format!("runtap {} ready", self.kind);
         let ready_before = self.log().matches(&marker).count();
-        let mut cmd = Command::new(bin());
+        let mut cmd = Command::new(self.binary.as_deref().unwrap_or_else(|| Path::new(bin())));
         cmd.args([self.kind, "--config"]).arg(self.config_path()).arg("--state-dir").arg(self.state_dir());
         args(&mut cmd);
+        // The marker the shims and jobs inherit, so that cleanup finds them.
+        cmd.env(shims::INSTANCE_ENV, self.dir.path());
         cmd.env("RUST_LOG", "runtap=debug").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.child = Some(cmd.spawn().unwrap());
         let log_path = self.log_path();
@@ -131,8 +150,10 @@ impl Instance {
 }
 
 impl Drop for Instance {
-    /// SIGTERM first, so a daemon cancels its runs and no job outlives the
-    /// test; SIGKILL if it does not stop in time.
+    /// SIGTERM first, for a clean stop; SIGKILL if it does not stop in
+    /// time. A daemon's runs outlive it (`runs.on_shutdown = "detach"`, and
+    /// always after a kill -9), so then its shims and their jobs are ended
+    /// too ([`shims::end_leftovers`]): no test leaves processes behind.
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             signal(child.id() as i32, nix::sys::signal::Signal::SIGTERM);
@@ -141,6 +162,7 @@ impl Drop for Instance {
                 let _ = child.wait();
             }
         }
+        shims::end_leftovers(&self.state_dir(), self.dir.path(), self.created);
     }
 }
 
