@@ -47,3 +47,8 @@ pub mod sys;
 pub mod systemd;
 mod trust;
 mod upstream;
+
+/// `runtap shim`: the per-run supervisor process the daemon starts (see `run::shim`).
+pub fn shim_main() -> std::process::ExitCode {
+    run::shim::main()
+}

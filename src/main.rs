@@ -63,6 +63,14 @@ impl RemoteArg {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A run's supervisor process, started by the daemon (not by hand):
+    /// reads its launch order on stdin.
+    #[command(hide = true)]
+    Shim {
+        /// Shown in `ps`; the launch order says which run.
+        #[arg(long)]
+        run_id: Option<String>,
+    },
     /// Run the per-host daemon in the foreground.
     Daemon {
         /// Config file (TOML); embedded defaults without one.
@@ -210,6 +218,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Shim { .. } => runtap::shim_main(),
         other => ExitCode::from(run_client(other).clamp(0, 255) as u8),
     }
 }
@@ -334,7 +343,7 @@ fn run_client(command: Command) -> i32 {
                 StepAction::Log { level, message } => client::StepReport::Log { level, message },
             }),
             Command::Progress { fraction, stage, message } => client::progress(fraction, stage, message),
-            Command::Daemon { .. } | Command::Gateway { .. } => Ok(0),
+            Command::Daemon { .. } | Command::Gateway { .. } | Command::Shim { .. } => Ok(0),
         }
     });
     match result {

@@ -77,6 +77,9 @@ impl RunInfo {
         info.ended_at = r.ended_at;
         info.last_seq = r.last_seq;
         info.journal = r.journal;
+        if !r.status.is_final() {
+            info.pid = r.pid;
+        }
         info
     }
 

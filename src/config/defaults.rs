@@ -101,7 +101,7 @@ impl Default for RunsConfig {
             coalesce: DEFAULT_COALESCE,
             pty_cols: DEFAULT_PTY_COLS,
             pty_rows: DEFAULT_PTY_ROWS,
-            shutdown_policy: ShutdownPolicy::Cancel,
+            shutdown_policy: ShutdownPolicy::Detach,
             shutdown_wait: DEFAULT_SHUTDOWN_WAIT,
         }
     }

@@ -121,9 +121,12 @@ pub struct RunsConfig {
     pub coalesce: Duration,
     pub pty_cols: u16,
     pub pty_rows: u16,
-    /// What daemon shutdown does to active runs.
+    /// What a clean stop of the daemon does to active runs (`on_shutdown`;
+    /// `shutdown_policy`, its name before runs could outlive the daemon,
+    /// is still read).
+    #[serde(rename = "on_shutdown", alias = "shutdown_policy")]
     pub shutdown_policy: ShutdownPolicy,
-    /// With `shutdown_policy = "wait"`: how long to wait before cancelling anyway.
+    /// With `on_shutdown = "wait"`: how long to wait before cancelling anyway.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_wait: Duration,
 }
@@ -132,8 +135,11 @@ pub struct RunsConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ShutdownPolicy {
-    /// Cancel them (reason "daemon shutdown"), with the normal grace period.
+    /// Leave them running under their supervisors: the next daemon takes
+    /// them back. The default: a restart or an upgrade must not fail builds.
     #[default]
+    Detach,
+    /// Cancel them (reason "daemon shutdown"), with the normal grace period.
     Cancel,
     /// Let them finish, up to `shutdown_wait`; then cancel what is left.
     Wait,

@@ -3,9 +3,10 @@
 //! `run` takes already-bound listeners and a shutdown token, so tests start
 //! the real daemon in-process on temp paths with no test-only switches.
 //!
-//! Shutdown order matters: stop accepting, cancel the runs and wait for
-//! their final statuses (bounded), and only then close client connections,
-//! so that `runtap run` clients see how their run ended.
+//! Shutdown order matters: stop accepting, then leave the runs to their
+//! shims (`runs.on_shutdown = "detach"`) or cancel them and wait for their
+//! final statuses (bounded), and only then close client connections, so
+//! that `runtap run` clients see how their run ended.
 
 mod backend;
 
@@ -24,7 +25,7 @@ use crate::auth::{AuthError, Tokens};
 use crate::config::{Config, ShutdownPolicy};
 use crate::hub::{Hub, QueueLimits};
 use crate::journal::{Journal, JournalError};
-use crate::run::{RunLimits, RunTable, Timing};
+use crate::run::{RunLimits, RunTable, ShimSetup, Timing};
 use crate::server::unix::{self, SocketGuard};
 use crate::server::{Shared, http};
 use crate::sys::{StateDirLock, create_private_dir, lock_state_dir};
@@ -120,8 +121,13 @@ pub async fn run(
         max_batches: config.stream.subscriber_queue_batches,
     });
     let run_tasks = TaskTracker::new();
-    let table = RunTable::new(journal, hub, run_limits(&config), run_tasks.clone());
-    let recovered = table.recover().map_err(DaemonError::Journal)?;
+    let shims = ShimSetup {
+        socket_dir: config.daemon.socket.parent().unwrap_or(state_dir).join("shims"),
+        state_dir: state_dir.clone(),
+        log_level: config.daemon.log_level.clone(),
+    };
+    let table = RunTable::new(journal, hub, run_limits(&config), run_tasks.clone(), shims);
+    let (recovered, taken_back) = table.recover().map_err(DaemonError::Journal)?;
     let tokens = Tokens::load(&config.stream, &config.auth, state_dir).map_err(DaemonError::Tokens)?;
     let tls = crate::server::tls::for_listener(&config.stream).map_err(DaemonError::Tls)?;
     let listen = listeners.tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -130,6 +136,7 @@ pub async fn run(
         socket = %config.daemon.socket.display(),
         listen = %listen,
         runs = recovered,
+        taken_back,
         "runtap daemon ready"
     );
 
@@ -192,18 +199,7 @@ pub async fn run(
     tracing::info!(policy = ?config.runs.shutdown_policy, active = table.active_count(), "shutting down");
     stop_accepting.cancel();
     run_tasks.close();
-    if config.runs.shutdown_policy == ShutdownPolicy::Wait
-        && tokio::time::timeout(config.runs.shutdown_wait, run_tasks.wait()).await.is_err()
-    {
-        tracing::warn!(active = table.active_count(), "runs still active after shutdown_wait; cancelling them");
-    }
-    let limits = table.limits();
-    let cancelled = table.cancel_all("daemon shutdown");
-    let bound = limits.timing.grace_period + limits.timing.drain_timeout + SHUTDOWN_SLACK;
-    if tokio::time::timeout(bound, run_tasks.wait()).await.is_err() {
-        tracing::warn!(active = table.active_count(), "runs did not finish within the shutdown bound");
-    }
-    tracing::info!(cancelled, "runs stopped");
+    stop_runs(&config, &table, &run_tasks).await;
     if let (Some(task), Some(status)) = (upstream, &upstream_status) {
         // Give the link a moment to deliver the runs' final events; what it
         // cannot, the next start resends from the gateway's acked seq.
@@ -233,6 +229,33 @@ pub async fn run(
     drop(listeners.lock);
     tracing::info!("runtap daemon stopped");
     Ok(())
+}
+
+/// What a clean stop does to active runs (`runs.on_shutdown`): leave them
+/// to their shims, or cancel them (after letting them finish, with `wait`)
+/// and wait, bounded, for their final statuses.
+async fn stop_runs(config: &Config, table: &RunTable, run_tasks: &TaskTracker) {
+    let policy = config.runs.shutdown_policy;
+    if policy == ShutdownPolicy::Detach {
+        let active = table.active_count();
+        table.detach_all();
+        run_tasks.wait().await;
+        tracing::info!(active, "runs left to their shims; the next daemon takes them back");
+        return;
+    }
+    if policy == ShutdownPolicy::Wait
+        && tokio::time::timeout(config.runs.shutdown_wait, run_tasks.wait()).await.is_err()
+    {
+        tracing::warn!(active = table.active_count(), "runs still active after shutdown_wait; cancelling them");
+    }
+    let limits = table.limits();
+    let cancelled = table.cancel_all("daemon shutdown");
+    let bound = limits.timing.grace_period + limits.timing.drain_timeout + SHUTDOWN_SLACK;
+    if tokio::time::timeout(bound, run_tasks.wait()).await.is_err() {
+        tracing::warn!(active = table.active_count(), "runs did not finish within the shutdown bound");
+        table.detach_all();
+    }
+    tracing::info!(cancelled, "runs stopped");
 }
 
 /// Applies retention at start and then every `retention_check_interval`.

@@ -38,6 +38,24 @@ impl Delivered {
         lock(&self.rounds).last
     }
 
+    /// A run's shim keeps a copy of the daemon's delivery state, which it
+    /// hears of over its socket (`run::shim::link`): what it wrote is now
+    /// out, and outstanding while anyone reads.
+    pub(crate) fn remote_written(&self) {
+        if self.subscribers() > 0 && self.is_idle() {
+            self.round_starts();
+            self.add();
+        }
+    }
+
+    /// ...and the daemon said everyone took it (`subscribers` now read).
+    pub(crate) fn remote_idle(&self, subscribers: usize) {
+        self.set_subscribers(subscribers);
+        if !self.is_idle() {
+            self.done();
+        }
+    }
+
     pub(super) fn round_starts(&self) {
         lock(&self.rounds).started.get_or_insert_with(std::time::Instant::now);
     }

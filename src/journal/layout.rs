@@ -5,6 +5,7 @@
 //! runs/<run-id>/events.jsonl  one event per line, exactly the wire JSON,
 //!                             seq 1, 2, 3, ... in order
 //! runs/<run-id>/state         health, last seq and final status (state.rs)
+//! runs/<run-id>/supervisor.json  the run's supervisor process (run::shim)
 //! ```
 
 use std::fs;
@@ -18,7 +19,7 @@ pub(super) const META_FILE: &str = "meta.json";
 pub(super) const STATE_FILE: &str = "state";
 
 impl Journal {
-    pub(super) fn run_dir(&self, id: &RunId) -> PathBuf {
+    pub fn run_dir(&self, id: &RunId) -> PathBuf {
         // RunId's grammar has no '/' and no leading '.', so this stays inside root.
         self.root.join(id.as_str())
     }

@@ -12,6 +12,7 @@
 //! middle, and the run carries on live. See `RunWriter::finish_batch`.
 //!
 //! - `layout`: where a run's files are, and whole-run file operations.
+//! - `lock`: the one writer of a run, proved by a lock the kernel drops when it dies.
 //! - `recover`: what a start finds in the files; closing interrupted runs.
 //! - `writer`: appending one run's events ([`RunWriter`]).
 //! - `encode`: output events serialized by hand, byte-identical to serde.
@@ -23,6 +24,7 @@ mod encode;
 mod history;
 mod layout;
 pub(crate) mod lines;
+mod lock;
 mod recover;
 mod state;
 mod writer;
@@ -41,6 +43,7 @@ use crate::run_id::RunId;
 pub(crate) use encode::reserve_reusing;
 pub use history::{HISTORY_STEP, HistoryItem, HistoryReader};
 pub use lines::line_seq;
+pub use lock::WriterLock;
 pub use recover::RecoveredRun;
 pub use state::{Health, HealthBook};
 pub use writer::RunWriter;
@@ -54,6 +57,8 @@ pub enum JournalError {
     Exists(RunId),
     #[error("run {0} has no journal")]
     NotFound(RunId),
+    #[error("run {0}'s journal is being written by another process")]
+    Locked(RunId),
     /// The OS reason is in the message, not a `source`: printing the
     /// chain would repeat it.
     #[error("{what} {}: {error}", .path.display())]

@@ -15,8 +15,8 @@ use std::path::Path;
 use super::layout::{EVENTS_FILE, META_FILE};
 use super::lines::{event_seq, line_seq, line_timestamp};
 use super::state::{Health, RunState};
-use super::{Journal, JournalError, RunMeta, RunWriter, io_err};
-use crate::event::{Event, Payload, RunStatus, StatusChange};
+use super::{Journal, JournalError, RunMeta, RunWriter, WriterLock, io_err};
+use crate::event::{Batch, Event, Payload, RunStatus, StatusChange};
 use crate::run_id::RunId;
 
 /// How far back from the end recovery looks for the last intact line.
@@ -38,6 +38,14 @@ pub struct RecoveredRun {
     /// higher: seqs handed out live that the file did not keep). A copy
     /// that is resent what it lacks (the gateway) resumes after this.
     pub file_seq: u64,
+    /// Where the file's last complete line ends: where a reader of new
+    /// events starts.
+    pub offset: u64,
+    /// The job's pid (and process group), from its `running` event.
+    pub pid: Option<u32>,
+    /// Its writer (the run's supervisor) holds the journal: the run goes
+    /// on, and its file was read, not cut or closed.
+    pub supervised: bool,
 }
 
 /// The end of an events file, after its torn tail (if any) was cut.
@@ -88,8 +96,11 @@ impl Journal {
         let dir = self.run_dir(id);
         let events_path = dir.join(EVENTS_FILE);
         let meta_path = dir.join(META_FILE);
+        // Held for the whole recovery: nobody starts writing under us.
+        let lock = self.try_writer_lock(id)?;
+        let supervised = matches!(lock, WriterLock::Held);
         let record = RunState::read(&self.state_path(id));
-        let tail = read_tail(id, &events_path)?;
+        let tail = read_tail(id, &events_path, !supervised)?;
         let mut damage: Vec<&'static str> = Vec::new();
         let meta = match fs::read(&meta_path) {
             Ok(bytes) => match serde_json::from_slice::<RunMeta>(&bytes) {
@@ -106,7 +117,12 @@ impl Journal {
             }
         };
         let has_events = tail.as_ref().is_some_and(|t| t.len > 0);
-        if meta.is_none() && damage.is_empty() && !has_events && record.as_ref().is_none_or(|r| r.last_seq == 0) {
+        if !supervised
+            && meta.is_none()
+            && damage.is_empty()
+            && !has_events
+            && record.as_ref().is_none_or(|r| r.last_seq == 0)
+        {
             // No meta, no events, nothing recorded: a launch that crashed
             // before the run existed. Nobody ever saw it.
             tracing::warn!(run_id = %id, path = %dir.display(), "removing a launch that never started");
@@ -141,6 +157,9 @@ impl Journal {
             ended_at: None,
             journal: if degraded { Health::Degraded } else { Health::Ok },
             file_seq,
+            offset: tail.as_ref().map_or(0, |t| t.len),
+            pid: started.and_then(|e| e.pid),
+            supervised,
         };
         if degraded {
             self.note_degraded(id, record.journal, &damage);
@@ -160,10 +179,11 @@ impl Journal {
             run.last_status = change;
             return Ok(Some(run));
         }
-        if !close_active {
+        if !close_active || supervised {
             return Ok(Some(run));
         }
-        self.close_lost(&mut run, &events_path)?;
+        self.close_lost(&mut run, "the daemon stopped while the run was active")?;
+        drop(lock);
         Ok(Some(run))
     }
 
@@ -236,37 +256,44 @@ impl Journal {
         }
     }
 
-    /// Active when the last daemon died: close it so nobody waits forever.
-    fn close_lost(&self, run: &mut RecoveredRun, events_path: &Path) -> Result<(), JournalError> {
+    /// Closes a run nobody will finish (its writer is gone) as `lost`, so
+    /// nobody waits for it forever. Call it only while the writer lock is
+    /// free; `reason` says why the run was lost.
+    pub fn close_lost(&self, run: &mut RecoveredRun, reason: &str) -> Result<Batch, JournalError> {
+        let change =
+            StatusChange { status: Some(RunStatus::Lost), reason: Some(reason.into()), ..StatusChange::default() };
+        self.close_run(run, change)
+    }
+
+    /// Appends a final status to a run whose writer is gone, syncs it, and
+    /// returns the batch for whoever publishes the run.
+    pub fn close_run(&self, run: &mut RecoveredRun, change: StatusChange) -> Result<Batch, JournalError> {
+        let events_path = self.run_dir(&run.run_id).join(EVENTS_FILE);
         let file = OpenOptions::new()
             .create(true)
             .append(true)
-            .open(events_path)
-            .map_err(io_err("open journal", events_path))?;
-        let mut writer = RunWriter::new(self, run.run_id.clone(), events_path.to_owned(), file, run.last_seq);
-        let change = StatusChange {
-            status: Some(RunStatus::Lost),
-            reason: Some("the daemon stopped while the run was active".into()),
-            ..StatusChange::default()
-        };
+            .open(&events_path)
+            .map_err(io_err("open journal", &events_path))?;
+        let mut writer = RunWriter::new(self, run.run_id.clone(), events_path, file, run.last_seq);
         writer.append(Payload::Status(change.clone()));
         let batch = writer.finish_batch(true);
         writer.sync_now();
         run.last_seq = writer.last_seq();
-        run.status = RunStatus::Lost;
-        // The `lost` event's own timestamp (nothing reads this batch otherwise).
+        run.status = change.status.unwrap_or(RunStatus::Lost);
         run.ended_at = batch.frames.last().and_then(|f| line_timestamp(f.bytes()));
+        tracing::warn!(run_id = %run.run_id, last_seq = run.last_seq, status = ?run.status,
+            reason = change.reason.as_deref().unwrap_or_default(), "closed a run whose supervisor is gone");
         run.last_status = change;
-        tracing::warn!(run_id = %run.run_id, last_seq = run.last_seq, "run was active when the daemon died; marked lost");
-        Ok(())
+        Ok(batch)
     }
 }
 
 /// Cuts a torn tail (a last line without its newline: a write the crash
 /// interrupted, never published) and finds the last intact event. `None`
-/// if there is no events file.
-fn read_tail(id: &RunId, path: &Path) -> Result<Option<Tail>, JournalError> {
-    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+/// if there is no events file. With `cut` false (the file has a live
+/// writer, whose last line may be half-written now) nothing is cut.
+fn read_tail(id: &RunId, path: &Path, cut: bool) -> Result<Option<Tail>, JournalError> {
+    let mut file = match OpenOptions::new().read(true).write(cut).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err("open journal", path)(e)),
@@ -278,7 +305,10 @@ fn read_tail(id: &RunId, path: &Path) -> Result<Option<Tail>, JournalError> {
     file.read_to_end(&mut tail).map_err(io_err("read journal", path))?;
     let complete = tail.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let mut len = len;
-    if complete < tail.len() {
+    if complete < tail.len() && !cut {
+        tail.truncate(complete);
+        len = tail_start + complete as u64;
+    } else if complete < tail.len() {
         let keep = tail_start + complete as u64;
         tracing::warn!(run_id = %id, cut = len - keep, "cutting torn journal tail");
         file.set_len(keep).map_err(io_err("truncate journal", path))?;

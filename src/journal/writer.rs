@@ -53,6 +53,10 @@ pub struct RunWriter {
     /// Bytes written since the last fsync.
     pub(super) unsynced: u64,
     pub(super) stats: Arc<JournalStats>,
+    /// Where the next write lands: what a reader of the file may read up to.
+    pub(super) offset: u64,
+    /// The writer lock (`lock.rs`), when this writer took it.
+    pub(super) lock: Option<nix::fcntl::Flock<File>>,
 }
 
 impl RunWriter {
@@ -62,7 +66,8 @@ impl RunWriter {
         let state_file = RunState::open(&state_path);
         // What is in the file now was checked by recovery or by nobody;
         // what this writer appends is ours.
-        journal.health.set_written_from(&run_id, file.metadata().ok().map(|m| m.len()));
+        let len = file.metadata().ok().map(|m| m.len());
+        journal.health.set_written_from(&run_id, len);
         let mut line_start = BytesMut::from(&br#"{"runId":""#[..]);
         escape_json_into(&mut line_start, run_id.as_str());
         line_start.extend_from_slice(br#"","seq":"#);
@@ -95,6 +100,8 @@ impl RunWriter {
             degraded: false,
             unsynced: 0,
             stats: journal.stats.clone(),
+            offset: len.unwrap_or(0),
+            lock: None,
         }
     }
 
@@ -104,6 +111,12 @@ impl RunWriter {
 
     pub fn last_seq(&self) -> u64 {
         self.next_seq - 1
+    }
+
+    /// The end of what this writer has written: every event up to
+    /// `last_seq` is below it (unless the journal is degraded).
+    pub fn offset(&self) -> u64 {
+        self.offset
     }
 
     pub fn is_degraded(&self) -> bool {
@@ -225,6 +238,7 @@ impl RunWriter {
             });
             match written {
                 Ok(()) => {
+                    self.offset += bytes.len() as u64;
                     self.unsynced += bytes.len() as u64;
                     self.stats.bytes_written.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                 }

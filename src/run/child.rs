@@ -2,20 +2,21 @@
 //!
 //! Every run gets its own process group (pipes: `setpgid(0, 0)`; PTY: a new
 //! session), so that cancel reaches everything the job started with one
-//! `killpg`. tokio reaps the child; grandchildren left behind are reparented
-//! to init (or systemd), which reaps them.
+//! `killpg`. The job is started with std's `Command` and reaped by the
+//! shim's one reaper (`reaper.rs`), which also reaps what the job leaves
+//! behind: nothing else calls `waitpid`, so nothing races it.
 
 use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 
-use std::os::fd::AsRawFd as _;
+use std::os::fd::{AsRawFd as _, OwnedFd};
 
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::net::unix::pipe::Receiver;
 
 use super::pty::{self, PtyReader};
 use crate::run_id::RunId;
@@ -27,6 +28,17 @@ pub(crate) enum Outcome {
     Signaled(i32),
     /// Waiting for it failed, or the OS reported neither a code nor a signal.
     Unknown,
+}
+
+impl From<nix::sys::wait::WaitStatus> for Outcome {
+    fn from(status: nix::sys::wait::WaitStatus) -> Self {
+        use nix::sys::wait::WaitStatus;
+        match status {
+            WaitStatus::Exited(_, code) => Outcome::Exited(code),
+            WaitStatus::Signaled(_, sig, _) => Outcome::Signaled(sig as i32),
+            _ => Outcome::Unknown,
+        }
+    }
 }
 
 impl From<ExitStatus> for Outcome {
@@ -53,12 +65,12 @@ pub(crate) struct Spec {
 
 /// The streams to read from a started job.
 pub(crate) enum Streams {
-    Pipes { stdout: ChildStdout, stderr: ChildStderr },
+    Pipes { stdout: Receiver, stderr: Receiver },
     Pty(PtyReader),
 }
 
 pub(crate) struct Started {
-    pub child: Child,
+    /// The job's pid, which is also its process group's ID.
     pub pgid: Pid,
     pub streams: Streams,
     /// Where the job writes its step and progress reports (`RUNTAP_EVENTS_FD`).
@@ -77,7 +89,7 @@ pub(crate) fn spawn(run_id: &RunId, spec: &Spec, lock: &SpawnLock) -> io::Result
     let (program, args) =
         spec.argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut cmd = Command::new(resolve_program(program, spec)?);
-    cmd.args(args).kill_on_drop(false);
+    cmd.args(args);
     if spec.clear_env {
         cmd.env_clear();
     }
@@ -89,7 +101,10 @@ pub(crate) fn spawn(run_id: &RunId, spec: &Spec, lock: &SpawnLock) -> io::Result
     cmd.env("RUNTAP_EVENTS_FD", events_writer.as_raw_fd().to_string());
     let pty_reader = match spec.pty {
         None => {
-            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
+            std::os::unix::process::CommandExt::process_group(
+                cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()),
+                0,
+            );
             None
         }
         Some((cols, rows)) => {
@@ -113,21 +128,24 @@ pub(crate) fn spawn(run_id: &RunId, spec: &Spec, lock: &SpawnLock) -> io::Result
     // The same for our copies of a terminal's slave.
     drop(cmd);
     let mut child = spawned?;
-    let pid = child.id().ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
-    let pgid = Pid::from_raw(pid as i32);
+    let pgid = Pid::from_raw(child.id() as i32);
     let streams = match pty_reader {
         Some(reader) => Streams::Pty(reader),
         None => match (child.stdout.take(), child.stderr.take()) {
             (Some(stdout), Some(stderr)) => {
                 grow_pipe(&stdout);
                 grow_pipe(&stderr);
+                let stdout = Receiver::from_owned_fd(OwnedFd::from(stdout))?;
+                let stderr = Receiver::from_owned_fd(OwnedFd::from(stderr))?;
                 Streams::Pipes { stdout, stderr }
             }
             _ => return Err(io::Error::other("child pipes missing")),
         },
     };
-    let events = tokio::net::unix::pipe::Receiver::from_owned_fd(events)?;
-    Ok(Started { child, pgid, streams, events })
+    let events = Receiver::from_owned_fd(events)?;
+    // Dropping std's handle neither waits nor kills: the reaper owns the pid.
+    drop(child);
+    Ok(Started { pgid, streams, events })
 }
 
 /// Capacity asked for the job's output pipes (Linux defaults to 64 KiB):

@@ -54,7 +54,8 @@ pub(crate) fn open(cols: u16, rows: u16) -> io::Result<(PtyReader, OwnedFd)> {
 }
 
 /// Makes the child a session leader with `slave` (its stdin) as controlling tty.
-pub(crate) fn set_controlling_terminal(cmd: &mut tokio::process::Command) {
+pub(crate) fn set_controlling_terminal(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
     // SAFETY: the closure runs in the forked child before exec and calls only
     // async-signal-safe functions (setsid, ioctl); it allocates nothing.
     unsafe {

@@ -1,9 +1,12 @@
-//! One run's owning task: starts the job, turns its output into journaled
-//! events, handles cancel, and writes the final status.
+//! One run's owning task, in the run's shim: starts the job, turns its
+//! output into journaled events, handles cancel, and writes the final status.
 //!
 //! Everything about a run happens on this one task, in order, so `seq`
 //! order is the order things happened: output, then exit, then final status.
+//! It writes the journal and tells its [`Sink`] how far; it never waits
+//! for a reader (the daemon may be down).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -14,9 +17,10 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::child::{self, Outcome, SpawnLock, Spec, Started, Streams};
 use super::output::{self, Output};
+use super::reaper::Reaper;
 use super::steps::{EventLines, Got, StepEvent, Steps};
-use crate::event::{EventType, Payload, RunStatus, StatusChange};
-use crate::hub::Publisher;
+use crate::event::{Batch, EventType, Payload, RunStatus, StatusChange};
+use crate::hub::Delivered;
 use crate::journal::RunWriter;
 use crate::run_id::RunId;
 
@@ -29,13 +33,17 @@ pub(crate) struct Timing {
     pub fsync_interval: Duration,
 }
 
-/// Who learns what happens to a run (the run table). The supervisor tells
-/// it after the event is journaled and published, never before.
-pub(crate) trait Observer: Send + Sync + 'static {
-    /// A status event was published.
-    fn on_status(&self, run: &RunId, change: &StatusChange);
+/// Who hears how far the journal is written (the shim's link to the
+/// daemon). Told after each batch is in the file; must never wait.
+pub(crate) trait Sink: Send + 'static {
+    /// A batch was written (`writer` says up to where).
+    fn written(&mut self, batch: Batch, writer: &RunWriter);
+    /// The final status is written and synced: nothing follows.
+    fn done(&mut self, writer: &RunWriter);
     /// A line on the job's events channel was dropped (see `steps`).
-    fn on_bad_event_line(&self) {}
+    fn bad_event_line(&mut self);
+    /// Whether the run's readers took what was written (output pacing).
+    fn delivered(&self) -> Arc<Delivered>;
 }
 
 /// Requests from the run's handle (the table) to this task.
@@ -51,12 +59,12 @@ struct Cancel {
     killed: bool,
 }
 
-pub(super) struct Supervisor<O> {
+pub(super) struct Supervisor<S> {
     run_id: RunId,
     spec: Spec,
     writer: RunWriter,
-    publisher: Publisher,
-    observer: O,
+    sink: S,
+    reaper: Reaper,
     control: mpsc::UnboundedReceiver<Control>,
     timing: Timing,
     cancel: Option<Cancel>,
@@ -67,25 +75,19 @@ pub(super) struct Supervisor<O> {
     steps: Steps,
 }
 
-/// What a run is written to and controlled through, made by the table.
-pub(super) struct Channels {
+/// What a run is written to and controlled through, made by the shim.
+pub(super) struct Channels<S> {
     pub writer: RunWriter,
-    pub publisher: Publisher,
+    pub sink: S,
+    pub reaper: Reaper,
     pub control: mpsc::UnboundedReceiver<Control>,
 }
 
-impl<O: Observer> Supervisor<O> {
-    pub(super) fn new(
-        run_id: RunId,
-        spec: Spec,
-        channels: Channels,
-        observer: O,
-        timing: Timing,
-        spawn_lock: SpawnLock,
-    ) -> Self {
-        let Channels { writer, publisher, control } = channels;
-        let (cancel, sync_job, steps) = (None, None, Steps::default());
-        Supervisor { run_id, spec, writer, publisher, observer, control, timing, cancel, sync_job, spawn_lock, steps }
+impl<S: Sink> Supervisor<S> {
+    pub(super) fn new(run_id: RunId, spec: Spec, channels: Channels<S>, timing: Timing) -> Self {
+        let Channels { writer, sink, reaper, control } = channels;
+        let (cancel, sync_job, steps, spawn_lock) = (None, None, Steps::default(), SpawnLock::default());
+        Supervisor { run_id, spec, writer, sink, reaper, control, timing, cancel, sync_job, spawn_lock, steps }
     }
 
     pub(super) async fn run(mut self) {
@@ -130,7 +132,8 @@ impl<O: Observer> Supervisor<O> {
     }
 
     async fn supervise(&mut self, started: Started) -> StatusChange {
-        let Started { mut child, pgid, streams, events } = started;
+        let Started { pgid, streams, events } = started;
+        self.reaper.watch(pgid);
         let mut events = EventLines::new(events);
         let pid = pgid.as_raw() as u32;
         tracing::info!(run_id = %self.run_id, pid, pty = self.spec.pty.is_some(), "run started");
@@ -138,7 +141,7 @@ impl<O: Observer> Supervisor<O> {
             StatusChange { status: Some(RunStatus::Running), pid: Some(pid), ..Default::default() },
             false,
         );
-        let delivered = self.publisher.delivered();
+        let delivered = self.sink.delivered();
         let mut readers = match streams {
             Streams::Pipes { stdout, stderr } => output::Readers::new(
                 vec![(Box::new(stdout), EventType::Stdout), (Box::new(stderr), EventType::Stderr)],
@@ -175,9 +178,9 @@ impl<O: Observer> Supervisor<O> {
                         self.record_output([out]);
                     }
                 }
-                status = child.wait(), if outcome.is_none() => {
+                status = self.reaper.wait(), if outcome.is_none() => {
                     outcome = Some(match status {
-                        Ok(status) => status.into(),
+                        Ok(outcome) => outcome,
                         Err(error) => {
                             tracing::error!(run_id = %self.run_id, %error, "waiting for the job failed");
                             Outcome::Unknown
@@ -230,7 +233,7 @@ impl<O: Observer> Supervisor<O> {
             Got::Oversized => self.steps.oversized(),
         };
         for _ in before..self.steps.rejected() {
-            self.observer.on_bad_event_line();
+            self.sink.bad_event_line();
         }
         if !events.is_empty() {
             self.record_output(readers.ready_now());
@@ -306,16 +309,13 @@ impl<O: Observer> Supervisor<O> {
     }
 
     fn record_status(&mut self, change: StatusChange, last: bool) {
-        // Journal and publish first: once the table shows a final status,
-        // retention may delete the run, so the event must be out by then.
-        self.writer.append(Payload::Status(change.clone()));
+        self.writer.append(Payload::Status(change));
         self.publish(last);
-        self.observer.on_status(&self.run_id, &change);
     }
 
     fn publish(&mut self, last: bool) {
         let batch = self.writer.finish_batch(last);
-        self.publisher.publish(batch);
+        self.sink.written(batch, &self.writer);
     }
 
     /// Starts an fsync on a blocking thread unless one is still running;
@@ -351,6 +351,7 @@ impl<O: Observer> Supervisor<O> {
         self.wait_sync().await;
         self.start_sync();
         self.wait_sync().await;
+        self.sink.done(&self.writer);
         tracing::info!(run_id = %self.run_id, status = ?status, last_seq = self.writer.last_seq(), "run finished");
     }
 }

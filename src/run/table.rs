@@ -11,8 +11,11 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::task::TaskTracker;
 
-use super::child::{SpawnLock, Spec};
-use super::supervisor::{Channels, Control, Observer, Supervisor, Timing};
+use super::attach::{Attach, Observer};
+use super::child::Spec;
+use super::shim::{record, wire};
+use super::supervisor::{Control, Timing};
+use super::tail::Tail;
 use crate::event::{RunStatus, StatusChange, now_timestamp};
 use crate::hub::Hub;
 use crate::journal::{Journal, JournalError, RunMeta};
@@ -60,6 +63,15 @@ pub(crate) fn check_spec(spec: &Spec) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// Where runs' shims listen and how they log, fixed for the daemon's life.
+#[derive(Clone, Debug)]
+pub(crate) struct ShimSetup {
+    /// The directory of the runs' sockets (beside the daemon's own).
+    pub socket_dir: std::path::PathBuf,
+    pub state_dir: std::path::PathBuf,
+    pub log_level: String,
+}
+
 /// Limits and timing for runs, from `[runs]` and `[journal]`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RunLimits {
@@ -89,10 +101,15 @@ struct Inner {
     tracker: TaskTracker,
     /// Announces each launch (the upstream link starts forwarding it).
     launches: broadcast::Sender<RunId>,
-    /// One spawn at a time while a job's events pipe is inheritable.
-    spawn_lock: SpawnLock,
+    shims: ShimSetup,
+    /// Cancelled at a shutdown that leaves the runs to their shims.
+    detach: tokio_util::sync::CancellationToken,
     /// Lines dropped from jobs' events channels, for `/metrics`.
     bad_event_lines: std::sync::atomic::AtomicU64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Longest cancel reason kept (a status line must stay small enough for
@@ -104,7 +121,7 @@ pub(crate) const MAX_REASON: usize = 1024;
 const LAUNCH_BACKLOG: usize = 1024;
 
 impl RunTable {
-    pub(crate) fn new(journal: Journal, hub: Hub, limits: RunLimits, tracker: TaskTracker) -> Self {
+    pub(crate) fn new(journal: Journal, hub: Hub, limits: RunLimits, tracker: TaskTracker, shims: ShimSetup) -> Self {
         let (launches, _) = broadcast::channel(LAUNCH_BACKLOG);
         let inner = Inner {
             runs: Mutex::default(),
@@ -113,7 +130,8 @@ impl RunTable {
             limits: Mutex::new(limits),
             tracker,
             launches,
-            spawn_lock: SpawnLock::default(),
+            shims,
+            detach: Default::default(),
             bad_event_lines: Default::default(),
         };
         RunTable { inner: Arc::new(inner) }
@@ -146,17 +164,61 @@ impl RunTable {
         self.inner.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads every run kept in the journal (closing interrupted ones as lost).
-    pub(crate) fn recover(&self) -> Result<usize, JournalError> {
-        let recovered = self.inner.journal.recover()?;
+    /// Loads every run kept in the journal and takes back the runs whose
+    /// shims still hold them; the others, interrupted, are closed `lost`
+    /// (see `reconcile`). Returns (runs, runs taken back).
+    pub(crate) fn recover(&self) -> Result<(usize, usize), JournalError> {
+        let recovered = self.inner.journal.scan_open()?;
         let n = recovered.len();
-        let mut runs = self.runs();
-        for r in recovered {
+        let mut taken_back = 0;
+        for mut r in recovered {
+            if !r.status.is_final() && r.supervised {
+                taken_back += 1;
+                self.reattach(r);
+                continue;
+            }
+            if !r.status.is_final() {
+                super::reconcile::close_orphan(&self.inner.journal, &mut r);
+            }
             self.inner.hub.insert_closed(&r.run_id, r.last_seq);
             let id = r.run_id.clone();
-            runs.insert(id, Entry { info: RunInfo::recovered(r), control: None });
+            self.runs().insert(id, Entry { info: RunInfo::recovered(r), control: None });
         }
-        Ok(n)
+        Ok((n, taken_back))
+    }
+
+    /// Follows a run whose shim outlived the previous daemon.
+    fn reattach(&self, r: crate::journal::RecoveredRun) {
+        let id = r.run_id.clone();
+        let file = match std::fs::File::open(self.inner.journal.run_dir(&id).join("events.jsonl")) {
+            Ok(f) => f,
+            Err(error) => {
+                tracing::error!(run_id = %id, %error, "cannot read the journal of a run to take back");
+                return;
+            }
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let publisher = self.inner.hub.open(&id, r.last_seq);
+        let attach = Attach {
+            run_id: id.clone(),
+            journal: self.inner.journal.clone(),
+            publisher,
+            observer: self.clone(),
+            control: rx,
+            detach: self.inner.detach.clone(),
+            tail: Tail::new(file, r.offset),
+            pgid: r.pid,
+            shim: None,
+            socket: None,
+        };
+        tracing::info!(run_id = %id, last_seq = r.last_seq, "taking back a run from its shim");
+        self.runs().insert(id, Entry { info: RunInfo::recovered(r), control: Some(tx) });
+        self.inner.tracker.spawn(attach.reattach(0));
+    }
+
+    /// Leaves every active run to its shim (shutdown with `detach`).
+    pub(crate) fn detach_all(&self) {
+        self.inner.detach.cancel();
     }
 
     /// Registers and starts a run. Checks, in order: command, shutdown,
@@ -195,11 +257,49 @@ impl RunTable {
             runs.insert(id.clone(), Entry { info, control: Some(tx) });
             writer
         };
-        let publisher = self.inner.hub.open(&id, 0);
-        let lock = self.inner.spawn_lock.clone();
-        let channels = Channels { writer, publisher, control: rx };
-        let sup = Supervisor::new(id.clone(), spec, channels, self.clone(), limits.timing, lock);
-        self.inner.tracker.spawn(sup.run());
+        let file = match std::fs::File::open(self.inner.journal.run_dir(&id).join("events.jsonl")) {
+            Ok(f) => f,
+            Err(error) => {
+                self.runs().remove(&id);
+                return Err(LaunchError::Journal(JournalError::Io {
+                    what: "open journal",
+                    path: self.inner.journal.run_dir(&id),
+                    error,
+                }));
+            }
+        };
+        drop(writer);
+        let shims = &self.inner.shims;
+        let launch = wire::Launch {
+            version: wire::VERSION,
+            run_id: id.as_str().to_owned(),
+            state_dir: shims.state_dir.clone(),
+            socket: record::socket_path(&shims.socket_dir, &id),
+            argv: spec.argv,
+            env: spec.env,
+            clear_env: spec.clear_env,
+            cwd: spec.cwd,
+            pty: spec.pty,
+            grace_ms: millis(limits.timing.grace_period),
+            drain_ms: millis(limits.timing.drain_timeout),
+            line_hold_ms: millis(limits.timing.pacing.line_hold),
+            coalesce_ms: millis(limits.timing.pacing.coalesce),
+            fsync_ms: millis(limits.timing.fsync_interval),
+            log_level: shims.log_level.clone(),
+        };
+        let attach = Attach {
+            run_id: id.clone(),
+            journal: self.inner.journal.clone(),
+            publisher: self.inner.hub.open(&id, 0),
+            observer: self.clone(),
+            control: rx,
+            detach: self.inner.detach.clone(),
+            tail: Tail::new(file, 0),
+            pgid: None,
+            shim: None,
+            socket: None,
+        };
+        self.inner.tracker.spawn(attach.launch(launch));
         let _ = self.inner.launches.send(id.clone());
         Ok(id)
     }
@@ -371,8 +471,8 @@ impl RunTable {
 
 /// What a supervisor reports lands in the table's row for its run.
 impl Observer for RunTable {
-    fn on_bad_event_line(&self) {
-        self.inner.bad_event_lines.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    fn on_bad_event_lines(&self, n: u64) {
+        self.inner.bad_event_lines.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn on_status(&self, id: &RunId, change: &StatusChange) {

@@ -1,0 +1,168 @@
+//! The shim's side of its socket: tells the attached daemon how far the
+//! journal is written, takes cancels from it, and mirrors what it says of
+//! delivery for output pacing.
+//!
+//! The supervisor only ever replaces a value in a `watch` (the latest mark
+//! supersedes one not sent yet), so a daemon that is slow, stopped or gone
+//! can never hold up the job. One daemon is attached at a time: a new
+//! connection (a restarted daemon) replaces the old one.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+use super::wire::{self, FromShim, MAX_LINE, Mark, ToShim};
+use crate::event::Batch;
+use crate::hub::Delivered;
+use crate::journal::RunWriter;
+use crate::run::supervisor::{Control, Sink};
+
+/// The supervisor's end: a [`Sink`] that publishes marks.
+pub(super) struct Link {
+    marks: watch::Sender<Mark>,
+    delivered: Arc<Delivered>,
+    bad_lines: u64,
+}
+
+impl Link {
+    pub(super) fn new() -> (Link, watch::Receiver<Mark>, Arc<Delivered>) {
+        let (marks, rx) = watch::channel(Mark::default());
+        let delivered = Arc::<Delivered>::default();
+        (Link { marks, delivered: delivered.clone(), bad_lines: 0 }, rx, delivered)
+    }
+
+    fn mark(&self, writer: &RunWriter, done: bool) -> Mark {
+        Mark { seq: writer.last_seq(), offset: writer.offset(), done, bad_lines: self.bad_lines }
+    }
+}
+
+impl Sink for Link {
+    fn written(&mut self, batch: Batch, writer: &RunWriter) {
+        if !batch.frames.is_empty() {
+            self.delivered.remote_written();
+            self.marks.send_replace(self.mark(writer, false));
+        }
+    }
+
+    fn done(&mut self, writer: &RunWriter) {
+        self.marks.send_replace(self.mark(writer, true));
+    }
+
+    fn bad_event_line(&mut self) {
+        self.bad_lines += 1;
+    }
+
+    fn delivered(&self) -> Arc<Delivered> {
+        self.delivered.clone()
+    }
+}
+
+/// Who the shim is, for `hello`.
+#[derive(Clone)]
+pub(super) struct Identity {
+    pub run_id: String,
+    pub pid: u32,
+}
+
+/// Whether a daemon is attached, and whether it was sent the final mark:
+/// what the shim waits for before it exits.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Attached {
+    pub daemon: bool,
+    pub told_done: bool,
+}
+
+impl Attached {
+    /// Nothing more to tell anyone.
+    pub(super) fn settled(&self) -> bool {
+        !self.daemon || self.told_done
+    }
+}
+
+/// Accepts daemons until the process exits; each new one replaces the last.
+pub(super) async fn serve(
+    listener: UnixListener,
+    me: Identity,
+    marks: watch::Receiver<Mark>,
+    control: mpsc::UnboundedSender<Control>,
+    delivered: Arc<Delivered>,
+    attached: Arc<watch::Sender<Attached>>,
+) {
+    let mut current: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(run_id = %me.run_id, %error, "accepting a daemon failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if let Some(old) = current.take() {
+            old.abort();
+        }
+        tracing::info!(run_id = %me.run_id, "daemon attached");
+        attached.send_replace(Attached { daemon: true, told_done: false });
+        let session = session(stream, me.clone(), marks.clone(), control.clone(), delivered.clone());
+        let attached = attached.clone();
+        current = Some(tokio::spawn(async move {
+            let told_done = session.await;
+            attached.send_replace(Attached { daemon: false, told_done });
+        }));
+    }
+}
+
+async fn session(
+    stream: UnixStream,
+    me: Identity,
+    mut marks: watch::Receiver<Mark>,
+    control: mpsc::UnboundedSender<Control>,
+    delivered: Arc<Delivered>,
+) -> bool {
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = FramedRead::new(rd, LinesCodec::new_with_max_length(MAX_LINE));
+    let mark = *marks.borrow_and_update();
+    let hello = FromShim::Hello { version: wire::VERSION, run_id: me.run_id.clone(), pid: me.pid, mark };
+    if wr.write_all(&wire::line(&hello)).await.is_err() {
+        return false;
+    }
+    let mut told_done = mark.done;
+    while !told_done {
+        tokio::select! {
+            changed = marks.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let mark = *marks.borrow_and_update();
+                if wr.write_all(&wire::line(&FromShim::Mark { mark })).await.is_err() {
+                    break;
+                }
+                told_done = mark.done;
+            }
+            line = lines.next() => match line {
+                Some(Ok(line)) => match serde_json::from_str::<ToShim>(&line) {
+                    Ok(ToShim::Cancel { reason }) => {
+                        let _ = control.send(Control::Cancel { reason });
+                    }
+                    Ok(ToShim::Idle { subscribers }) => {
+                        delivered.remote_idle(usize::try_from(subscribers).unwrap_or(usize::MAX));
+                    }
+                    Err(error) => tracing::warn!(run_id = %me.run_id, %error, "ignoring a bad line from the daemon"),
+                },
+                Some(Err(error)) => {
+                    tracing::warn!(run_id = %me.run_id, %error, "daemon connection failed");
+                    break;
+                }
+                None => break,
+            },
+        }
+    }
+    // Nobody reads now: output pacing must not wait for them.
+    delivered.remote_idle(0);
+    tracing::debug!(run_id = %me.run_id, told_done, "daemon session over");
+    told_done
+}
