@@ -176,7 +176,7 @@ async fn sighup_swaps_tokens_without_dropping_a_live_subscriber_and_refuses_a_br
 /// The directive `key` of systemd/runtap.service (the last one, as systemd reads it).
 fn unit_directive(unit: &str, key: &str) -> Option<String> {
     let prefix = format!("{key}=");
-    unit.lines().filter_map(|l| l.strip_prefix(&prefix)).last().map(str::to_owned)
+    unit.lines().rev().find_map(|l| l.strip_prefix(&prefix)).map(str::to_owned)
 }
 
 #[test]
