@@ -20,7 +20,8 @@ out=$(sed \
 # (StateDirectory=runtap, RuntimeDirectory=runtap). dpkg keeps your edits on\
 # upgrade (and asks if the packaged file changed too). `systemctl reload\
 # runtap` applies tokens, limits and the log level; other changes need\
-# `systemctl restart runtap`, which by default cancels active runs.\
+# `systemctl restart runtap`, which active runs survive by default\
+# ([runs] on_shutdown; they keep the settings they started with).\
 #\
 # The example'"'"'s own notes follow.' \
     -e 's|^# state_dir = "/var/lib/runtap"$|state_dir = "/var/lib/runtap"|' \

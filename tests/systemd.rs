@@ -1,4 +1,5 @@
-//! Issue 4 acceptance: systemd notify protocol, signals, reload, shutdown.
+//! Issue 4 acceptance: systemd notify protocol, signals, reload, shutdown;
+//! and the unit's side of issue 15 (runs outlive the daemon).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -107,6 +108,7 @@ async fn shutdown_cancels_active_runs_and_closes_websockets_with_1001() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_wait_policy_lets_runs_finish_then_bounds_the_wait() {
+    // `shutdown_policy`, the key's name before `on_shutdown`, is still read.
     let mut d = Daemon::start_with("[runs]\nshutdown_policy = \"wait\"\nshutdown_wait = \"3s\"\n");
     d.run(&["run", "--detach", "--id", "quick", "--", "sh", "-c", "sleep 0.5; echo finished"]);
     d.run(&["run", "--detach", "--id", "slow", "--", "sleep", "1000"]);
@@ -170,4 +172,34 @@ async fn sighup_swaps_tokens_without_dropping_a_live_subscriber_and_refuses_a_br
     let n = seqs.len() as u64;
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
     assert_eq!(rest.events.last().unwrap().status(), Some(RunStatus::Succeeded));
+}
+
+/// The directive `key` of systemd/runtap.service (the last one, as systemd reads it).
+fn unit_directive(unit: &str, key: &str) -> Option<String> {
+    let prefix = format!("{key}=");
+    unit.lines().rev().find_map(|l| l.strip_prefix(&prefix)).map(str::to_owned)
+}
+
+#[test]
+fn the_unit_lets_runs_outlive_the_daemon() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let unit = std::fs::read_to_string(root.join("systemd/runtap.service")).unwrap();
+    let get = |key: &str| unit_directive(&unit, key);
+    // A stop, a crash or the watchdog signals the daemon alone: the shims and their jobs stay.
+    assert_eq!(get("KillMode").as_deref(), Some("process"));
+    // The shims' sockets live in /run/runtap/shims: systemd must not delete them at a stop.
+    assert_eq!(get("RuntimeDirectory").as_deref(), Some("runtap"));
+    assert_eq!(get("RuntimeDirectoryPreserve").as_deref(), Some("yes"));
+    // It would remove the IPC objects of jobs that run on across a restart.
+    assert_ne!(get("RemoveIPC").as_deref(), Some("yes"));
+    for key in ["KillMode", "RuntimeDirectoryPreserve", "RemoveIPC"] {
+        assert_eq!(unit.lines().filter(|l| l.starts_with(&format!("{key}="))).count(), 1, "one {key}=");
+    }
+    // With on_shutdown = "cancel", the daemon on the packaged config needs grace period
+    // + drain timeout + 5 s to record every run cancelled before systemd SIGKILLs it.
+    let config = runtap::config::Config::from_toml_str(include_str!("../packaging/config.toml"), None).unwrap();
+    let timeout = get("TimeoutStopSec").unwrap();
+    let timeout = Duration::from_secs(timeout.strip_suffix('s').unwrap().parse().unwrap());
+    let needed = config.runs.grace_period + config.runs.drain_timeout + Duration::from_secs(5);
+    assert!(timeout > needed, "TimeoutStopSec={timeout:?} does not cover the cancel bound {needed:?}");
 }
