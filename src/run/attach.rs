@@ -186,8 +186,9 @@ impl<O: Observer> Attach<O> {
                 line = lines.next() => {
                     let mark = match line.map(|l| l.map(|l| serde_json::from_str::<FromShim>(&l))) {
                         Some(Ok(Ok(FromShim::Mark { mark }))) => mark,
-                        Some(Ok(Ok(FromShim::Events { lines }))) => {
-                            if self.publish_unwritten(lines) {
+                        Some(Ok(Ok(FromShim::Events { offset, lines }))) => {
+                            // What the file holds comes first.
+                            if self.publish_to(Some(offset)) || self.publish_unwritten(lines) {
                                 return End::Done;
                             }
                             continue;

@@ -32,10 +32,13 @@ const UNWRITTEN_MAX: usize = 8 * 1024 * 1024;
 pub(super) struct Unwritten {
     frames: VecDeque<Frame>,
     bytes: usize,
+    /// Where the file stopped: these frames come after all it holds.
+    offset: u64,
 }
 
 impl Unwritten {
-    fn push(&mut self, frames: Vec<Frame>) {
+    fn push(&mut self, frames: Vec<Frame>, offset: u64) {
+        self.offset = offset;
         for frame in frames {
             self.bytes += frame.bytes().len();
             self.frames.push_back(frame);
@@ -46,8 +49,8 @@ impl Unwritten {
         }
     }
 
-    /// The next message's worth, as JSON strings.
-    fn take(&mut self) -> Vec<String> {
+    /// The next message's worth, as JSON strings, and where the file stopped.
+    fn take(&mut self) -> (u64, Vec<String>) {
         let mut lines = Vec::new();
         let mut size = 0;
         while size < MAX_EVENTS_BYTES {
@@ -56,7 +59,7 @@ impl Unwritten {
             size += frame.bytes().len();
             lines.push(frame.json.as_str().to_owned());
         }
-        lines
+        (self.offset, lines)
     }
 }
 
@@ -68,15 +71,14 @@ pub(super) struct Link {
     delivered: Arc<Delivered>,
     bad_lines: u64,
     unwritten: Shared,
-    attached: Arc<watch::Sender<Attached>>,
 }
 
 impl Link {
-    pub(super) fn new(attached: Arc<watch::Sender<Attached>>) -> (Link, watch::Receiver<Mark>, Arc<Delivered>, Shared) {
+    pub(super) fn new() -> (Link, watch::Receiver<Mark>, Arc<Delivered>, Shared) {
         let (marks, rx) = watch::channel(Mark::default());
         let delivered = Arc::<Delivered>::default();
         let unwritten = Shared::default();
-        let link = Link { marks, delivered: delivered.clone(), bad_lines: 0, unwritten: unwritten.clone(), attached };
+        let link = Link { marks, delivered: delivered.clone(), bad_lines: 0, unwritten: unwritten.clone() };
         (link, rx, delivered, unwritten)
     }
 
@@ -91,8 +93,10 @@ impl Sink for Link {
         if batch.frames.is_empty() {
             return;
         }
-        if writer.is_degraded() && self.attached.borrow().daemon {
-            lock(&self.unwritten).push(batch.frames);
+        if writer.is_degraded() {
+            // Kept while no daemon is attached too (one starting, or one
+            // restarting): whoever attaches next can still serve them live.
+            lock(&self.unwritten).push(batch.frames, writer.offset());
         }
         self.delivered.remote_written();
         self.marks.send_replace(self.mark(writer, false));
@@ -158,8 +162,6 @@ pub(super) async fn serve(
         }
         tracing::info!(run_id = %me.run_id, "daemon attached");
         attached.send_replace(Attached { daemon: true, told_done: false });
-        // What a previous daemon was not sent is a gap: its readers are gone.
-        *lock(&unwritten) = Unwritten::default();
         let session = session(stream, me.clone(), marks.clone(), control.clone(), delivered.clone(), unwritten.clone());
         let attached = attached.clone();
         current = Some(tokio::spawn(async move {
@@ -194,11 +196,11 @@ async fn session(
                 let mark = *marks.borrow_and_update();
                 // What the file lacks goes first: the mark's status may be among it.
                 loop {
-                    let lines = lock(&unwritten).take();
+                    let (offset, lines) = lock(&unwritten).take();
                     if lines.is_empty() {
                         break;
                     }
-                    if wr.write_all(&wire::line(&FromShim::Events { lines })).await.is_err() {
+                    if wr.write_all(&wire::line(&FromShim::Events { offset, lines })).await.is_err() {
                         return false;
                     }
                 }

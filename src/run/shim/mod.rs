@@ -98,7 +98,7 @@ async fn shim(launch: Launch) -> Result<(), String> {
     record.write(&journal.run_dir(&run_id)).map_err(|e| format!("write supervisor.json: {e}"))?;
     let reaper = Reaper::new().map_err(|e| format!("SIGCHLD: {e}"))?;
     let attached = Arc::new(watch::Sender::new(Attached::default()));
-    let (link, marks, delivered, unwritten) = Link::new(attached.clone());
+    let (link, marks, delivered, unwritten) = Link::new();
     let (control_tx, control) = mpsc::unbounded_channel();
     let serve = link::serve(listener, me, marks, control_tx.clone(), delivered, attached.clone(), unwritten);
     let serving = tokio::spawn(serve);

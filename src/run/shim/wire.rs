@@ -49,8 +49,9 @@ pub(crate) enum FromShim {
     /// The journal grew (sent as it grows; a newer mark replaces an unsent one).
     Mark { mark: Mark },
     /// Events the journal could not keep (its disk is full), for live
-    /// readers: what the file would have held, one JSON line each.
-    Events { lines: Vec<String> },
+    /// readers: what the file would have held, one JSON line each. They
+    /// follow what the file holds below `offset` (read that first).
+    Events { offset: u64, lines: Vec<String> },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
