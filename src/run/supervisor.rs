@@ -349,8 +349,9 @@ impl<S: Sink> Supervisor<S> {
         let status = change.status;
         self.record_status(change, true);
         self.wait_sync().await;
-        self.start_sync();
-        self.wait_sync().await;
+        // On this task, not a blocking thread: nothing is left to read, and
+        // a short run would otherwise start a thread for this one call.
+        self.writer.sync_now();
         self.sink.done(&self.writer);
         tracing::info!(run_id = %self.run_id, status = ?status, last_seq = self.writer.last_seq(), "run finished");
     }

@@ -26,11 +26,12 @@ impl Record {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Written whole or not at all (a temp file renamed over it).
+    /// Written once, in one `write` of a new file, at the shim's start.
+    /// No temp file and rename: file creation is most of what a short run
+    /// costs on a busy ext4, and a torn record (a crash mid-write) only
+    /// loses the lost run's reason, which then says less.
     pub(crate) fn write(&self, run_dir: &Path) -> std::io::Result<()> {
-        let tmp = run_dir.join(".supervisor.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&tmp, run_dir.join(FILE))
+        std::fs::write(run_dir.join(FILE), serde_json::to_vec(self).map_err(std::io::Error::other)?)
     }
 }
 
