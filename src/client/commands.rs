@@ -61,7 +61,7 @@ pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
             }
         };
         match line {
-            Streamed::Output => {}
+            Streamed::Output(_) => {}
             Streamed::Event(ev) => {
                 started |= ev.status() == Some(RunStatus::Running);
                 if ev.status().is_some_and(RunStatus::is_final) {
@@ -116,7 +116,7 @@ pub async fn logs(socket: &Path, id: &str, since: u64, follow: bool) -> Result<i
     let mut sink = OutputSink::new();
     loop {
         match client.next_streamed(&mut sink).await? {
-            Streamed::Output | Streamed::Event(_) => {}
+            Streamed::Output(_) | Streamed::Event(_) => {}
             Streamed::Control(Response::End { .. }) => {
                 sink.flush()?;
                 return Ok(0);

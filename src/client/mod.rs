@@ -47,6 +47,10 @@ pub enum ClientError {
     /// The cause is in the message, not a `source`: a chain would repeat it.
     #[error("daemon connection: {0}")]
     Io(std::io::Error),
+    /// Reading from or writing to the daemon's socket failed (`Io` is
+    /// also this process's stdout and stderr).
+    #[error("daemon connection: {0}")]
+    Socket(std::io::Error),
     #[error("the daemon closed the connection")]
     Closed,
     #[error("unexpected answer from the daemon: {0}")]
@@ -89,8 +93,8 @@ const READ_BUFFER: usize = 1024 * 1024;
 
 /// What `Client::next_streamed` yields.
 pub enum Streamed {
-    /// An output event, written to the [`OutputSink`].
-    Output,
+    /// An output event, written to the [`OutputSink`]: its `seq`.
+    Output(u64),
     /// A status event.
     Event(Box<Event>),
     Control(Response),
@@ -107,7 +111,7 @@ impl Client {
     pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
         let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).await?;
+        self.writer.write_all(&line).await.map_err(ClientError::Socket)?;
         Ok(())
     }
 
@@ -133,10 +137,7 @@ impl Client {
         if !line.starts_with(br#"{"runId""#) {
             return Ok(Streamed::Control(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?));
         }
-        Ok(match decode::into_sink(line, sink)? {
-            None => Streamed::Output,
-            Some(event) => Streamed::Event(event),
-        })
+        decode::into_sink(line, sink)
     }
 
     fn has_line(&self) -> bool {
@@ -164,7 +165,7 @@ impl Client {
                 self.start = 0;
             }
             self.buf.reserve(READ_BUFFER / 4);
-            if self.reader.read_buf(&mut self.buf).await? == 0 {
+            if self.reader.read_buf(&mut self.buf).await.map_err(ClientError::Socket)? == 0 {
                 return Err(ClientError::Closed);
             }
         }
