@@ -3,11 +3,13 @@
 //!
 //! Exit codes of `runtap run`: the job's own exit code; 128+N if a signal N
 //! killed it; 130 if it was cancelled before it started; 125 if runtap
-//! itself failed (daemon unreachable, launch refused, connection lost).
+//! itself failed (daemon unreachable, launch refused, connection lost and
+//! the daemon not back within a minute).
 //!
 //! - this file: the connection, reading lines where they were read.
 //! - `decode`: output events unescaped straight into the sink.
 //! - `sink`: the job's output, written to stdout and stderr in big pieces.
+//! - `follow`: a subscription that reconnects across a daemon restart.
 //! - `commands`: the four commands.
 //! - `remote`: `logs`, `ps`, `cancel` over HTTP/WebSocket; `http`: its URL,
 //!   connections (TLS for `https://`), requests.
@@ -15,6 +17,7 @@
 
 mod commands;
 mod decode;
+mod follow;
 mod http;
 pub mod remote;
 mod report;
@@ -44,6 +47,12 @@ pub enum ClientError {
         .path.display()
     )]
     Connect { path: PathBuf, error: std::io::Error },
+    /// The daemon did not come back after the connection was lost.
+    #[error(
+        "cannot reconnect to the runtap daemon at {} (tried for {}s): {error} (is `runtap daemon` running? set --socket or RUNTAP_SOCKET)",
+        .path.display(), .tried.as_secs()
+    )]
+    Reconnect { path: PathBuf, tried: std::time::Duration, error: String },
     /// The cause is in the message, not a `source`: a chain would repeat it.
     #[error("daemon connection: {0}")]
     Io(std::io::Error),
@@ -64,6 +73,14 @@ pub enum ClientError {
     /// up (its host is offline, the stream broke).
     #[error("{0}")]
     Unreachable(String),
+}
+
+impl ClientError {
+    /// The connection to the daemon ended or broke: what a subscription
+    /// reconnects after (see `follow`).
+    pub(super) fn is_lost(&self) -> bool {
+        matches!(self, ClientError::Closed | ClientError::Socket(_))
+    }
 }
 
 impl From<std::io::Error> for ClientError {
