@@ -110,7 +110,7 @@ impl<'a> Subscription<'a> {
                 }
                 Streamed::Control(_) => return Ok(streamed),
             }
-            // A store per event, only when a gap was just reported.
+            // The first event after a gap clears it: one test per event.
             if self.gap.is_some() {
                 self.gap = None;
             }
