@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::Path;
 
+use super::follow::Subscription;
 use super::{Client, ClientError, EXIT_RUNTAP_ERROR, Line, OutputSink, Streamed};
 use crate::event::{Event, RunStatus};
 use crate::protocol::unix::{LaunchRequest, Request, Response};
@@ -39,14 +40,14 @@ pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
         println!("{run_id}");
         return Ok(0);
     }
-    client.send(&Request::Subscribe { run_id: run_id.clone(), since: 0, follow: true }).await?;
+    let mut sub = Subscription::start(socket, client, &run_id, 0, true).await?;
     let mut interrupts = 0;
     let mut final_event: Option<Event> = None;
     let mut started = false;
     let mut sink = OutputSink::new();
     loop {
         let line = tokio::select! {
-            line = client.next_streamed(&mut sink) => line?,
+            line = sub.next(&mut sink) => line?,
             _ = tokio::signal::ctrl_c() => {
                 interrupts += 1;
                 sink.flush()?;
@@ -55,13 +56,12 @@ pub async fn run(socket: &Path, opts: RunOptions) -> Result<i32, ClientError> {
                     return Ok(130);
                 }
                 eprintln!("runtap: cancelling run {run_id} (Ctrl-C again to stop waiting)");
-                let reason = Some("interrupted: SIGINT to runtap run".to_owned());
-                client.send(&Request::Cancel { run_id: run_id.clone(), reason }).await?;
+                sub.cancel("interrupted: SIGINT to runtap run".to_owned()).await?;
                 continue;
             }
         };
         match line {
-            Streamed::Output => {}
+            Streamed::Output(_) => {}
             Streamed::Event(ev) => {
                 started |= ev.status() == Some(RunStatus::Running);
                 if ev.status().is_some_and(RunStatus::is_final) {
@@ -112,11 +112,11 @@ pub fn exit_code(ev: &Event) -> i32 {
 pub async fn logs(socket: &Path, id: &str, since: u64, follow: bool) -> Result<i32, ClientError> {
     let mut client = Client::connect(socket).await?;
     client.call(&Request::Status { run_id: id.to_owned() }).await?;
-    client.send(&Request::Subscribe { run_id: id.to_owned(), since, follow }).await?;
+    let mut sub = Subscription::start(socket, client, id, since, follow).await?;
     let mut sink = OutputSink::new();
     loop {
-        match client.next_streamed(&mut sink).await? {
-            Streamed::Output | Streamed::Event(_) => {}
+        match sub.next(&mut sink).await? {
+            Streamed::Output(_) | Streamed::Event(_) => {}
             Streamed::Control(Response::End { .. }) => {
                 sink.flush()?;
                 return Ok(0);

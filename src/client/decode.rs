@@ -4,16 +4,17 @@
 use serde::Deserializer;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
-use super::{ClientError, OutputSink, bad_line};
-use crate::event::{Encoding, Event, EventType};
+use super::{ClientError, OutputSink, Streamed, bad_line};
+use crate::event::{Encoding, EventType};
 
 /// One event line, from the Unix socket or a WebSocket frame: an output
-/// event's data goes into `sink` (None), any other event comes back. Both
-/// transports go through here, so `logs` prints the same bytes either way.
-pub(super) fn into_sink(line: &[u8], sink: &mut OutputSink) -> Result<Option<Box<Event>>, ClientError> {
+/// event's data goes into `sink` (`Output` with its seq, read on the way),
+/// any other event comes back. Both transports go through here, so `logs`
+/// prints the same bytes either way.
+pub(super) fn into_sink(line: &[u8], sink: &mut OutputSink) -> Result<Streamed, ClientError> {
     if let Some((stream, seq, encoding)) = parse_output_fast(line, &mut sink.data) {
         sink.take_data(stream, encoding, seq)?;
-        return Ok(None);
+        return Ok(Streamed::Output(seq));
     }
     sink.data.clear();
     let mut de = serde_json::Deserializer::from_slice(line);
@@ -21,11 +22,11 @@ pub(super) fn into_sink(line: &[u8], sink: &mut OutputSink) -> Result<Option<Box
     match head.kind {
         Some(stream @ (EventType::Stdout | EventType::Stderr)) => {
             sink.take_data(stream, head.encoding, head.seq)?;
-            Ok(None)
+            Ok(Streamed::Output(head.seq))
         }
         _ => {
             sink.data.clear();
-            Ok(Some(Box::new(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?)))
+            Ok(Streamed::Event(Box::new(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?)))
         }
     }
 }

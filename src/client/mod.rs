@@ -3,11 +3,13 @@
 //!
 //! Exit codes of `runtap run`: the job's own exit code; 128+N if a signal N
 //! killed it; 130 if it was cancelled before it started; 125 if runtap
-//! itself failed (daemon unreachable, launch refused, connection lost).
+//! itself failed (daemon unreachable, launch refused, connection lost and
+//! the daemon not back within a minute).
 //!
 //! - this file: the connection, reading lines where they were read.
 //! - `decode`: output events unescaped straight into the sink.
 //! - `sink`: the job's output, written to stdout and stderr in big pieces.
+//! - `follow`: a subscription that reconnects across a daemon restart.
 //! - `commands`: the four commands.
 //! - `remote`: `logs`, `ps`, `cancel` over HTTP/WebSocket; `http`: its URL,
 //!   connections (TLS for `https://`), requests.
@@ -15,6 +17,7 @@
 
 mod commands;
 mod decode;
+mod follow;
 mod http;
 pub mod remote;
 mod report;
@@ -44,9 +47,19 @@ pub enum ClientError {
         .path.display()
     )]
     Connect { path: PathBuf, error: std::io::Error },
+    /// The daemon did not come back after the connection was lost.
+    #[error(
+        "cannot reconnect to the runtap daemon at {} (tried for {}s): {error} (is `runtap daemon` running? set --socket or RUNTAP_SOCKET)",
+        .path.display(), .tried.as_secs()
+    )]
+    Reconnect { path: PathBuf, tried: std::time::Duration, error: String },
     /// The cause is in the message, not a `source`: a chain would repeat it.
     #[error("daemon connection: {0}")]
     Io(std::io::Error),
+    /// Reading from or writing to the daemon's socket failed (`Io` is
+    /// also this process's stdout and stderr).
+    #[error("daemon connection: {0}")]
+    Socket(std::io::Error),
     #[error("the daemon closed the connection")]
     Closed,
     #[error("unexpected answer from the daemon: {0}")]
@@ -60,6 +73,14 @@ pub enum ClientError {
     /// up (its host is offline, the stream broke).
     #[error("{0}")]
     Unreachable(String),
+}
+
+impl ClientError {
+    /// The connection to the daemon ended or broke: what a subscription
+    /// reconnects after (see `follow`).
+    pub(super) fn is_lost(&self) -> bool {
+        matches!(self, ClientError::Closed | ClientError::Socket(_))
+    }
 }
 
 impl From<std::io::Error> for ClientError {
@@ -89,8 +110,8 @@ const READ_BUFFER: usize = 1024 * 1024;
 
 /// What `Client::next_streamed` yields.
 pub enum Streamed {
-    /// An output event, written to the [`OutputSink`].
-    Output,
+    /// An output event, written to the [`OutputSink`]: its `seq`.
+    Output(u64),
     /// A status event.
     Event(Box<Event>),
     Control(Response),
@@ -107,7 +128,7 @@ impl Client {
     pub async fn send(&mut self, req: &Request) -> Result<(), ClientError> {
         let mut line = serde_json::to_vec(req).map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).await?;
+        self.writer.write_all(&line).await.map_err(ClientError::Socket)?;
         Ok(())
     }
 
@@ -133,10 +154,7 @@ impl Client {
         if !line.starts_with(br#"{"runId""#) {
             return Ok(Streamed::Control(serde_json::from_slice(line).map_err(|e| bad_line(e, line))?));
         }
-        Ok(match decode::into_sink(line, sink)? {
-            None => Streamed::Output,
-            Some(event) => Streamed::Event(event),
-        })
+        decode::into_sink(line, sink)
     }
 
     fn has_line(&self) -> bool {
@@ -164,7 +182,7 @@ impl Client {
                 self.start = 0;
             }
             self.buf.reserve(READ_BUFFER / 4);
-            if self.reader.read_buf(&mut self.buf).await? == 0 {
+            if self.reader.read_buf(&mut self.buf).await.map_err(ClientError::Socket)? == 0 {
                 return Err(ClientError::Closed);
             }
         }
