@@ -78,6 +78,8 @@ enum End {
 #[derive(Default)]
 struct Session {
     bad_lines: u64,
+    /// The first hello's count of dropped lines was counted elsewhere.
+    counted_before: bool,
     awaiting_idle: bool,
     cancel: Option<String>,
     shim_pid: Option<u32>,
@@ -106,9 +108,10 @@ impl<O: Observer> Attach<O> {
     }
 
     /// A run a previous daemon started, whose shim holds its journal.
-    pub(super) async fn reattach(mut self, bad_lines: u64) {
+    /// The lines its events channel dropped before are that daemon's count.
+    pub(super) async fn reattach(mut self) {
         self.socket = Record::read(&self.journal.run_dir(&self.run_id)).map(|r| r.socket);
-        self.follow(Session { bad_lines, ..Session::default() }).await;
+        self.follow(Session { counted_before: true, ..Session::default() }).await;
     }
 
     async fn follow(mut self, mut session: Session) {
@@ -162,6 +165,9 @@ impl<O: Observer> Attach<O> {
                     return End::Detached;
                 }
                 s.shim_pid = Some(pid);
+                if std::mem::take(&mut s.counted_before) {
+                    s.bad_lines = mark.bad_lines;
+                }
                 mark
             }
             other => {

@@ -214,7 +214,7 @@ impl RunTable {
         };
         tracing::info!(run_id = %id, last_seq = r.last_seq, "taking back a run from its shim");
         self.runs().insert(id, Entry { info: RunInfo::recovered(r), control: Some(tx) });
-        self.inner.tracker.spawn(attach.reattach(0));
+        self.inner.tracker.spawn(attach.reattach());
     }
 
     /// Leaves every active run to its shim (shutdown with `detach`).

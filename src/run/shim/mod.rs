@@ -71,6 +71,9 @@ pub(crate) fn main() -> ExitCode {
     if let Err(error) = nix::unistd::setsid() {
         tracing::warn!(run_id = %launch.run_id, %error, "setsid failed");
     }
+    // Executed as /proc/self/exe, the process would be named "exe" in
+    // `ps -C`, `top` and `pgrep`; its argv already says `runtap shim`.
+    let _ = nix::sys::prctl::set_name(c"runtap-shim");
     // What the job leaves behind is reparented to us and reaped here, not
     // left to whatever is pid 1 (or to the daemon, long gone).
     if let Err(error) = nix::sys::prctl::set_child_subreaper(true) {
