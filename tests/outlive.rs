@@ -709,15 +709,8 @@ fn fill(dir: &Path) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_while_the_daemon_is_down_never_blocks_the_job() {
-    if !is_root() {
-        println!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    // Declared first, dropped last: the daemon's cleanup reads the state dir.
-    let disk;
-    let mut d = Daemon::prepare("");
-    disk = Tmpfs::mount(&d.state_dir(), "4m");
-    d.spawn();
+    // The disk is dropped last: the daemon's cleanup reads the state dir.
+    let Some((disk, mut d)) = daemon_on_small_disk("4m") else { return };
     let files = tempfile::tempdir().unwrap();
     let (stop, prog) = (files.path().join("stop"), files.path().join("progress"));
     // ~1 KB lines every few ms: far more than a pipe holds while the disk is full.
@@ -775,14 +768,7 @@ async fn disk_full_while_the_daemon_is_down_never_blocks_the_job() {
 /// gets a journal-gap).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_while_attached_live_subscribers_still_get_everything() {
-    if !is_root() {
-        println!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    let disk;
-    let mut d = Daemon::prepare("");
-    disk = Tmpfs::mount(&d.state_dir(), "2m");
-    d.spawn();
+    let Some((disk, d)) = daemon_on_small_disk("2m") else { return };
     let mut live = UnixConn::open(&d.socket()).await;
     live.call(&serde_json::json!({"type": "subscribe", "runId": "full-live", "since": 0, "follow": true})).await;
     // 4 MB of output into a 2 MB state dir.
@@ -814,14 +800,7 @@ async fn disk_full_while_attached_live_subscribers_still_get_everything() {
 /// `running`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn degraded_run_that_ends_while_its_shim_is_unreachable_is_closed_with_its_exit_code() {
-    if !is_root() {
-        println!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    let disk;
-    let mut d = Daemon::prepare("");
-    disk = Tmpfs::mount(&d.state_dir(), "2m");
-    d.spawn();
+    let Some((disk, mut d)) = daemon_on_small_disk("2m") else { return };
     let files = tempfile::tempdir().unwrap();
     let stop = files.path().join("stop");
     let script = format!(
@@ -851,14 +830,7 @@ async fn degraded_run_that_ends_while_its_shim_is_unreachable_is_closed_with_its
 /// the run is still going.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_while_attached_the_journal_is_reported_degraded_while_the_run_goes_on() {
-    if !is_root() {
-        println!("skipped: mounting a small tmpfs needs root");
-        return;
-    }
-    let disk;
-    let mut d = Daemon::prepare("");
-    disk = Tmpfs::mount(&d.state_dir(), "2m");
-    d.spawn();
+    let Some((disk, d)) = daemon_on_small_disk("2m") else { return };
     let files = tempfile::tempdir().unwrap();
     let stop = files.path().join("stop");
     let script =
@@ -882,4 +854,18 @@ async fn disk_full_while_attached_the_journal_is_reported_degraded_while_the_run
     wait_row_final(&d, "degraded-live").await;
     drop(d);
     drop(disk);
+}
+
+/// A daemon whose state dir is a tmpfs of `size`; `None` (said on stdout)
+/// when not root. The disk comes first: bound in that order, the daemon is
+/// dropped before its disk is unmounted.
+fn daemon_on_small_disk(size: &str) -> Option<(Tmpfs, Daemon)> {
+    if !is_root() {
+        println!("skipped: mounting a small tmpfs needs root");
+        return None;
+    }
+    let mut d = Daemon::prepare("");
+    let disk = Tmpfs::mount(&d.state_dir(), size);
+    d.spawn();
+    Some((disk, d))
 }
