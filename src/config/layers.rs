@@ -145,6 +145,21 @@ pub(super) fn de_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, 
     humantime::parse_duration(&text).map_err(|e| D::Error::custom(format!("invalid duration {text:?}: {e}")))
 }
 
+/// A string or a list of strings (`nats_url = "nats://a"` or `["nats://a", "nats://b"]`).
+pub(super) fn de_one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(de) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(D::Error::custom("expected a string or a list of strings")),
+    }
+}
+
 /// A string of octal digits ("0660"). Strings, not integers, because TOML reads 660 as decimal.
 fn de_octal<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
     let text = de.deserialize_str(StrVisitor("a string of octal digits like \"0660\""))?;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use defaults::*;
-use layers::de_duration;
+use layers::{de_duration, de_one_or_many};
 pub use layers::{default_socket, default_state_dir};
 
 /// The whole configuration, after layering. Build with [`Config::load`]; always validated.
@@ -79,6 +79,30 @@ pub struct GatewayConfig {
     /// How long a cancel routed to a host may take before the gateway answers 504.
     #[serde(deserialize_with = "de_duration")]
     pub cancel_timeout: Duration,
+    /// Where hosts' events are kept: this gateway's own journals, or NATS
+    /// JetStream shared by any number of replicas (docs/gateway.md).
+    pub engine: GatewayEngine,
+    /// The NATS servers (`nats://HOST:PORT`) of `engine = "nats"`; a string or a list.
+    #[serde(deserialize_with = "de_one_or_many")]
+    pub nats_url: Vec<String>,
+    /// Copies JetStream keeps of the stream and the buckets (3 in a 3-node cluster).
+    pub nats_replicas: usize,
+    /// Events older than this leave the stream.
+    #[serde(deserialize_with = "de_duration")]
+    pub nats_max_age: Duration,
+    /// The stream keeps at most this many bytes; the oldest go first.
+    pub nats_max_bytes: u64,
+}
+
+/// `[gateway] engine`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayEngine {
+    /// One gateway, its own journals (the state dir).
+    #[default]
+    Local,
+    /// Replicas sharing NATS JetStream.
+    Nats,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -87,6 +111,11 @@ impl fmt::Debug for GatewayConfig {
             .field("agent_tokens", &format_args!("[{} redacted]", self.agent_tokens.len()))
             .field("ack_interval", &self.ack_interval)
             .field("cancel_timeout", &self.cancel_timeout)
+            .field("engine", &self.engine)
+            .field("nats_url", &self.nats_url)
+            .field("nats_replicas", &self.nats_replicas)
+            .field("nats_max_age", &self.nats_max_age)
+            .field("nats_max_bytes", &self.nats_max_bytes)
             .finish()
     }
 }

@@ -110,7 +110,27 @@ impl Config {
             })?;
         }
         ensure(!self.gateway.ack_interval.is_zero(), "gateway.ack_interval", || "must be greater than zero".into())?;
+        self.check_nats()?;
         self.check_auth()
+    }
+
+    /// `[gateway]`'s NATS engine: where it is, and limits JetStream accepts.
+    fn check_nats(&self) -> Result<(), (String, String)> {
+        let g = &self.gateway;
+        if g.engine == super::GatewayEngine::Nats {
+            ensure(!g.nats_url.is_empty(), "gateway.nats_url", || "is required with engine = \"nats\"".into())?;
+        }
+        for (i, url) in g.nats_url.iter().enumerate() {
+            let ok = ["nats://", "tls://"].iter().any(|p| url.starts_with(p)) || !url.contains("://");
+            ensure(ok, &format!("gateway.nats_url[{i}]"), || {
+                format!("must be nats://HOST:PORT or tls://HOST:PORT (got {url:?})")
+            })?;
+        }
+        ensure((1..=5).contains(&g.nats_replicas), "gateway.nats_replicas", || "must be 1 to 5".into())?;
+        ensure(!g.nats_max_age.is_zero(), "gateway.nats_max_age", || "must be greater than zero".into())?;
+        ensure(i64::try_from(g.nats_max_bytes).is_ok_and(|b| b > 0), "gateway.nats_max_bytes", || {
+            "must be greater than zero and below 2^63".into()
+        })
     }
 
     /// `[auth]`: the shapes only; whether the key files load is the token
