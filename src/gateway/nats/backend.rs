@@ -63,7 +63,8 @@ impl Backend for NatsGateway {
     fn source<'a>(&'a self, host: Option<&'a str>, run: &'a RunId) -> BoxFuture<'a, Result<Source, LookupError>> {
         Box::pin(async move {
             let entry = self.find(host, run).await?;
-            self.inner.live.source(&entry.key()).await.map_err(|e| {
+            let ended = entry.info.status.is_final().then_some(entry.info.last_seq);
+            self.inner.live.source(&entry.key(), ended).await.map_err(|e| {
                 tracing::warn!(host = %entry.host, run_id = %run, error = %e, "cannot follow the run");
                 LookupError::NotFound(format!("{run} (the event store is not answering: {e})"))
             })

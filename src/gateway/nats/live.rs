@@ -60,7 +60,12 @@ impl Live {
 
     /// The history and hub a viewer of `key` reads, following the run live
     /// from now on if it is not over.
-    pub(super) async fn source(&self, key: &RunKey) -> Result<crate::server::backend::Source, StoreError> {
+    /// `ended`: the run's last seq if its row says it is over.
+    pub(super) async fn source(
+        &self,
+        key: &RunKey,
+        ended: Option<u64>,
+    ) -> Result<crate::server::backend::Source, StoreError> {
         let hub = self.hub(&key.host);
         let Ok(run) = RunId::parse(&key.run) else {
             return Err(StoreError::Request(format!("bad run ID {}", key.run)));
@@ -80,11 +85,17 @@ impl Live {
             }
             slot.clone()
         };
-        followed.started.get_or_try_init(|| self.start(key, &run, &hub)).await?;
+        followed.started.get_or_try_init(|| self.start(key, &run, &hub, ended)).await?;
         Ok(crate::server::backend::Source { history: history::of(&self.store, key.clone()), hub })
     }
 
-    async fn start(&self, key: &RunKey, run: &RunId, hub: &Hub) -> Result<CancellationToken, StoreError> {
+    async fn start(
+        &self,
+        key: &RunKey,
+        run: &RunId,
+        hub: &Hub,
+        ended: Option<u64>,
+    ) -> Result<CancellationToken, StoreError> {
         let stop = self.stop.child_token();
         // Subscribe before reading the tail: nothing stored after it is missed.
         let sub =
@@ -93,6 +104,12 @@ impl Live {
         let (cursor, last_seq, over) = tail.map_or((0, 0, false), |c| (c.stream_seq, c.last, c.last_chunk));
         if over {
             hub.insert_closed(run, last_seq);
+            return Ok(stop);
+        }
+        if let Some(last) = ended {
+            // Over, but its last chunks left the stream (retention): what
+            // is left is served, the rest reported as a gap.
+            hub.insert_closed(run, last.max(last_seq));
             return Ok(stop);
         }
         let follower = Follower {
