@@ -100,8 +100,16 @@ pub(super) async fn serve(upgraded: Upgraded, gw: NatsGateway, stop: Cancellatio
         pending: HashMap::new(),
         next_req: 1,
     };
-    let result = link.run(&mut ws, &runs, cancels, stop).await;
-    let _ = link.flush(&mut ws).await;
+    let mut result = link.run(&mut ws, &runs, cancels, stop).await;
+    if let Err(LinkError::Closed) = result {
+        // What arrived before the host went is stored; it is acknowledged
+        // on the host's next link (its resume point).
+        if let Err(e) = link.flush(&mut ws).await
+            && !matches!(e, LinkError::Closed)
+        {
+            result = Err(e);
+        }
+    }
     if let Err(error) = link.hold.renew(&store.hosts, false).await {
         tracing::debug!(host, %error, "host hold not released (another replica has it)");
     }
