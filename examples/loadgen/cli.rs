@@ -78,6 +78,11 @@ pub(crate) struct Target {
     pub(crate) server_pid: Option<u32>,
     #[arg(long)]
     pub(crate) run_id: String,
+    /// At a gateway: the host the run is on (`&host=HOST` on each
+    /// subscription). The run is still launched over `--socket`, which is
+    /// then that host daemon's.
+    #[arg(long)]
+    pub(crate) host: Option<String>,
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 64)]
     pub(crate) connect_concurrency: usize,
@@ -94,6 +99,11 @@ pub(crate) struct StreamArgs {
     pub(crate) target: Target,
     #[arg(long)]
     pub(crate) subs: usize,
+    /// Spread the subscribers round-robin over these HOST:PORT listeners
+    /// (e.g. gateway replicas) instead of `--addr` alone; the report then
+    /// adds `by_addr`, latency and completeness per listener.
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) spread: Vec<String>,
     /// Extra subscribers that connect and subscribe, then never read.
     #[arg(long, default_value_t = 0)]
     pub(crate) stalled: usize,

@@ -56,7 +56,8 @@ pub(crate) fn url(t: &Target, since: u64) -> String {
     let addr = &t.addr;
     match t.proto {
         Proto::Runtap | Proto::Ws => {
-            format!("{scheme}://{addr}/runs?runId={}&token={}&since={since}", enc(&t.run_id), enc(&t.token))
+            let host = t.host.as_deref().map(|h| format!("&host={}", enc(h))).unwrap_or_default();
+            format!("{scheme}://{addr}/runs?runId={}&token={}&since={since}{host}", enc(&t.run_id), enc(&t.token))
         }
         Proto::Socketio => format!("{scheme}://{addr}/socket.io/?EIO=4&transport=websocket"),
         Proto::RuntapSocketio => {

@@ -30,9 +30,13 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
         resubscribe: a.resubscribe,
         per_frame: (a.slow_ms > 0.0).then(|| Duration::from_secs_f64(a.slow_ms / 1000.0)),
     };
+    // `--spread`: subscriber i reads from listener i mod n.
+    let spread: Vec<Arc<_>> =
+        a.spread.iter().map(|addr| Arc::new(crate::cli::Target { addr: addr.clone(), ..a.target.clone() })).collect();
     let mut subs = Vec::with_capacity(a.subs);
-    for _ in 0..a.subs {
-        subs.push(tokio::spawn(subscriber(t.clone(), opts, gate.clone(), ready_tx.clone(), stop.clone())));
+    for i in 0..a.subs {
+        let (at, ti) = if spread.is_empty() { (0, t.clone()) } else { (i % spread.len(), spread[i % spread.len()].clone()) };
+        subs.push((at, tokio::spawn(subscriber(ti, opts, gate.clone(), ready_tx.clone(), stop.clone()))));
     }
     let mut stalls = Vec::new();
     for _ in 0..a.stalled {
@@ -53,13 +57,15 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
     launch(&t, &a.command).await?;
 
     let mut stats = Vec::with_capacity(subs.len());
+    let mut stats_at = Vec::with_capacity(subs.len());
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(a.timeout);
     let mut timed_out = false;
-    for mut h in subs {
+    for (at, mut h) in subs {
         if !timed_out {
             match tokio::time::timeout_at(deadline, &mut h).await {
                 Ok(r) => {
                     stats.push(r.map_err(|e| e.to_string())?);
+                    stats_at.push(at);
                     continue;
                 }
                 Err(_) => {
@@ -70,6 +76,7 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
         }
         if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(5), h).await {
             stats.push(s);
+            stats_at.push(at);
         }
     }
     let job_s = match &a.job_time_file {
@@ -91,9 +98,30 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
     }
 
     let (tot, hist) = Totals::of(&stats, &a);
+    let by_addr: serde_json::Map<String, Value> = a
+        .spread
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let mine = stats.iter().zip(&stats_at).filter(|&(_, &at)| at == i).map(|(s, _)| s);
+            let (tot, hist) = Totals::of(mine, &a);
+            let v = json!({
+                "subs": a.subs / a.spread.len() + usize::from(i < a.subs % a.spread.len()),
+                "complete_subs": tot.complete,
+                "time_s": tot.last_done.map(|d| round(d.duration_since(t0).as_secs_f64(), 3)),
+                "frames": tot.frames,
+                "samples": hist.n,
+                "p50_ms": hist.quantile_ms(0.50),
+                "p90_ms": hist.quantile_ms(0.90),
+                "p99_ms": hist.quantile_ms(0.99),
+                "max_ms": (hist.n > 0).then(|| hist.max as f64 / 1000.0),
+            });
+            (addr.clone(), v)
+        })
+        .collect();
     let since_t0 = |i: Option<Instant>| i.map(|i| round(i.duration_since(t0).as_secs_f64(), 3));
     let cpu = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| round(b - a, 2));
-    Ok(json!({
+    let mut report = json!({
         "mode": "stream",
         "proto": format!("{:?}", t.proto).to_lowercase(),
         "tls": t.tls_ca.is_some(),
@@ -135,7 +163,9 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
         "server_cpu_s": cpu(server_cpu0, server_cpu1),
         "loadgen_cpu_s": cpu(self_cpu0, self_cpu1),
         "errors": tot.errors,
-    }))
+    });
+    report["by_addr"] = Value::Object(by_addr);
+    Ok(report)
 }
 
 /// Sums over all subscribers.
@@ -160,7 +190,7 @@ struct Totals {
 }
 
 impl Totals {
-    fn of(stats: &[SubStats], a: &StreamArgs) -> (Totals, Hist) {
+    fn of<'a>(stats: impl IntoIterator<Item = &'a SubStats>, a: &StreamArgs) -> (Totals, Hist) {
         let mut t = Totals::default();
         let mut hist = Hist::new();
         for s in stats {
