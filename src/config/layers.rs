@@ -145,8 +145,8 @@ pub(super) fn de_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, 
     humantime::parse_duration(&text).map_err(|e| D::Error::custom(format!("invalid duration {text:?}: {e}")))
 }
 
-/// A string or a list of strings (`nats_url = "nats://a"` or `["nats://a", "nats://b"]`).
-pub(super) fn de_one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+/// A string, or a list of strings (`url = "ws://a"` or `url = ["ws://a", "ws://b"]`).
+pub(super) fn de_string_or_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum OneOrMany {
@@ -156,7 +156,7 @@ pub(super) fn de_one_or_many<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<Str
     match OneOrMany::deserialize(de) {
         Ok(OneOrMany::One(s)) => Ok(vec![s]),
         Ok(OneOrMany::Many(v)) => Ok(v),
-        Err(_) => Err(D::Error::custom("expected a string or a list of strings")),
+        Err(_) => Err(D::Error::custom("expected a URL string or a list of URL strings")),
     }
 }
 

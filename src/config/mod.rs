@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use defaults::*;
-use layers::{de_duration, de_one_or_many};
+use layers::{de_duration, de_string_or_list};
 pub use layers::{default_socket, default_state_dir};
 
 /// The whole configuration, after layering. Build with [`Config::load`]; always validated.
@@ -57,8 +57,11 @@ pub struct AuthConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `ws://HOST:PORT` or `wss://HOST:PORT` of the gateway; unset = no forwarding.
-    pub url: Option<String>,
+    /// `ws://HOST:PORT` or `wss://HOST:PORT` of the gateway, or of several
+    /// interchangeable ones, tried in turn (a string or a list in the file);
+    /// empty = no forwarding.
+    #[serde(deserialize_with = "de_string_or_list")]
+    pub url: Vec<String>,
     /// This host's name at the gateway; default: the hostname.
     pub host_id: Option<String>,
     /// File holding the agent token for the gateway.
@@ -83,7 +86,7 @@ pub struct GatewayConfig {
     /// JetStream shared by any number of replicas (docs/gateway.md).
     pub engine: GatewayEngine,
     /// The NATS servers (`nats://HOST:PORT`) of `engine = "nats"`; a string or a list.
-    #[serde(deserialize_with = "de_one_or_many")]
+    #[serde(deserialize_with = "de_string_or_list")]
     pub nats_url: Vec<String>,
     /// Copies JetStream keeps of the stream and the buckets (3 in a 3-node cluster).
     pub nats_replicas: usize,
@@ -302,7 +305,8 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub listen: Option<String>,
-    pub upstream: Option<String>,
+    /// `--upstream`, repeatable; when not empty it replaces `upstream.url`.
+    pub upstream: Vec<String>,
     pub host_id: Option<String>,
     pub upstream_token_file: Option<PathBuf>,
 }
@@ -352,7 +356,9 @@ impl Config {
         file.daemon.apply_env(&env);
         file.daemon.apply_overrides(overrides);
         let up = &mut file.upstream;
-        up.url = overrides.upstream.clone().or(up.url.take());
+        if !overrides.upstream.is_empty() {
+            up.url = overrides.upstream.clone();
+        }
         up.host_id = overrides.host_id.clone().or(up.host_id.take());
         up.token_file = overrides.upstream_token_file.clone().or(up.token_file.take());
         Self::assemble(path, file, &env)

@@ -28,9 +28,12 @@ use crate::event::RunStatus;
 use crate::journal::RunMeta;
 
 /// Both ends ping this often...
-pub const LINK_PING: std::time::Duration = std::time::Duration::from_secs(20);
+pub const LINK_PING: std::time::Duration = std::time::Duration::from_secs(5);
 /// ...and drop a link that has been silent (no message, no pong) this long.
-pub const LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// Short because a host with several gateway URLs fails over only once it
+/// gives up on a gateway that hangs (frozen, cut off without a reset):
+/// 15 s of no events at the viewers, against a ping per host every 5 s.
+pub const LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Largest link message: a `hello` lists every run the host keeps.
 pub const MAX_LINK_MESSAGE: usize = 16 * 1024 * 1024;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::index::{self, Hold, RunEntry};
 use super::names::{self, RunKey};
+use super::run_link::{CHUNK_BYTES, RunLink};
 use super::store::StoreError;
 use super::{NatsGateway, cancel};
 use crate::event::Event;
@@ -33,8 +34,6 @@ use crate::run_id::RunId;
 use crate::run_info::RunInfo;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// A chunk is appended once it holds this much, without waiting for the tick.
-const CHUNK_BYTES: usize = 256 * 1024;
 /// Messages taken without waiting before chunks are appended.
 const DRAIN_MESSAGES: usize = 1024;
 /// The hold on the host is renewed this often (see `index::HOLD_FRESH`).
@@ -130,49 +129,6 @@ pub(super) async fn serve(upgraded: Upgraded, gw: NatsGateway, stop: Cancellatio
             tracing::warn!(host, %error, "host session failed");
             close(&mut ws, 4400, "protocol error").await;
         }
-    }
-}
-
-/// One run being forwarded over this link.
-struct RunLink {
-    key: RunKey,
-    info: RunInfo,
-    /// Stream sequence of the subject's last chunk (the fence).
-    expected: u64,
-    /// Last event seq JetStream acknowledged.
-    stored: u64,
-    /// Chunks waiting to be appended: `(first, last, gap, final, body)`.
-    chunks: Vec<(u64, u64, bool, bool, BytesMut)>,
-    /// The next event seq the host may send.
-    next: u64,
-    row_dirty: bool,
-    status_changed: bool,
-    row_written: Option<Instant>,
-}
-
-impl RunLink {
-    fn queued_bytes(&self) -> usize {
-        self.chunks.last().map_or(0, |c| c.4.len())
-    }
-
-    async fn append(&mut self, gw: &NatsGateway) -> Result<bool, StoreError> {
-        let any = !self.chunks.is_empty();
-        for (first, last, gap, last_chunk, body) in std::mem::take(&mut self.chunks) {
-            let seq = gw
-                .store()
-                .append(&self.key, self.expected, (first, last), (gap, last_chunk), gw.replica(), body.freeze())
-                .await?;
-            self.expected = seq;
-            self.stored = last;
-            gw.count_appended(last + 1 - first);
-        }
-        Ok(any)
-    }
-
-    fn row(&self, host: &str, epoch: &str) -> RunEntry {
-        let mut info = self.info.clone();
-        info.last_seq = self.stored;
-        RunEntry { host: host.to_owned(), epoch: epoch.to_owned(), info }
     }
 }
 
@@ -346,21 +302,7 @@ impl Link {
             state.info.apply(&change, &event.timestamp);
             state.status_changed = true;
         }
-        state.row_dirty = true;
-        let open = state.chunks.last().is_some_and(|c| !c.2 && !c.3 && c.4.len() < CHUNK_BYTES);
-        if !open {
-            state.chunks.push((event.seq, event.seq, false, false, BytesMut::new()));
-        }
-        if let Some(chunk) = state.chunks.last_mut() {
-            chunk.1 = event.seq;
-            chunk.3 = last_chunk;
-            let mut w = std::mem::take(&mut chunk.4).writer();
-            // Serializing plain structs of strings and integers into memory cannot fail.
-            let _ = serde_json::to_writer(&mut w, &event);
-            chunk.4 = w.into_inner();
-            chunk.4.put_u8(b'\n');
-        }
-        state.next = event.seq + 1;
+        state.push(&event, last_chunk);
         Ok(state.queued_bytes() >= CHUNK_BYTES)
     }
 

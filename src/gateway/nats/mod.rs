@@ -20,6 +20,7 @@ mod index;
 mod link;
 mod live;
 mod names;
+mod run_link;
 mod store;
 
 use std::sync::atomic::{AtomicU64, Ordering};
