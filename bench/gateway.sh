@@ -317,11 +317,13 @@ r, procs = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 keep = ("error", "subs", "complete_subs", "cut_off_subs", "time_s", "samples", "frames", "p50_ms", "p99_ms", "max_ms",
         "loadgen_cpu_s", "errors")
 out = {k: r[k] for k in keep if k in r}
-out["by_addr"] = r.get("by_addr", {})
+# Replicas by letter, in --spread order: A is the one the host forwards to.
+names = {a: "ABC"[i] for i, a in enumerate(sys.argv[4].split(","))}
+out["by_replica"] = {names.get(a, a): v for a, v in sorted(r.get("by_addr", {}).items(), key=lambda kv: names.get(kv[0], kv[0]))}
 out["procs"] = procs
 if sys.argv[3]:
     out["ack_interval"] = sys.argv[3]
-print(json.dumps(out))' "$out" "$(procs_json "${names[@]}")" "$ack")"
+print(json.dumps(out))' "$out" "$(procs_json "${names[@]}")" "$ack" "$spread")"
     stop_all
 }
 
@@ -391,7 +393,7 @@ for r in rows:
                f'{r["complete_hosts"]}/{r["hosts"]} hosts complete; jobs {", ".join(f(j, 2) for j in r["job_s"])} s; {mem}')
     elif r["case"] in ("latency", "viewers"):
         per = "; ".join(f'{a}: p50 {f(v["p50_ms"], 2)} / p99 {f(v["p99_ms"], 2)} ms, {v["complete_subs"]}/{v["subs"]}'
-                        for a, v in r.get("by_addr", {}).items())
+                        for a, v in r.get("by_replica", {}).items())
         fig = (f'p50 {f(r.get("p50_ms"), 2)} / p99 {f(r.get("p99_ms"), 2)} / max {f(r.get("max_ms"), 1)} ms, '
                f'{r.get("complete_subs")}/{r.get("subs")} complete; {per}; {mem}')
     else:

@@ -143,6 +143,24 @@ if (cu) {
     num(cu.max_s, 2), '—', '—', '', smoke ? '' : '≤ 5 s', smoke ? '(smoke)' : cu.max_s === null ? 'no data' : cu.max_s <= 5 ? 'met' : '**not met**']);
 }
 
+// Gateway engines side by side (bench/gateway.sh): one row per case and engine.
+for (const g of rows.filter((x) => x.scenario === 'gateway' && x.result)) {
+  const r = g.result;
+  const eng = r.engine === 'nats' ? `nats, ${r.replicas} replica${r.replicas > 1 ? 's' : ''}${r.ack_interval ? `, ack_interval ${r.ack_interval}` : ''}` : (r.engine || '?');
+  const label = `gateway ${r.case || '?'} (${eng})`;
+  if (r.error) {
+    table.push([label, 'error', r.error, '—', '—', '', '', '']);
+  } else if (r.case === 'ingest') {
+    table.push([label, `events/s into the gateway, ${r.hosts} hosts (${r.events} events, ${r.lines} lines, ${num(r.mb_per_s, 2)} MB/s)`,
+      String(r.events_per_s ?? '—'), '—', '—', '', '', '']);
+  } else if (r.case === 'catchup') {
+    table.push([label, `restart to every host's copy complete after a ${r.outage_s} s outage (s)`, num(r.max_s, 2), '—', '—', '', '', '']);
+  } else {
+    const per = Object.entries(r.by_replica || {}).map(([a, v]) => `${a} ${num(v.p50_ms, 1)}/${num(v.p99_ms, 1)}`).join(', ');
+    table.push([label, `${r.subs} viewers, p50 / p99 (ms); per replica (A: the host's) ${per}`, `${num(r.p50_ms, 1)} / ${num(r.p99_ms, 1)}`, '—', '—', '', '', '']);
+  }
+}
+
 // Both clients side by side: light (a byte scan of each frame) and json
 // (every frame parsed, as a dashboard does; every line, byte and seq checked).
 const modes = [];

@@ -25,6 +25,13 @@
 # GATEWAY_CONFIG (extra TOML for the gateway) and GATEWAY_ARGS are passed
 # on, so the same case runs against another gateway engine.
 #
+# Not in the default list: gateway (bench/gateway.sh, about 3 minutes; in
+# smoke, 40 s): the two gateway engines, engine = "local" and "nats" (a
+# nats-server with JetStream started on a free port), side by side:
+# ingest events/s, latency through one replica and across replicas, 1000
+# viewers over three replicas, and catch-up via bench/catchup.sh per engine.
+# Needs nats-server. `bench/run.sh --only gateway`.
+#
 # Honours CARGO_TARGET_DIR, and RUNTAP_BIN (a runtap binary to measure instead
 # of the one built here, e.g. an older commit's, for before/after figures
 # from the same session). Needs cargo, node >= 20 with npm, python3, and
@@ -40,7 +47,7 @@ while [[ $# -gt 0 ]]; do
         --smoke) MODE=smoke ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --servers) SERVER_KINDS=${2:?--servers needs a list}; shift ;;
-        -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,39p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -320,6 +327,20 @@ catchup_scenario() {
     record catchup runtap "$out"
 }
 
+# Gateway engines side by side (not in the default list): bench/gateway.sh
+# says what it measures; each of its JSON lines is one result.
+gateway_scenario() {
+    local out line args=()
+    [[ $MODE == smoke ]] && args=(--smoke)
+    log "gateway: engine local against nats (bench/gateway.sh ${args[*]})"
+    out=$(RUNTAP_BIN=$RUNTAP LOADGEN_BIN=$LOADGEN timeout 900 "$BENCH/gateway.sh" "${args[@]}") || true
+    [[ -n $out ]] || out='{"error":"bench/gateway.sh gave no output"}'
+    while IFS= read -r line; do
+        log "  $line"
+        record gateway runtap "$line"
+    done <<<"$out"
+}
+
 secs_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 less_than() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 
@@ -406,6 +427,7 @@ if wanted idle-runs; then idle_runs_scenario; fi
 if wanted handshakes; then handshakes_scenario handshakes; fi
 if wanted tls-handshakes; then handshakes_scenario tls-handshakes tls; fi
 if wanted catchup; then catchup_scenario; fi
+if wanted gateway; then gateway_scenario; fi
 
 BUSY_AFTER=$(busy_pct)
 elapsed=$(($(date +%s) - started))

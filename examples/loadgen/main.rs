@@ -27,6 +27,11 @@
 //!   upgrade to a run, or `GET /healthz`), per second; set-up latency and
 //!   server CPU per 1000 connections.
 //!
+//! At a gateway, `--host H` adds `host=H` to every subscription (the run
+//! is still launched on the host daemon's `--socket`), and `stream
+//! --spread A,B,C` spreads the subscribers over several listeners (gateway
+//! replicas), with latency and completeness per listener in `by_addr`.
+//!
 //! `--tls-ca FILE` makes every WebSocket (and `handshakes` connection) TLS:
 //! `wss://`, rustls with the CA in FILE as the only root, no resumption.
 //!
