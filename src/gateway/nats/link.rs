@@ -208,9 +208,14 @@ impl Link {
         let mut acked = HashMap::new();
         let mut results = futures_util::stream::iter(lookups).buffer_unordered(HELLO_LOOKUPS);
         while let Some((run, tail)) = results.next().await {
-            if let Some(chunk) = tail? {
-                acked.insert(run, chunk.last);
+            let Some(chunk) = tail? else { continue };
+            if chunk.last_chunk && !self.row_is_final(&run, chunk.last) {
+                // Over in the stream, but its row was not written (the
+                // replica that appended it died first): not acknowledged,
+                // so the host sends the run again and `on_run` mends the row.
+                continue;
             }
+            acked.insert(run, chunk.last);
         }
         Ok(acked)
     }
@@ -256,8 +261,11 @@ impl Link {
             return Ok(());
         }
         let tail = self.gw.store().last_chunk(&key).await?;
-        let (expected, stored, over) = tail.map_or((0, 0, false), |c| (c.stream_seq, c.last, c.last_chunk));
-        if over {
+        let (expected, stored) = tail.as_ref().map_or((0, 0), |c| (c.stream_seq, c.last));
+        if let Some(last) = tail.filter(|c| c.last_chunk) {
+            if !self.row_is_final(run.as_str(), stored) {
+                self.mend_row(&run, &key, meta, &last).await;
+            }
             self.runs.remove(&run);
             self.closed.insert(run, stored);
             return Ok(());
@@ -278,6 +286,33 @@ impl Link {
         };
         self.runs.insert(run, state);
         Ok(())
+    }
+
+    /// True if this replica's index has the run over, with `last` events.
+    fn row_is_final(&self, run: &str, last: u64) -> bool {
+        let Ok(id) = RunId::parse(run) else { return false };
+        self.gw.index().run(&self.host, &id).is_some_and(|e| e.info.status.is_final() && e.info.last_seq >= last)
+    }
+
+    /// Writes the row of a run whose final chunk is stored but whose row
+    /// says otherwise: the row it had (or one from `meta`), with the status
+    /// changes of the final chunk applied.
+    async fn mend_row(&self, run: &RunId, key: &RunKey, meta: RunMeta, last: &super::store::Chunk) {
+        let known = self.gw.index().run(&self.host, run).filter(|e| &e.key() == key);
+        let mut info = known.map_or_else(|| RunInfo::queued(run.clone(), meta), |e| e.info);
+        for line in last.body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            if let Ok(event) = serde_json::from_slice::<Event>(line)
+                && let Some(change) = event.status_change()
+            {
+                info.apply(&change, &event.timestamp);
+            }
+        }
+        info.last_seq = last.last;
+        let row = RunEntry { host: self.host.clone(), epoch: self.epoch.clone(), info };
+        tracing::info!(host = %self.host, run_id = %run, last_seq = last.last, "writing the row of a run its last replica left unfinished");
+        if let Err(error) = index::put_run(&self.gw.store().runs, &row).await {
+            tracing::warn!(host = %self.host, run_id = %run, %error, "cannot write the run's row");
+        }
     }
 
     fn on_event(&mut self, mut event: Event) -> Result<bool, LinkError> {
