@@ -35,7 +35,8 @@ pub(crate) async fn stream(a: StreamArgs) -> Result<Value, String> {
         a.spread.iter().map(|addr| Arc::new(crate::cli::Target { addr: addr.clone(), ..a.target.clone() })).collect();
     let mut subs = Vec::with_capacity(a.subs);
     for i in 0..a.subs {
-        let (at, ti) = if spread.is_empty() { (0, t.clone()) } else { (i % spread.len(), spread[i % spread.len()].clone()) };
+        let (at, ti) =
+            if spread.is_empty() { (0, t.clone()) } else { (i % spread.len(), spread[i % spread.len()].clone()) };
         subs.push((at, tokio::spawn(subscriber(ti, opts, gate.clone(), ready_tx.clone(), stop.clone()))));
     }
     let mut stalls = Vec::new();
