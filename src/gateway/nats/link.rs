@@ -1,10 +1,10 @@
 //! A host's link at a NATS replica: the same `/agent` protocol as the
 //! local engine (`protocol::link`), with JetStream where the journals were.
 //!
-//! Events are gathered per run into chunks and appended every
-//! `ack_interval` (or sooner when a chunk is full), fenced on the run
-//! subject's last stream sequence; only once JetStream has acknowledged a
-//! chunk is it acknowledged to the host. A fenced append (another replica
+//! Events are gathered per run into chunks, appended as soon as what has
+//! arrived is taken (a chunk grows while the previous append waits for its
+//! PubAck), fenced on the run subject's last stream sequence; only once
+//! JetStream has acknowledged a chunk is it acknowledged to the host. A fenced append (another replica
 //! appended since) or a hold taken by another replica ends the link: the
 //! host reconnects, and whichever replica it reaches resumes from what the
 //! stream holds.
@@ -172,8 +172,15 @@ impl Link {
                 }
                 msg = ws.next() => {
                     heard = tokio::time::Instant::now();
+                    // Take what has already arrived (up to a full chunk), then
+                    // append it at once: events reach the viewers of every
+                    // replica one PubAck after they arrive, and what comes in
+                    // while an append waits is the next, larger, chunk.
                     let mut full = self.on_message(msg).await?;
                     for _ in 0..DRAIN_MESSAGES {
+                        if full {
+                            break;
+                        }
                         match ws.next().now_or_never() {
                             Some(msg) => {
                                 heard = tokio::time::Instant::now();
@@ -182,9 +189,7 @@ impl Link {
                             None => break,
                         }
                     }
-                    if full {
-                        self.flush(ws).await?;
-                    }
+                    self.flush(ws).await?;
                 }
                 _ = tick.tick() => self.flush(ws).await?,
                 _ = renew.tick() => self.hold.renew(&self.gw.store().hosts, true).await?,
