@@ -62,9 +62,10 @@ fn three_nodes_form_a_cluster_whose_r3_stream_survives_a_node_kill9() {
     assert_eq!(info["config"]["num_replicas"], 3, "{info}");
     let stream_leader = info["cluster"]["leader"].as_str().unwrap().to_owned();
     drop(c);
+    let victim = (0..3).find(|&i| cluster.name(i) == stream_leader).unwrap();
+    assert_eq!(cluster.stream_leaders(), [("R".to_owned(), victim)]);
 
     // Kill the stream's leader; the other two elect one and take writes.
-    let victim = (0..3).find(|&i| cluster.name(i) == stream_leader).unwrap();
     let survivor = (victim + 1) % 3;
     cluster.kill9(victim);
     cluster.wait_ready();
@@ -78,4 +79,45 @@ fn three_nodes_form_a_cluster_whose_r3_stream_survives_a_node_kill9() {
     assert_eq!(c.js_publish("r.c", b"three"), 3, "{}", cluster.logs());
     let info = c.stream_info("R");
     assert_eq!(info["state"]["messages"], 3, "{info}");
+}
+
+/// The replica tools (tests/common/replicas.rs) on one gateway of the local
+/// engine, which keeps its journals across kill -9: what a replica serves,
+/// compared with the host's journal; the proxy that moves a host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replica_checks_hold_for_one_local_gateway_across_its_kill9() {
+    let mut r = Replicas::start_with_config(1, &local_gateway_config("cancel_timeout = \"1s\""));
+    let proxy = Proxy::start(r.addr(0).to_owned()).await;
+    let d = r.start_host("h1", &[proxy.url()]);
+    let tmp = tempfile::tempdir().unwrap();
+    let stop = tmp.path().join("stop");
+    launch(&d, "p", &producer(&stop));
+    let mut early = r.subscribe(0, "h1", "p", 0).await;
+    r.wait_seq(0, "h1", "p", 20).await;
+    r.wait_connected("h1", true).await;
+
+    r.kill9(0);
+    r.restart(0);
+    let n = host_last_seq(&d, "p").await;
+    r.wait_seq(0, "h1", "p", n + 20).await;
+    let mut late = r.subscribe(0, "h1", "p", 10).await;
+    touch(&stop);
+    d.wait_final("p").await;
+
+    let theirs = journal(&host_journal_path(&d, "p"));
+    r.assert_same_copy_everywhere("h1", &d, "p").await;
+    let got = ws_read(&mut late, |_| false).await;
+    assert_same_events(&got, &theirs[10..], "h1", "since=10");
+    // The subscriber from before the kill lost its connection: what it got
+    // is a prefix, each once, in order.
+    let got = ws_read(&mut early, |_| false).await;
+    assert!(
+        !got.events.is_empty() && got.events[..] == with_host(&theirs, "h1")[..got.events.len()],
+        "{:?}",
+        got.seqs()
+    );
+    let runs = r.assert_runs_converge().await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["lastSeq"], theirs.len(), "{runs:?}");
+    r.wait_connected("h1", true).await;
 }

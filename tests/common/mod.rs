@@ -3,7 +3,7 @@
 //! - this file: one `runtap` process (`Instance`) and its readiness line.
 //! - `daemon`, `gateway`: the two programs; `process`: child processes and waits.
 //! - `ws`, `requests`: real clients; `tls`: certificates made here, TLS clients. `copies`, `agent`, `proxy`: the gateway tests' tools.
-//! - `nats`: a real `nats-server` (one, or a three-node cluster) for the NATS engine's tests.
+//! - `nats`, `replicas`: a real `nats-server` (one, or a three-node cluster) and gateway replicas on it, for the NATS engine's tests.
 //! - `observe`, `damage`: the probe tests' clients and damaged journals (and a small tmpfs).
 //! - `faulty_link`, `hostile`, `soak_check`: the soak's proxy, bad clients and invariant checker.
 //! - `shims`: each run's `runtap shim` (runs outlive the daemon), and the cleanup of what a test leaves running.
@@ -23,6 +23,7 @@ pub mod nats;
 pub mod observe;
 pub mod process;
 pub mod proxy;
+pub mod replicas;
 pub mod requests;
 pub mod shims;
 pub mod soak_check;
@@ -52,6 +53,8 @@ pub use observe::*;
 pub use process::*;
 #[allow(unused_imports)]
 pub use proxy::*;
+#[allow(unused_imports)]
+pub use replicas::*;
 #[allow(unused_imports)]
 pub use requests::*;
 #[allow(unused_imports)]

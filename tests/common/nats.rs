@@ -352,6 +352,30 @@ impl NatsCluster {
         self.nodes[i].meta_leader()
     }
 
+    /// Which node each JetStream stream's leader is, `(stream, index)`, as
+    /// the first running node that answers reports them (`/jsz?streams=true`).
+    pub fn stream_leaders(&self) -> Vec<(String, usize)> {
+        let jsz = self
+            .nodes
+            .iter()
+            .filter(|n| n.child.is_some())
+            .find_map(|n| monitor_get(n.monitor_port, "/jsz?streams=true"))
+            .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+            .unwrap_or(Value::Null);
+        let mut out = Vec::new();
+        for account in jsz["account_details"].as_array().into_iter().flatten() {
+            for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                let (Some(name), Some(leader)) = (stream["name"].as_str(), stream["cluster"]["leader"].as_str()) else {
+                    continue;
+                };
+                if let Some(i) = self.nodes.iter().position(|n| n.name == leader) {
+                    out.push((name.to_owned(), i));
+                }
+            }
+        }
+        out
+    }
+
     /// Waits (bounded) until every running node is healthy and all of them
     /// name the same meta leader, itself a running node.
     pub fn wait_ready(&mut self) {
