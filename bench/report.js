@@ -135,6 +135,14 @@ if (ir) {
   table.push([label, 'runs whose journal holds the whole burst', `${ir.verified_runs}/${ir.runs}`, '—', '—', '', '', '']);
 }
 
+const cu = get('catchup', 'runtap');
+if (cu) {
+  const label = `${cu.hosts} hosts catching up after a ${cu.outage_s} s gateway outage`;
+  const per = (cu.caught_up_s || []).map((x) => num(x, 2)).join(' / ');
+  table.push([label, `gateway restart to every host's copy complete (s), slowest; per host ${per}; gateway ready ${num(cu.gateway_ready_s, 2)} s`,
+    num(cu.max_s, 2), '—', '—', '', smoke ? '' : '≤ 5 s', smoke ? '(smoke)' : cu.max_s === null ? 'no data' : cu.max_s <= 5 ? 'met' : '**not met**']);
+}
+
 // Both clients side by side: light (a byte scan of each frame) and json
 // (every frame parsed, as a dashboard does; every line, byte and seq checked).
 const modes = [];

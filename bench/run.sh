@@ -19,7 +19,11 @@
 # wss://), handshakes and tls-handshakes (connections set up and closed in
 # a loop, plain and TLS: WebSocket upgrade, then GET /healthz; about 35 s
 # for the three). The TLS server gets a CA and a leaf made by openssl in
-# the work directory.
+# the work directory. catchup (runtap only, bench/catchup.sh): 3 hosts
+# forwarding to a gateway that is down for OUTAGE s (default 30; 3 in
+# smoke), the time from its restart until every host's copy is complete;
+# GATEWAY_CONFIG (extra TOML for the gateway) and GATEWAY_ARGS are passed
+# on, so the same case runs against another gateway engine.
 #
 # Honours CARGO_TARGET_DIR, and RUNTAP_BIN (a runtap binary to measure instead
 # of the one built here, e.g. an older commit's, for before/after figures
@@ -29,14 +33,14 @@
 set -euo pipefail
 
 MODE=full
-ONLY=fanout,fanout-json,fanout-stalled,latency,latency-json,latency100,latency100-json,latency-stalled,slow-readers,idle-rss,idle-cpu,bigjob,launches,idle-runs,sio-fanout,sio-latency,sio-idle-rss,tls-idle-rss,handshakes,tls-handshakes
+ONLY=fanout,fanout-json,fanout-stalled,latency,latency-json,latency100,latency100-json,latency-stalled,slow-readers,idle-rss,idle-cpu,bigjob,launches,idle-runs,sio-fanout,sio-latency,sio-idle-rss,tls-idle-rss,handshakes,tls-handshakes,catchup
 SERVER_KINDS=runtap,ws,socketio
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) MODE=smoke ;;
         --only) ONLY=${2:?--only needs a list}; shift ;;
         --servers) SERVER_KINDS=${2:?--servers needs a list}; shift ;;
-        -h | --help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h | --help) sed -n '2,32p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
     esac
     shift
@@ -84,6 +88,7 @@ if [[ $MODE == smoke ]]; then
     LAUNCH_SECS=2
     HS_SECS=1 HS_CONC=4
     IDLE_RUNS=10 IDLE_RUN_BYTES=1000000 IDLE_RUN_HOLD=10 IDLE_RUN_SETTLE=1
+    CATCHUP_OUTAGE=3
     TIMEOUT=30
 else
     FAN_SUBS=1000 FAN_LINES=100000
@@ -94,6 +99,7 @@ else
     LAUNCH_SECS=5
     HS_SECS=5 HS_CONC=32
     IDLE_RUNS=10 IDLE_RUN_BYTES=16000000 IDLE_RUN_HOLD=30 IDLE_RUN_SETTLE=5
+    CATCHUP_OUTAGE=${OUTAGE:-30}
     TIMEOUT=150
 fi
 
@@ -304,6 +310,16 @@ idle_runs_scenario() {
     stop_server
 }
 
+# Catch-up after a gateway outage (runtap only): bench/catchup.sh says what
+# it measures; its JSON line is the result.
+catchup_scenario() {
+    local out
+    log "catchup: 3 hosts, the gateway down ${CATCHUP_OUTAGE}s${GATEWAY_CONFIG:+ (extra gateway config)}"
+    out=$(OUTAGE=$CATCHUP_OUTAGE HOSTS=3 RUNTAP_BIN=$RUNTAP timeout $((CATCHUP_OUTAGE + 300)) "$BENCH/catchup.sh") || true
+    log "  $out"
+    record catchup runtap "$out"
+}
+
 secs_since() { awk -v a="$1" -v b="$(date +%s%N)" 'BEGIN { printf "%.3f", (b - a) / 1e9 }'; }
 less_than() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
 
@@ -389,6 +405,7 @@ if wanted launches; then launches_scenario; fi
 if wanted idle-runs; then idle_runs_scenario; fi
 if wanted handshakes; then handshakes_scenario handshakes; fi
 if wanted tls-handshakes; then handshakes_scenario tls-handshakes tls; fi
+if wanted catchup; then catchup_scenario; fi
 
 BUSY_AFTER=$(busy_pct)
 elapsed=$(($(date +%s) - started))

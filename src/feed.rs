@@ -25,8 +25,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use crate::event::{Batch, Frame};
+use crate::history::{History, Reader};
 use crate::hub::{Hub, Phase, Recv, Subscription};
-use crate::journal::{HistoryItem, HistoryReader, Journal, JournalError};
+use crate::journal::{HistoryItem, JournalError};
 use crate::run_id::RunId;
 
 /// Frames ready to send: shared batches, of which only `seq > after` are new.
@@ -62,13 +63,13 @@ pub(crate) enum FeedItem {
 
 enum State {
     Start,
-    History { reader: Box<HistoryReader>, live: Option<Subscription> },
+    History { reader: Reader, live: Option<Subscription> },
     Live(Subscription),
     Done,
 }
 
 pub(crate) struct Feed {
-    journal: Journal,
+    history: History,
     hub: Hub,
     run: RunId,
     /// Last seq delivered (or `since`, before anything is).
@@ -78,9 +79,9 @@ pub(crate) struct Feed {
     /// History is read and handed out this many bytes at a time.
     step: usize,
     state: State,
-    /// Where the last history phase stopped in the file
-    /// (`(next seq, byte offset)`), so a replay after a lag continues there
-    /// instead of re-reading the journal from the start. Just two numbers:
+    /// Where the last history phase stopped (`(next seq, byte offset)` in a
+    /// journal), so a replay after a lag continues there instead of
+    /// re-reading the run from the start. Just two numbers:
     /// an idle subscriber holds no file or buffer.
     resume: Option<(u64, u64)>,
     /// Frames that came after a jump in seq, held while the gap is reported.
@@ -88,9 +89,9 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
-    pub(crate) fn new(journal: Journal, hub: Hub, run: RunId, since: u64, follow: bool) -> Self {
+    pub(crate) fn new(history: impl Into<History>, hub: Hub, run: RunId, since: u64, follow: bool) -> Self {
         Feed {
-            journal,
+            history: history.into(),
             hub,
             run,
             delivered: since,
@@ -203,16 +204,8 @@ impl Feed {
         }
         self.state = if snap.last_seq > self.delivered {
             let from = self.delivered + 1;
-            let reader = match self.resume.take() {
-                // Lines between the saved offset and `from` were sent live;
-                // the reader skips them.
-                Some((next, offset)) if next <= from => {
-                    self.journal.history_at(&self.run, offset, from, snap.last_seq).await?
-                }
-                _ => self.journal.history(&self.run, from, snap.last_seq).await?,
-            }
-            .with_step(self.step);
-            State::History { reader: Box::new(reader), live }
+            let reader = self.history.open(&self.run, from, snap.last_seq, self.resume.take(), self.step).await?;
+            State::History { reader, live }
         } else {
             match live {
                 Some(sub) => State::Live(sub),
@@ -245,6 +238,7 @@ mod tests {
     use super::*;
     use crate::event::{EventType, OutputData, Payload};
     use crate::hub::QueueLimits;
+    use crate::journal::Journal;
     use crate::journal::{RunMeta, RunWriter};
 
     struct Fixture {

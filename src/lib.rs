@@ -35,6 +35,7 @@ mod feed;
 #[doc(hidden)]
 pub mod fuzzing; // entry points of fuzz/ and tests/fuzz_corpora.rs (docs/fuzzing.md)
 pub mod gateway;
+mod history;
 mod hub;
 pub mod journal;
 pub mod logging;

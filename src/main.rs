@@ -86,8 +86,9 @@ enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// Forward every event to the gateway at this ws:// or wss:// URL.
-        #[arg(long)]
-        upstream: Option<String>,
+        /// Repeat for several gateways, tried in turn; replaces upstream.url.
+        #[arg(long, value_name = "URL")]
+        upstream: Vec<String>,
         /// This host's name at the gateway [default: the hostname].
         #[arg(long)]
         host_id: Option<String>,

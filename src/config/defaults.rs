@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use super::{DaemonConfig, GatewayConfig, JournalConfig, RunsConfig, ShutdownPolicy, SocketIoConfig, StreamConfig};
+use super::{
+    DaemonConfig, GatewayConfig, GatewayEngine, JournalConfig, RunsConfig, ShutdownPolicy, SocketIoConfig, StreamConfig,
+};
 
 pub(super) const KIB: usize = 1024;
 pub(super) const MIB: usize = 1024 * KIB;
@@ -31,6 +33,13 @@ pub const DEFAULT_PTY_ROWS: u16 = 100;
 pub const DEFAULT_ACK_INTERVAL: Duration = Duration::from_millis(100);
 /// Gateway: a cancel routed to a host that does not answer in this time gets 504.
 pub const DEFAULT_CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[gateway] nats_max_age`: a week, as a host keeps its own runs.
+pub const DEFAULT_NATS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// `[gateway] nats_max_bytes`: 1 GiB. JetStream sets this much aside on its
+/// disk when it creates the stream, and refuses a stream larger than its
+/// `max_file_store` (by default 75 % of the free disk): a default any
+/// server accepts, to be raised to what the deployment's disks hold.
+pub const DEFAULT_NATS_MAX_BYTES: u64 = 1024 * 1024 * 1024;
 /// With the `wait` shutdown policy, how long runs may take before they are cancelled anyway.
 pub const DEFAULT_SHUTDOWN_WAIT: Duration = Duration::from_secs(5 * 60);
 /// Upper bound on how much journaled output a crash can lose.
@@ -80,7 +89,16 @@ pub const MIN_TOKEN_LEN: usize = 16;
 
 impl Default for GatewayConfig {
     fn default() -> Self {
-        Self { agent_tokens: Vec::new(), ack_interval: DEFAULT_ACK_INTERVAL, cancel_timeout: DEFAULT_CANCEL_TIMEOUT }
+        Self {
+            agent_tokens: Vec::new(),
+            ack_interval: DEFAULT_ACK_INTERVAL,
+            cancel_timeout: DEFAULT_CANCEL_TIMEOUT,
+            engine: GatewayEngine::Local,
+            nats_url: Vec::new(),
+            nats_replicas: 1,
+            nats_max_age: DEFAULT_NATS_MAX_AGE,
+            nats_max_bytes: DEFAULT_NATS_MAX_BYTES,
+        }
     }
 }
 

@@ -145,6 +145,21 @@ pub(super) fn de_duration<'de, D: Deserializer<'de>>(de: D) -> Result<Duration, 
     humantime::parse_duration(&text).map_err(|e| D::Error::custom(format!("invalid duration {text:?}: {e}")))
 }
 
+/// A string, or a list of strings (`url = "ws://a"` or `url = ["ws://a", "ws://b"]`).
+pub(super) fn de_string_or_list<'de, D: Deserializer<'de>>(de: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(de) {
+        Ok(OneOrMany::One(s)) => Ok(vec![s]),
+        Ok(OneOrMany::Many(v)) => Ok(v),
+        Err(_) => Err(D::Error::custom("expected a URL string or a list of URL strings")),
+    }
+}
+
 /// A string of octal digits ("0660"). Strings, not integers, because TOML reads 660 as decimal.
 fn de_octal<'de, D: Deserializer<'de>>(de: D) -> Result<Option<u32>, D::Error> {
     let text = de.deserialize_str(StrVisitor("a string of octal digits like \"0660\""))?;

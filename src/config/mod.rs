@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use defaults::*;
-use layers::de_duration;
+use layers::{de_duration, de_string_or_list};
 pub use layers::{default_socket, default_state_dir};
 
 /// The whole configuration, after layering. Build with [`Config::load`]; always validated.
@@ -57,8 +57,11 @@ pub struct AuthConfig {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `ws://HOST:PORT` or `wss://HOST:PORT` of the gateway; unset = no forwarding.
-    pub url: Option<String>,
+    /// `ws://HOST:PORT` or `wss://HOST:PORT` of the gateway, or of several
+    /// interchangeable ones, tried in turn (a string or a list in the file);
+    /// empty = no forwarding.
+    #[serde(deserialize_with = "de_string_or_list")]
+    pub url: Vec<String>,
     /// This host's name at the gateway; default: the hostname.
     pub host_id: Option<String>,
     /// File holding the agent token for the gateway.
@@ -79,6 +82,30 @@ pub struct GatewayConfig {
     /// How long a cancel routed to a host may take before the gateway answers 504.
     #[serde(deserialize_with = "de_duration")]
     pub cancel_timeout: Duration,
+    /// Where hosts' events are kept: this gateway's own journals, or NATS
+    /// JetStream shared by any number of replicas (docs/gateway.md).
+    pub engine: GatewayEngine,
+    /// The NATS servers (`nats://HOST:PORT`) of `engine = "nats"`; a string or a list.
+    #[serde(deserialize_with = "de_string_or_list")]
+    pub nats_url: Vec<String>,
+    /// Copies JetStream keeps of the stream and the buckets (3 in a 3-node cluster).
+    pub nats_replicas: usize,
+    /// Events older than this leave the stream.
+    #[serde(deserialize_with = "de_duration")]
+    pub nats_max_age: Duration,
+    /// The stream keeps at most this many bytes; the oldest go first.
+    pub nats_max_bytes: u64,
+}
+
+/// `[gateway] engine`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GatewayEngine {
+    /// One gateway, its own journals (the state dir).
+    #[default]
+    Local,
+    /// Replicas sharing NATS JetStream.
+    Nats,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -87,6 +114,11 @@ impl fmt::Debug for GatewayConfig {
             .field("agent_tokens", &format_args!("[{} redacted]", self.agent_tokens.len()))
             .field("ack_interval", &self.ack_interval)
             .field("cancel_timeout", &self.cancel_timeout)
+            .field("engine", &self.engine)
+            .field("nats_url", &self.nats_url)
+            .field("nats_replicas", &self.nats_replicas)
+            .field("nats_max_age", &self.nats_max_age)
+            .field("nats_max_bytes", &self.nats_max_bytes)
             .finish()
     }
 }
@@ -273,7 +305,8 @@ pub struct Overrides {
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub listen: Option<String>,
-    pub upstream: Option<String>,
+    /// `--upstream`, repeatable; when not empty it replaces `upstream.url`.
+    pub upstream: Vec<String>,
     pub host_id: Option<String>,
     pub upstream_token_file: Option<PathBuf>,
 }
@@ -323,7 +356,9 @@ impl Config {
         file.daemon.apply_env(&env);
         file.daemon.apply_overrides(overrides);
         let up = &mut file.upstream;
-        up.url = overrides.upstream.clone().or(up.url.take());
+        if !overrides.upstream.is_empty() {
+            up.url = overrides.upstream.clone();
+        }
         up.host_id = overrides.host_id.clone().or(up.host_id.take());
         up.token_file = overrides.upstream_token_file.clone().or(up.token_file.take());
         Self::assemble(path, file, &env)

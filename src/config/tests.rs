@@ -217,3 +217,37 @@ fn auth_keys_parse_and_are_checked() {
     refused("[auth]\njwt_public_keys = [\"\"]", "auth.jwt_public_keys[0]: must not be empty");
     refused("[auth]\njwt_hs256_secret = \"x\"", "unknown key `auth.jwt_hs256_secret`");
 }
+
+#[test]
+fn upstream_url_is_a_string_or_a_list() {
+    let one = Config::from_toml_str("[upstream]\nurl = \"ws://a:7878\"\ntoken_file = \"/t\"", None).unwrap();
+    assert_eq!(one.upstream.url, ["ws://a:7878"]);
+    let text = "[upstream]\nurl = [\"ws://a:7878\", \"wss://b.example:7878/\"]\ntoken_file = \"/t\"";
+    let many = Config::from_toml_str(text, None).unwrap();
+    assert_eq!(many.upstream.url, ["ws://a:7878", "wss://b.example:7878/"]);
+    assert!(Config::default().upstream.url.is_empty(), "no forwarding by default");
+}
+
+#[test]
+fn upstream_urls_are_each_checked() {
+    refused("[upstream]\nurl = \"http://a:7878\"\ntoken_file = \"/t\"", "upstream.url: must be ws://");
+    refused("[upstream]\nurl = [\"ws://a:1\", \"ws://\"]\ntoken_file = \"/t\"", "upstream.url[1]: must be ws://");
+    refused(
+        "[upstream]\nurl = [\"ws://a:1\", \"ws://a:1\"]\ntoken_file = \"/t\"",
+        "upstream.url[1]: \"ws://a:1\" is listed twice",
+    );
+    refused("[upstream]\nurl = \"ws://u:secret@a:1\"\ntoken_file = \"/t\"", "upstream.url: must be ws://");
+    refused("[upstream]\nurl = [\"ws://a:1\"]", "upstream.token_file: is required");
+    refused("[upstream]\nurl = 7878", "upstream.url: expected a URL string or a list");
+}
+
+#[test]
+fn upstream_flags_replace_the_files_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, "[upstream]\nurl = [\"ws://a:1\", \"ws://b:2\"]\ntoken_file = \"/t\"").unwrap();
+    let mut o = Overrides { config: Some(path), ..Overrides::default() };
+    assert_eq!(Config::load_with(&o, env_of(&[])).unwrap().upstream.url, ["ws://a:1", "ws://b:2"]);
+    o.upstream = vec!["ws://c:3".into(), "ws://d:4".into()];
+    assert_eq!(Config::load_with(&o, env_of(&[])).unwrap().upstream.url, ["ws://c:3", "ws://d:4"]);
+}

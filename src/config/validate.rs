@@ -91,10 +91,14 @@ impl Config {
             "and stream.tls_key go together: set both or neither".into()
         })?;
         let u = &self.upstream;
-        if let Some(url) = &u.url {
-            ensure(url.starts_with("ws://") || url.starts_with("wss://"), "upstream.url", || {
-                format!("must start with ws:// or wss:// (got {url:?})")
+        for (i, url) in u.url.iter().enumerate() {
+            let key = if u.url.len() == 1 { "upstream.url".to_owned() } else { format!("upstream.url[{i}]") };
+            ensure(gateway_url_ok(url), &key, || {
+                format!("must be ws://HOST:PORT or wss://HOST:PORT, without user:password (got {url:?})")
             })?;
+            ensure(!u.url[..i].contains(url), &key, || format!("{url:?} is listed twice"))?;
+        }
+        if !u.url.is_empty() {
             ensure(u.token_file.is_some(), "upstream.token_file", || "is required with upstream.url".into())?;
         }
         ensure(u.ca_file.as_deref().is_none_or(|p| !empty_path(p)), "upstream.ca_file", not_empty)?;
@@ -110,7 +114,27 @@ impl Config {
             })?;
         }
         ensure(!self.gateway.ack_interval.is_zero(), "gateway.ack_interval", || "must be greater than zero".into())?;
+        self.check_nats()?;
         self.check_auth()
+    }
+
+    /// `[gateway]`'s NATS engine: where it is, and limits JetStream accepts.
+    fn check_nats(&self) -> Result<(), (String, String)> {
+        let g = &self.gateway;
+        if g.engine == super::GatewayEngine::Nats {
+            ensure(!g.nats_url.is_empty(), "gateway.nats_url", || "is required with engine = \"nats\"".into())?;
+        }
+        for (i, url) in g.nats_url.iter().enumerate() {
+            let ok = ["nats://", "tls://"].iter().any(|p| url.starts_with(p)) || !url.contains("://");
+            ensure(ok, &format!("gateway.nats_url[{i}]"), || {
+                format!("must be nats://HOST:PORT or tls://HOST:PORT (got {url:?})")
+            })?;
+        }
+        ensure((1..=5).contains(&g.nats_replicas), "gateway.nats_replicas", || "must be 1 to 5".into())?;
+        ensure(!g.nats_max_age.is_zero(), "gateway.nats_max_age", || "must be greater than zero".into())?;
+        ensure(i64::try_from(g.nats_max_bytes).is_ok_and(|b| b > 0), "gateway.nats_max_bytes", || {
+            "must be greater than zero and below 2^63".into()
+        })
     }
 
     /// `[auth]`: the shapes only; whether the key files load is the token
@@ -137,6 +161,15 @@ impl Config {
 /// `Err((key, reason))` unless `ok`; the reason is only built on failure.
 fn ensure(ok: bool, key: &str, reason: impl FnOnce() -> String) -> Result<(), (String, String)> {
     if ok { Ok(()) } else { Err((key.to_owned(), reason())) }
+}
+
+/// `ws://` or `wss://` with a host, as the link's WebSocket client will
+/// parse it, and no user:password (credentials go in `token_file`; a URL is
+/// logged and shown in `/metrics`).
+fn gateway_url_ok(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else { return false };
+    let no_userinfo = uri.authority().is_some_and(|a| !a.as_str().contains('@'));
+    matches!(uri.scheme_str(), Some("ws" | "wss")) && uri.host().is_some_and(|h| !h.is_empty()) && no_userinfo
 }
 
 fn empty_path(p: &std::path::Path) -> bool {

@@ -28,7 +28,7 @@ pub(super) struct DaemonRuns {
 
 impl DaemonRuns {
     fn source(&self) -> Source {
-        Source { journal: self.table.journal().clone(), hub: self.table.hub().clone() }
+        Source { history: self.table.journal().clone().into(), hub: self.table.hub().clone() }
     }
 }
 

@@ -144,7 +144,7 @@ pub async fn run(
     let stop_connections = CancellationToken::new();
     let conn_tasks = TaskTracker::new();
     let link = upstream::LinkConfig::load(&config.upstream, state_dir).map_err(DaemonError::Upstream)?;
-    let upstream_status = link.as_ref().map(|_| Arc::new(UpstreamStatus::default()));
+    let upstream_status = link.as_ref().map(|l| Arc::new(UpstreamStatus::new(&l.urls)));
     let runs = Arc::new(DaemonRuns {
         table: table.clone(),
         upstream: upstream_status.clone(),
@@ -160,7 +160,7 @@ pub async fn run(
     let stop_upstream = CancellationToken::new();
     let upstream = match (link, &upstream_status) {
         (Some(link), Some(status)) => {
-            tracing::info!(url = %link.url, host = %link.host_id, "forwarding to the gateway");
+            tracing::info!(urls = ?link.urls, host = %link.host_id, "forwarding to the gateway");
             Some(tokio::spawn(upstream::run(link, table.clone(), status.clone(), stop_upstream.clone())))
         }
         _ => None,

@@ -42,7 +42,7 @@ const CANCEL_QUEUE: usize = 64;
 type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 #[derive(Debug, thiserror::Error)]
-enum SessionError {
+pub(super) enum SessionError {
     #[error("protocol: {0}")]
     Protocol(String),
     #[error("journal: {0}")]
@@ -134,7 +134,7 @@ pub(super) async fn serve(upgraded: Upgraded, gateway: Gateway, stop: Cancellati
     }
 }
 
-async fn close(ws: &mut Ws, code: u16, reason: &str) {
+pub(super) async fn close(ws: &mut Ws, code: u16, reason: &str) {
     let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_owned().into() };
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.send(Message::Close(Some(frame)))).await;
 }
@@ -464,7 +464,7 @@ impl Session {
     }
 }
 
-async fn send(ws: &mut Ws, msg: &GatewayMsg) -> Result<(), SessionError> {
+pub(super) async fn send(ws: &mut Ws, msg: &GatewayMsg) -> Result<(), SessionError> {
     let text = serde_json::to_string(msg).map_err(|e| SessionError::Protocol(e.to_string()))?;
     match tokio::time::timeout(Duration::from_secs(30), ws.send(Message::Text(text.into()))).await {
         Ok(Ok(())) => Ok(()),

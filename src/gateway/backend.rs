@@ -29,7 +29,10 @@ impl Backend for Gateway {
     }
 
     fn cancel<'a>(&'a self, host: Option<&'a str>, run: &'a RunId, reason: String) -> BoxFuture<'a, CancelOutcome> {
-        Box::pin(async move { self.cancel_outcome(Gateway::cancel(self, host, run, reason).await, run) })
+        Box::pin(async move {
+            let reply = Gateway::cancel(self, host, run, reason).await;
+            cancel_outcome(reply, run, |host| self.get(Some(host), run).ok())
+        })
     }
 
     fn stats(&self) -> BackendStats {
@@ -67,27 +70,30 @@ impl AgentEndpoint for Gateway {
     }
 }
 
-impl Gateway {
-    /// The HTTP answer to a routed cancel: the host's reply, or why there was none.
-    fn cancel_outcome(&self, reply: Result<CancelReply, CancelError>, run: &RunId) -> CancelOutcome {
-        match reply {
-            Ok(CancelReply { host, ok: true, status, .. }) => {
-                CancelOutcome::Cancelling(json!({"runId": run.as_str(), "host": host, "status": status}))
-            }
-            Ok(CancelReply { code, message, .. }) if code.as_deref() == Some("not-found") => {
-                CancelOutcome::NotFound(message.unwrap_or_default())
-            }
-            Ok(CancelReply { host, status, .. }) => {
-                let mut v = self.get(Some(&host), run).unwrap_or_else(|_| json!({"runId": run.as_str(), "host": host}));
-                if let Some(s) = status {
-                    v["status"] = json!(s);
-                }
-                CancelOutcome::Finished(v)
-            }
-            Err(CancelError::Lookup(LookupError::NotFound(m))) => CancelOutcome::NotFound(m),
-            Err(CancelError::Lookup(e)) => CancelOutcome::NotFound(e.to_string()),
-            Err(CancelError::Offline(h)) => CancelOutcome::Unavailable(format!("host {h} is not connected")),
-            Err(CancelError::Timeout(h)) => CancelOutcome::Timeout(format!("host {h} did not answer in time")),
+/// The HTTP answer to a routed cancel: the host's reply, or why there was
+/// none. `get` gives the run's row at its host, for a 409.
+pub(super) fn cancel_outcome(
+    reply: Result<CancelReply, CancelError>,
+    run: &RunId,
+    get: impl FnOnce(&str) -> Option<Value>,
+) -> CancelOutcome {
+    match reply {
+        Ok(CancelReply { host, ok: true, status, .. }) => {
+            CancelOutcome::Cancelling(json!({"runId": run.as_str(), "host": host, "status": status}))
         }
+        Ok(CancelReply { code, message, .. }) if code.as_deref() == Some("not-found") => {
+            CancelOutcome::NotFound(message.unwrap_or_default())
+        }
+        Ok(CancelReply { host, status, .. }) => {
+            let mut v = get(&host).unwrap_or_else(|| json!({"runId": run.as_str(), "host": host}));
+            if let Some(s) = status {
+                v["status"] = json!(s);
+            }
+            CancelOutcome::Finished(v)
+        }
+        Err(CancelError::Lookup(LookupError::NotFound(m))) => CancelOutcome::NotFound(m),
+        Err(CancelError::Lookup(e)) => CancelOutcome::NotFound(e.to_string()),
+        Err(CancelError::Offline(h)) => CancelOutcome::Unavailable(format!("host {h} is not connected")),
+        Err(CancelError::Timeout(h)) => CancelOutcome::Timeout(format!("host {h} did not answer in time")),
     }
 }

@@ -58,7 +58,7 @@ impl Gateway {
         let mut arrivals = self.inner.arrivals.subscribe();
         loop {
             let waiting_for = match self.resolve(host, run) {
-                Ok(h) => return Ok(Source { journal: h.journal.clone(), hub: h.hub.clone() }),
+                Ok(h) => return Ok(Source { history: h.journal.clone().into(), hub: h.hub.clone() }),
                 Err(LookupError::NotFound(_)) if host.is_none() => Arrival::Run(run.clone()),
                 Err(LookupError::UnknownHost(h)) => Arrival::Host(h),
                 Err(e) => return Err(e),

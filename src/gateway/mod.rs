@@ -23,6 +23,7 @@ mod cancel;
 mod hosts;
 mod lookup;
 mod metrics;
+mod nats;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +35,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Scope, Token, Tokens, ensure_token_file};
-use crate::config::{Config, GatewayConfig};
+use crate::config::{Config, GatewayConfig, GatewayEngine};
 use crate::journal::JournalError;
 use crate::run_id::RunId;
 use crate::server::{Shared, http};
@@ -59,6 +60,47 @@ pub enum GatewayError {
     Tokens(AuthError),
     #[error("{0}")]
     Tls(crate::server::tls::TlsError),
+    #[error("{0}")]
+    /// The NATS engine's error, as text: its type is the engine's own.
+    Nats(String),
+}
+
+/// The engine behind the listener (`[gateway] engine`).
+enum Engine {
+    Local(Gateway),
+    Nats(nats::NatsGateway),
+}
+
+impl Engine {
+    async fn open(state_dir: &Path, config: &GatewayConfig, stop: CancellationToken) -> Result<Engine, GatewayError> {
+        Ok(match config.engine {
+            GatewayEngine::Local => Engine::Local(Gateway::open(state_dir, config.clone())?),
+            GatewayEngine::Nats => Engine::Nats(
+                nats::NatsGateway::open(config.clone(), stop).await.map_err(|e| GatewayError::Nats(e.to_string()))?,
+            ),
+        })
+    }
+
+    fn backend(&self) -> Arc<dyn crate::server::Backend> {
+        match self {
+            Engine::Local(g) => Arc::new(g.clone()),
+            Engine::Nats(g) => Arc::new(g.clone()),
+        }
+    }
+
+    fn set_config(&self, config: GatewayConfig) {
+        match self {
+            Engine::Local(g) => *lock(&g.inner.config) = config,
+            Engine::Nats(g) => g.set_config(config),
+        }
+    }
+
+    fn hosts(&self) -> usize {
+        match self {
+            Engine::Local(g) => g.all_hosts().len(),
+            Engine::Nats(g) => g.hosts_known(),
+        }
+    }
 }
 /// The gateway's default state dir, next to (not inside) the daemon's.
 pub fn default_state_dir(daemon_default: &Path) -> PathBuf {
@@ -163,12 +205,16 @@ pub async fn run(
 ) -> Result<(), GatewayError> {
     let state_dir = config.daemon.state_dir.clone();
     create_private_dir(&state_dir).map_err(|error| GatewayError::StateDir { path: state_dir.clone(), error })?;
-    let gateway = Gateway::open(&state_dir, config.gateway.clone())?;
+    let engine_stop = CancellationToken::new();
+    let gateway = tokio::select! {
+        g = Engine::open(&state_dir, &config.gateway, engine_stop.clone()) => g?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
     let (viewers, agents) = load_tokens(&config, &state_dir).map_err(GatewayError::Tokens)?;
     let tls = crate::server::tls::for_listener(&config.stream).map_err(GatewayError::Tls)?;
     let stop_accepting = CancellationToken::new();
     let stop_connections = CancellationToken::new();
-    let shared = Shared::new(Arc::new(gateway.clone()), config.stream.clone(), viewers, tls, stop_connections.clone());
+    let shared = Shared::new(gateway.backend(), config.stream.clone(), viewers, tls, stop_connections.clone());
     shared.set_agent_tokens(agents);
     // Its own fds and one open journal per host link; the rest is connections.
     shared.reserve_fds(128);
@@ -179,7 +225,7 @@ pub async fn run(
     let load =
         move || usize::try_from(conns.metrics.connections.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0);
     let memory = tokio::spawn(crate::sys::release_when_shrinking(load, 64, stop_accepting.clone()));
-    tracing::info!(state_dir = %state_dir.display(), listen = %listen, hosts = gateway.all_hosts().len(), "runtap gateway ready");
+    tracing::info!(state_dir = %state_dir.display(), listen = %listen, hosts = gateway.hosts(), engine = ?config.gateway.engine, "runtap gateway ready");
     crate::systemd::ready("gateway ready");
     loop {
         tokio::select! {
@@ -191,7 +237,7 @@ pub async fn run(
                     Ok(((v, a), cert)) => {
                         shared.reload(new.stream.clone(), v, cert);
                         shared.set_agent_tokens(a);
-                        *lock(&gateway.inner.config) = new.gateway.clone();
+                        gateway.set_config(new.gateway.clone());
                         tracing::info!("config reloaded");
                     }
                     Err(error) => tracing::error!(%error, "reload refused: keeping the old config"),
@@ -209,6 +255,7 @@ pub async fn run(
     }
     let _ = server.await;
     let _ = memory.await;
+    engine_stop.cancel();
     tracing::info!("runtap gateway stopped");
     Ok(())
 }

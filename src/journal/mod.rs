@@ -65,6 +65,9 @@ pub enum JournalError {
     Io { what: &'static str, path: PathBuf, error: io::Error },
     #[error("corrupt journal {}: {why}", .path.display())]
     Corrupt { path: PathBuf, why: String },
+    /// Reading a store elsewhere (a gateway replica's JetStream) failed.
+    #[error("event store: {0}")]
+    Store(String),
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Scope;
 use crate::event::RunStatus;
+use crate::history::History;
 use crate::hub::Hub;
-use crate::journal::Journal;
 use crate::run_id::RunId;
 
 /// A boxed future, so that [`Backend`] can be used as a trait object.
@@ -114,9 +114,10 @@ pub(crate) trait AgentEndpoint: Send + Sync {
     fn serve(&self, upgraded: Upgraded, stop: CancellationToken) -> BoxFuture<'static, ()>;
 }
 
-/// Where a subscription reads: a journal and the hub that goes with it.
+/// Where a subscription reads: a run's history (a journal, or a store
+/// elsewhere) and the hub that goes with it.
 pub(crate) struct Source {
-    pub journal: Journal,
+    pub history: History,
     pub hub: Hub,
 }
 

@@ -85,7 +85,7 @@ impl RunStream {
     pub(crate) fn new(shared: Arc<Shared>, run: RunId, since: u64, host: Option<String>) -> Self {
         RunStream::Busy(Box::pin(async move {
             let source = shared.backend.source(host.as_deref(), &run).await?;
-            let mut feed = Feed::new(source.journal, source.hub, run, since, true).with_history_step(HISTORY_STEP);
+            let mut feed = Feed::new(source.history, source.hub, run, since, true).with_history_step(HISTORY_STEP);
             let item = feed.step().await;
             Ok((feed, item))
         }))

@@ -229,8 +229,8 @@ impl Connection {
                     let msg = format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection");
                     return Some(Response::error("too-many-subscriptions", msg));
                 }
-                let Source { journal, hub } = self.runs.source();
-                let feed = Feed::new(journal, hub, id.clone(), since, follow);
+                let Source { history, hub } = self.runs.source();
+                let feed = Feed::new(history, hub, id.clone(), since, follow);
                 let hello = Response::Subscribed { run_id: id.to_string(), since };
                 let handle = self.tasks.spawn(stream_feed(feed, hello, tx.clone()));
                 self.subs.insert(id, handle);

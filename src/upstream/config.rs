@@ -1,4 +1,4 @@
-//! What the link needs to know: the gateway's URL, this host's name, the
+//! What the link needs to know: the gateways' URLs, this host's name, the
 //! agent token, and the state dir's epoch.
 
 use std::path::Path;
@@ -14,20 +14,22 @@ const EPOCH_FILE: &str = "epoch";
 /// What the link needs to know, from `[upstream]`.
 #[derive(Clone)]
 pub(crate) struct LinkConfig {
-    /// Base URL; `/agent` is appended.
-    pub url: String,
+    /// Base URLs of interchangeable gateways, tried in turn (never empty);
+    /// `/agent` is appended.
+    pub urls: Vec<String>,
     pub host_id: String,
     pub token: Token,
     pub epoch: String,
-    /// For `wss://`: the system's roots and `upstream.ca_file`, read once at start.
+    /// For `wss://` (if any URL is): the system's roots and `upstream.ca_file`, read once at start.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl LinkConfig {
     pub(crate) fn load(cfg: &UpstreamConfig, state_dir: &Path) -> Result<Option<Self>, UpstreamError> {
-        let Some(url) = cfg.url.clone() else {
+        if cfg.url.is_empty() {
             return Ok(None);
-        };
+        }
+        let urls = cfg.url.clone();
         let token = match &cfg.token_file {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|e| UpstreamError::Token(path.display().to_string(), e))?
@@ -38,11 +40,11 @@ impl LinkConfig {
         let host_id = cfg.host_id.clone().unwrap_or_else(|| {
             nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "localhost".into())
         });
-        let tls = match url.starts_with("wss://") {
+        let tls = match urls.iter().any(|u| u.starts_with("wss://")) {
             true => Some(crate::trust::client_config(cfg.ca_file.as_deref()).map_err(UpstreamError::Tls)?),
             false => None,
         };
-        Ok(Some(LinkConfig { url, host_id, token: Token::new(token), epoch: epoch(state_dir)?, tls }))
+        Ok(Some(LinkConfig { urls, host_id, token: Token::new(token), epoch: epoch(state_dir)?, tls }))
     }
 }
 

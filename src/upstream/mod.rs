@@ -1,16 +1,20 @@
 //! Forwarding this host's events to a gateway (see `protocol::link`).
 //!
-//! The link is a state machine, `Disconnected { backoff } → Connecting →
-//! Connected`, reconnecting with jittered exponential backoff (0.5 s up to
-//! 30 s). Each run is forwarded by a `Feed` that reads the journal from the
-//! gateway's acknowledged seq with the replay lag policy: a slow or absent
-//! gateway only makes the feed fall back to the journal; it never holds up
-//! a run. After any outage the gateway's `welcome` says where to resume.
+//! The link is a state machine, `Disconnected { wait } → Connecting { url }
+//! → Connected`, over one or several gateway URLs: `rotation` says which URL
+//! comes next (on a failure or a drop, the next one at once) and how long to
+//! wait after a whole round failed (jittered, 0.25 s up to 2 s; why those
+//! numbers is written there). Each run is forwarded by a `Feed` that reads
+//! the journal from the gateway's acknowledged seq with the replay lag
+//! policy: a slow or absent gateway only makes the feed fall back to the
+//! journal; it never holds up a run. After any outage, or on another
+//! gateway, the gateway's `welcome` says where to resume.
 //!
 //! - `config`: what the link needs to know; `status`: its state and counters.
-//! - `session`: one connection's life.
+//! - `rotation`: the choice of URL and the backoff; `session`: one connection's life.
 
 mod config;
+mod rotation;
 mod session;
 mod status;
 
@@ -24,14 +28,14 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::link::MAX_LINK_MESSAGE;
 use crate::run::RunTable;
 pub(crate) use config::LinkConfig;
+use rotation::{Next, Rotation};
 use session::Session;
 pub(crate) use status::{LinkState, UpstreamStatus};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(500);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// A connection that lasted this long resets the backoff.
-const STABLE_AFTER: Duration = Duration::from_secs(10);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Deadline for the TCP connect, TLS and WebSocket handshakes with one URL.
+/// Not longer: a gateway whose machine is gone (no refusal, just silence)
+/// holds up the failover to the next URL for this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -51,69 +55,91 @@ pub enum UpstreamError {
 
 /// The link's state, as an explicit machine.
 enum Link {
-    Disconnected { backoff: Duration },
-    Connecting { backoff: Duration },
-    Connected { ws: Box<Ws>, backoff: Duration },
+    /// Every URL failed in this round: wait before the next.
+    Disconnected {
+        wait: Duration,
+    },
+    /// Connecting to the URL at this index of `LinkConfig::urls`.
+    Connecting {
+        url: usize,
+    },
+    Connected {
+        ws: Box<Ws>,
+        url: usize,
+    },
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Keeps the link to the gateway up until `stop`.
+/// Keeps the link to a gateway up until `stop`.
 pub(crate) async fn run(cfg: LinkConfig, table: RunTable, status: Arc<UpstreamStatus>, stop: CancellationToken) {
-    let mut link = Link::Connecting { backoff: BACKOFF_MIN };
+    let mut rotation = Rotation::new(cfg.urls.len());
+    let mut link = Link::Connecting { url: 0 };
     let mut first = true;
     loop {
         link = match link {
-            Link::Disconnected { backoff } => {
-                status.set_state(LinkState::Disconnected);
-                let wait = jitter(backoff);
-                tracing::info!(retry_in = ?wait, "gateway link down");
+            Link::Disconnected { wait } => {
+                status.set_link(LinkState::Disconnected, None);
+                if rotation.loud() {
+                    tracing::info!(retry_in = ?wait, "gateway link down: no gateway URL answered");
+                }
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(wait) => {}
                 }
-                Link::Connecting { backoff: (backoff * 2).min(BACKOFF_MAX) }
+                next(&mut rotation)
             }
-            Link::Connecting { backoff } => {
-                status.set_state(LinkState::Connecting);
+            Link::Connecting { url } => {
+                status.set_link(LinkState::Connecting, None);
                 if !first {
                     status.reconnects.fetch_add(1, Ordering::Relaxed);
                 }
                 first = false;
                 match tokio::select! {
                     _ = stop.cancelled() => return,
-                    r = connect(&cfg) => r,
+                    r = connect(&cfg, url) => r,
                 } {
-                    Ok(ws) => Link::Connected { ws: Box::new(ws), backoff },
+                    Ok(ws) => {
+                        rotation.connected(url);
+                        Link::Connected { ws: Box::new(ws), url }
+                    }
                     Err(error) => {
-                        tracing::warn!(url = %cfg.url, %error, "cannot reach the gateway");
-                        Link::Disconnected { backoff }
+                        let url_text = cfg.urls.get(url).map_or("", String::as_str);
+                        if rotation.loud() {
+                            tracing::warn!(url = %url_text, %error, "cannot reach the gateway");
+                        } else {
+                            tracing::debug!(url = %url_text, %error, "cannot reach the gateway");
+                        }
+                        rotation.failed(url);
+                        next(&mut rotation)
                     }
                 }
             }
-            Link::Connected { ws, backoff } => {
-                status.set_state(LinkState::Connected);
+            Link::Connected { ws, url } => {
+                status.set_link(LinkState::Connected, Some(url));
                 let since = Instant::now();
-                let result = Session::new(&cfg, &table, &status).run(*ws, &stop).await;
+                let url_text = cfg.urls.get(url).map_or("", String::as_str);
+                let result = Session::new(&cfg, &table, &status, url_text).run(*ws, &stop).await;
                 *status.unacked_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 if stop.is_cancelled() {
                     return;
                 }
-                if let Err(error) = result {
-                    tracing::warn!(%error, "gateway link ended");
+                match result {
+                    Err(error) => tracing::warn!(url = %url_text, %error, "gateway link ended"),
+                    Ok(()) => tracing::info!(url = %url_text, "gateway link ended"),
                 }
-                let backoff = if since.elapsed() > STABLE_AFTER { BACKOFF_MIN } else { backoff };
-                Link::Disconnected { backoff }
+                rotation.dropped(url, since.elapsed());
+                next(&mut rotation)
             }
         };
     }
 }
 
-/// Between half and all of `d`: spreads reconnects of many hosts.
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let r = if getrandom::fill(&mut b).is_ok() { u16::from_le_bytes(b) } else { u16::MAX / 2 };
-    d / 2 + d.mul_f64(f64::from(r) / f64::from(u16::MAX) / 2.0)
+fn next(rotation: &mut Rotation) -> Link {
+    match rotation.next() {
+        Next::Try(url) => Link::Connecting { url },
+        Next::Wait(wait) => Link::Disconnected { wait },
+    }
 }
 
 /// Makes `ring` the process's TLS crypto provider (for `wss://`). Safe to call twice.
@@ -121,9 +147,11 @@ pub(crate) fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-async fn connect(cfg: &LinkConfig) -> Result<Ws, UpstreamError> {
+/// Connects to the gateway at `cfg.urls[url]`.
+async fn connect(cfg: &LinkConfig, url: usize) -> Result<Ws, UpstreamError> {
     install_tls_provider();
-    let url = format!("{}/agent", cfg.url.trim_end_matches('/'));
+    let base = cfg.urls.get(url).ok_or_else(|| UpstreamError::Connect(format!("no gateway URL #{url}")))?;
+    let url = format!("{}/agent", base.trim_end_matches('/'));
     let mut req = url.into_client_request().map_err(|e| UpstreamError::Connect(e.to_string()))?;
     let bearer = format!("Bearer {}", cfg.token.expose());
     let value = http::HeaderValue::from_str(&bearer).map_err(|e| UpstreamError::Connect(e.to_string()))?;
@@ -145,14 +173,6 @@ async fn connect(cfg: &LinkConfig) -> Result<Ws, UpstreamError> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn jitter_stays_within_half_to_full() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_secs(2));
-            assert!(j >= Duration::from_secs(1) && j <= Duration::from_secs(2), "{j:?}");
-        }
-    }
-
     /// wss:// goes through rustls: against a peer that is not TLS it fails
     /// with an error (it must not panic for want of a crypto provider).
     #[tokio::test]
@@ -166,13 +186,13 @@ mod tests {
             }
         });
         let cfg = LinkConfig {
-            url: format!("wss://{addr}"),
+            urls: vec![format!("wss://{addr}")],
             host_id: "h".into(),
             token: crate::auth::Token::new("t"),
             epoch: "e".into(),
             tls: Some(crate::trust::client_config(None).unwrap()),
         };
-        match connect(&cfg).await {
+        match connect(&cfg, 0).await {
             Err(UpstreamError::Connect(_)) => {}
             Err(other) => panic!("unexpected error: {other}"),
             Ok(_) => panic!("a plain TCP server cannot complete a TLS handshake"),

@@ -47,14 +47,16 @@ pub(super) struct Session<'a> {
     cfg: &'a LinkConfig,
     table: &'a RunTable,
     status: &'a Arc<UpstreamStatus>,
+    /// The gateway's URL, for the log.
+    url: &'a str,
     /// Runs being forwarded, so a launch or rescan starts each only once.
     forwarding: HashMap<RunId, tokio::task::AbortHandle>,
     tasks: JoinSet<RunId>,
 }
 
 impl<'a> Session<'a> {
-    pub(super) fn new(cfg: &'a LinkConfig, table: &'a RunTable, status: &'a Arc<UpstreamStatus>) -> Self {
-        Session { cfg, table, status, forwarding: HashMap::new(), tasks: JoinSet::new() }
+    pub(super) fn new(cfg: &'a LinkConfig, table: &'a RunTable, status: &'a Arc<UpstreamStatus>, url: &'a str) -> Self {
+        Session { cfg, table, status, url, forwarding: HashMap::new(), tasks: JoinSet::new() }
     }
 
     pub(super) async fn run(mut self, ws: Ws, stop: &CancellationToken) -> Result<(), UpstreamError> {
@@ -89,7 +91,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
-        tracing::info!(host = %self.cfg.host_id, gateway_runs = acked.len(), "gateway link up");
+        tracing::info!(url = %self.url, host = %self.cfg.host_id, gateway_runs = acked.len(), "gateway link up");
         let (tx, mut rx) = mpsc::channel::<Out>(SEND_QUEUE);
         let writer = tokio::spawn(async move {
             while let Some(first) = rx.recv().await {

@@ -1,5 +1,6 @@
-//! The link's state and counters: `/metrics`, shutdown's drain, and
-//! retention's warning about events the gateway never got.
+//! The link's state and counters: `/metrics` (including which gateway URL
+//! the link is connected to now), shutdown's drain, and retention's warning
+//! about events the gateway never got.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -33,6 +34,10 @@ impl LinkState {
 #[derive(Default)]
 pub(crate) struct UpstreamStatus {
     state: AtomicU8,
+    /// The configured gateway URLs, in the order they are tried.
+    urls: Vec<String>,
+    /// Index in `urls` of the gateway the link is connected to; `None` unless connected.
+    connected: Mutex<Option<usize>>,
     pub forwarded: AtomicU64,
     pub acknowledged: AtomicU64,
     pub reconnects: AtomicU64,
@@ -45,11 +50,27 @@ pub(crate) struct UpstreamStatus {
 }
 
 impl UpstreamStatus {
+    pub(crate) fn new(urls: &[String]) -> Self {
+        UpstreamStatus { urls: urls.to_vec(), ..UpstreamStatus::default() }
+    }
+
+    /// The URL of the gateway the link is connected to now, if it is.
+    pub(crate) fn connected_url(&self) -> Option<&str> {
+        let at = *self.connected.lock().unwrap_or_else(|p| p.into_inner());
+        at.and_then(|i| self.urls.get(i)).map(String::as_str)
+    }
+
+    /// Records the link's state and, when connected, to which of `urls`.
+    pub(super) fn set_link(&self, state: LinkState, url: Option<usize>) {
+        *self.connected.lock().unwrap_or_else(|p| p.into_inner()) = url.filter(|_| state == LinkState::Connected);
+        self.set_state(state);
+    }
+
     pub(crate) fn state(&self) -> LinkState {
         LinkState::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    pub(super) fn set_state(&self, state: LinkState) {
+    fn set_state(&self, state: LinkState) {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
@@ -127,6 +148,40 @@ impl UpstreamStatus {
             "Events retention deleted before the gateway had them.",
             self.lost_to_retention.load(Ordering::Relaxed).to_string(),
         );
+        let name = "runtap_upstream_url_connected";
+        let _ = writeln!(
+            out,
+            "# HELP {name} 1 for the gateway URL the link is connected to now, 0 for the other configured ones.\n# TYPE {name} gauge"
+        );
+        let now = self.connected_url();
+        for url in &self.urls {
+            let _ = writeln!(out, "{name}{{url=\"{}\"}} {}", label_value(url), u8::from(now == Some(url.as_str())));
+        }
         out
+    }
+}
+
+/// A Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connected_url_follows_the_link() {
+        let s = UpstreamStatus::new(&["ws://a:1".into(), "ws://b:2".into()]);
+        assert_eq!(s.connected_url(), None);
+        s.set_link(LinkState::Connected, Some(1));
+        assert_eq!(s.connected_url(), Some("ws://b:2"));
+        s.set_link(LinkState::Connecting, Some(0));
+        assert_eq!((s.connected_url(), s.state()), (None, LinkState::Connecting));
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label_value(r#"ws://a"b\c"#), r#"ws://a\"b\\c"#);
     }
 }

@@ -51,7 +51,7 @@ pub(super) async fn download(shared: &Shared, host: Option<&str>, run: RunId, ke
     };
     tracing::debug!(run_id = %run, host, "log download");
     let filename = format!("attachment; filename=\"{run}.log\"");
-    let feed = Feed::new(source.journal, source.hub, run, 0, false).with_history_step(LOG_STEP);
+    let feed = Feed::new(source.history, source.hub, run, 0, false).with_history_step(LOG_STEP);
     let stall = shared.stream_config().write_stall_timeout;
     let stream: Pin<Box<dyn futures_util::Stream<Item = _> + Send>> = Box::pin(chunks(feed, keep, stall));
     let body: LogBody = StreamBody::new(stream);

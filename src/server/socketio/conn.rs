@@ -79,7 +79,7 @@ impl Ns {
 pub(super) enum Ns {
     /// Before the client's CONNECT.
     Waiting(Box<Start>),
-    Runs(RunsNs),
+    Runs(Box<RunsNs>),
     Workflow(Box<WorkflowNs>),
     /// Disconnected: what is queued goes out, then the connection ends.
     Closing,

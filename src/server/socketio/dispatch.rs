@@ -173,7 +173,7 @@ impl Conn {
         let refused = match start.server {
             Server::Runs => match RunsNs::connect(&self.shared, start.runs, token.as_deref()) {
                 Ok(runs) => {
-                    self.ns = Ns::Runs(runs);
+                    self.ns = Ns::Runs(Box::new(runs));
                     None
                 }
                 Err(code) => Some(runs_ns::refusal(code)),
