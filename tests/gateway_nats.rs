@@ -9,9 +9,8 @@
 //!
 //! A daemon here reaches "the replica holding it" through a `Proxy` that
 //! the test points at another replica when it kills or freezes the holder
-//! (one `--upstream` URL is enough for that). The tests marked `ignore`
-//! give the daemon every replica's URL and let it fail over by itself:
-//! they need several `--upstream` URLs (issue 16, branch up16).
+//! (one `--upstream` URL is enough for that); others give the daemon every
+//! replica's URL and let it fail over by itself.
 //!
 //! Each test starts its own `nats-server` (tests/common/nats.rs); without
 //! one installed they print a loud SKIP and pass, unless
@@ -145,7 +144,6 @@ async fn kill9_of_the_holding_replica_mid_run_moves_the_host_without_loss_or_dup
 
 /// The same with the daemon given every replica's URL: it fails over itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs several --upstream URLs per daemon (issue 16, branch up16): remove this line once on main"]
 async fn a_daemon_given_every_replica_fails_over_by_itself_when_its_replica_is_killed() {
     let Some((_nats, mut r)) = three_replicas() else { return };
     // The URLs are tried in turn: replica 0 first.
@@ -224,12 +222,16 @@ async fn a_frozen_holder_is_fenced_when_it_thaws_after_the_host_moved() {
         r.assert_same_copy_everywhere("h1", &d, run).await;
     }
     r.assert_runs_converge().await;
+    // The case did happen: A tried to append what it held and was fenced
+    // (its log line, gateway/nats/link.rs).
+    let a_log = r.gws[0].log();
+    assert!(a_log.contains("another replica holds this host now"), "A was never fenced:{}", r.logs());
 }
 
 /// The same with the daemon's own link timeout: it gives up on the frozen
 /// replica and moves on to the next URL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs several --upstream URLs (branch up16) and a configurable link timeout \
+#[ignore = "needs a configurable link timeout on the daemon \
             ([upstream] ping_interval / ping_timeout; today LINK_PING 20 s, LINK_TIMEOUT 60 s are constants)"]
 async fn a_daemon_moves_off_a_frozen_replica_by_its_link_timeout_and_the_thaw_is_fenced() {
     let Some((_nats, mut r)) = three_replicas() else { return };

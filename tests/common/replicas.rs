@@ -156,9 +156,10 @@ impl Replicas {
         (0..self.gws.len()).map(|i| format!("\n---- replica {i} ({}):\n{}", self.addr(i), self.log(i))).collect()
     }
 
-    /// Replica `i`'s log tail.
+    /// Replica `i`'s log tail, without its DEBUG lines (one per request).
     pub fn log(&self, i: usize) -> String {
-        tail(&self.gws[i].log(), LOG_TAIL)
+        let log = self.gws[i].log();
+        tail(&log.lines().filter(|l| !l.contains(" DEBUG ")).collect::<Vec<_>>().join("\n"), LOG_TAIL)
     }
 
     // -----------------------------------------------------------------------
@@ -176,12 +177,46 @@ impl Replicas {
     }
 
     /// Waits until replica `i` serves at least `n` events of the run.
+    /// On a timeout, says what every replica has of the run, and what
+    /// replica `i` serves a subscriber.
     pub async fn wait_seq(&self, i: usize, host: &str, run: &str, n: u64) {
-        wait_until(
-            || format!("replica {i} to serve {n} events of {host}/{run}:{}", self.logs()),
-            || async { self.last_seq(i, host, run).await >= n },
-        )
+        let deadline = Instant::now() + WAIT;
+        while self.last_seq(i, host, run).await < n {
+            if Instant::now() > deadline {
+                let mut views = String::new();
+                for k in (0..self.gws.len()).filter(|&k| self.running(k) && !self.frozen[k]) {
+                    let info = self.run_info(k, host, run).await;
+                    views.push_str(&format!("\n  replica {k}: GET /runs/{run}: {info:?}"));
+                }
+                let seqs = self.seqs_served_within(i, host, run, Duration::from_secs(3)).await;
+                panic!(
+                    "timed out waiting: replica {i} to serve {n} events of {host}/{run}:{views}\n  \
+                     a subscriber at replica {i} got, in 3 s, seqs {:?}..{:?} ({} events){}",
+                    seqs.first(),
+                    seqs.last(),
+                    seqs.len(),
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The seqs a new subscriber at replica `i` gets within `within`.
+    async fn seqs_served_within(&self, i: usize, host: &str, run: &str, within: Duration) -> Vec<u64> {
+        use futures_util::StreamExt;
+        let mut ws = self.subscribe(i, host, run, 0).await;
+        let mut seqs = Vec::new();
+        let _ = tokio::time::timeout(within, async {
+            while let Some(Ok(msg)) = ws.next().await {
+                let Ok(text) = msg.to_text() else { continue };
+                if let Some(seq) = serde_json::from_str::<Value>(text).ok().and_then(|v| v["seq"].as_u64()) {
+                    seqs.push(seq);
+                }
+            }
+        })
         .await;
+        seqs
     }
 
     /// `GET /runs` at replica `i`, sorted by (host, runId).
@@ -300,11 +335,13 @@ pub fn assert_same_events(got: &Received, theirs: &[Value], host: &str, what: &s
     let gap = got_seqs.windows(2).find(|w| w[1] > w[0] + 1);
     let first_diff = got.events.iter().zip(&want).position(|(a, b)| a != b);
     panic!(
-        "{what}: served events differ from the host's journal: {} served, {} journaled; \
+        "{what}: served events differ from the host's journal: {} served, {} journaled (close {:?}, {:?}); \
          first seq served {:?}, last {:?}; first out-of-order/duplicate pair {dup:?}; first gap {gap:?}; \
          first differing index {first_diff:?}{}",
         got.events.len(),
         want.len(),
+        got.close,
+        got.controls,
         got_seqs.first(),
         got_seqs.last(),
         first_diff.map(|k| format!(":\n  served  {:?}\n  journal {:?}", got.events[k], want[k])).unwrap_or_default()
