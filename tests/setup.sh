@@ -11,7 +11,10 @@
 #   alone (Debian's refuses `pip install` outside one, PEP 668);
 # - the JS suite (tests/js: npm ci from the committed lockfile): the
 #   Socket.IO client, and playwright-core driving Debian's Chromium for the
-#   dashboard's browser tests (npm cannot download a browser here).
+#   dashboard's browser tests (npm cannot download a browser here);
+# - nats-server (Debian's, 2.9.10 on bookworm) for the NATS engine's tests
+#   (tests/gateway_nats.rs, tests/nats_harness.rs): they start their own
+#   servers on free ports, and skip loudly where it is missing.
 #
 # Safe to run again: what is there already is kept.
 set -euo pipefail
@@ -46,6 +49,8 @@ command -v npm >/dev/null || apt_install nodejs npm
 [[ -x /usr/bin/chromium ]] || apt_install chromium chromium-driver
 # The Socket.IO suite's TLS test makes its certificates with openssl.
 command -v openssl >/dev/null || apt_install openssl
+# Debian puts it in /usr/sbin, which a non-root PATH may lack; the tests look there too.
+command -v nats-server >/dev/null || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server
 
 VENV=tests/py/.venv
 if [[ ! -x $VENV/bin/python ]]; then
@@ -60,3 +65,4 @@ fi
 node -e 'const v = (p) => require(`./tests/js/node_modules/${p}/package.json`).version;
 console.log("node", process.version, "socket.io-client", v("socket.io-client"), "playwright-core", v("playwright-core"))'
 /usr/bin/chromium --version
+"$(command -v nats-server || echo /usr/sbin/nats-server)" --version

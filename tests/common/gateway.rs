@@ -90,12 +90,14 @@ impl Gateway {
 
 /// `--upstream URL --host-id HOST --upstream-token-file FILE`.
 pub fn upstream_args(url: &str, host: &str, token_file: &Path) -> Vec<String> {
-    vec![
-        "--upstream".into(),
-        url.into(),
-        "--host-id".into(),
-        host.into(),
-        "--upstream-token-file".into(),
-        token_file.display().to_string(),
-    ]
+    upstreams_args(&[url.to_owned()], host, token_file)
+}
+
+/// `--upstream URL1 --upstream URL2 ... --host-id HOST --upstream-token-file
+/// FILE`: a daemon that tries the URLs in turn and fails over (issue 16).
+pub fn upstreams_args(urls: &[String], host: &str, token_file: &Path) -> Vec<String> {
+    assert!(!urls.is_empty(), "no upstream URL");
+    let mut args: Vec<String> = urls.iter().flat_map(|u| ["--upstream".to_owned(), u.clone()]).collect();
+    args.extend(["--host-id".into(), host.into(), "--upstream-token-file".into(), token_file.display().to_string()]);
+    args
 }

@@ -3,6 +3,7 @@
 //! - this file: one `runtap` process (`Instance`) and its readiness line.
 //! - `daemon`, `gateway`: the two programs; `process`: child processes and waits.
 //! - `ws`, `requests`: real clients; `tls`: certificates made here, TLS clients. `copies`, `agent`, `proxy`: the gateway tests' tools.
+//! - `nats`, `replicas`: a real `nats-server` (one, or a three-node cluster) and gateway replicas on it, for the NATS engine's tests.
 //! - `observe`, `damage`: the probe tests' clients and damaged journals (and a small tmpfs).
 //! - `faulty_link`, `hostile`, `soak_check`: the soak's proxy, bad clients and invariant checker.
 //! - `shims`: each run's `runtap shim` (runs outlive the daemon), and the cleanup of what a test leaves running.
@@ -18,9 +19,11 @@ pub mod damage;
 pub mod faulty_link;
 pub mod gateway;
 pub mod hostile;
+pub mod nats;
 pub mod observe;
 pub mod process;
 pub mod proxy;
+pub mod replicas;
 pub mod requests;
 pub mod shims;
 pub mod soak_check;
@@ -43,11 +46,15 @@ pub use damage::*;
 #[allow(unused_imports)]
 pub use gateway::*;
 #[allow(unused_imports)]
+pub use nats::*;
+#[allow(unused_imports)]
 pub use observe::*;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]
 pub use proxy::*;
+#[allow(unused_imports)]
+pub use replicas::*;
 #[allow(unused_imports)]
 pub use requests::*;
 #[allow(unused_imports)]

@@ -1,4 +1,6 @@
-//! A TCP proxy in front of the gateway that can cut every connection.
+//! A TCP proxy in front of the gateway that can cut every connection, and
+//! send new ones elsewhere (to another gateway replica: a daemon with one
+//! upstream URL that still fails over).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,6 +9,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 #[derive(Default)]
 pub struct ProxyState {
+    /// Where new connections go (`HOST:PORT`); open ones stay where they are.
+    target: Mutex<String>,
     refusing: AtomicBool,
     accepted: AtomicU64,
     conns: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -22,7 +26,7 @@ impl Proxy {
     pub async fn start(target: String) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let state = Arc::new(ProxyState::default());
+        let state = Arc::new(ProxyState { target: Mutex::new(target), ..ProxyState::default() });
         let st = state.clone();
         let accept = tokio::spawn(async move {
             loop {
@@ -32,7 +36,7 @@ impl Proxy {
                     continue;
                 }
                 st.accepted.fetch_add(1, Ordering::SeqCst);
-                let target = target.clone();
+                let target = st.target.lock().unwrap().clone();
                 let task = tokio::spawn(async move {
                     if let Ok(mut server) = TcpStream::connect(&target).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
@@ -55,6 +59,12 @@ impl Proxy {
         for c in self.state.conns.lock().unwrap().drain(..) {
             c.abort();
         }
+    }
+
+    /// New connections go to `target` from now on; open ones are kept
+    /// (cut them too for a move).
+    pub fn retarget(&self, target: &str) {
+        *self.state.target.lock().unwrap() = target.to_owned();
     }
 
     /// While on, new connections are accepted and closed at once.
