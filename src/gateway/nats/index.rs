@@ -28,6 +28,8 @@ use crate::run_info::RunInfo;
 /// A replica that has not renewed its hold on a host for this long is
 /// taken for gone: the host shows as disconnected.
 pub(super) const HOLD_FRESH: Duration = Duration::from_secs(15);
+/// How often a bucket's last revision is compared with the watch's.
+const RESYNC_CHECK: Duration = Duration::from_secs(3);
 /// New runs and hosts buffered for waiting viewers and patterns.
 const ARRIVALS_BACKLOG: usize = 1024;
 
@@ -185,11 +187,26 @@ async fn mirror(
             _ = stop.cancelled() => return,
             w = started => w,
         };
+        let mut check = tokio::time::interval(RESYNC_CHECK);
+        check.reset();
         match watch {
             Ok(mut entries) => loop {
                 let item = tokio::select! {
                     _ = stop.cancelled() => return,
                     item = entries.next() => item,
+                    _ = check.tick() => {
+                        // A watch can sit silent after a reconnect while the
+                        // bucket moves on: start it again from where it was.
+                        // (An empty bucket, all aged out, has nothing to deliver.)
+                        let last = bucket.status().await.ok()
+                            .filter(|s| s.info.state.messages > 0)
+                            .map_or(0, |s| s.info.state.last_sequence);
+                        if loaded && last >= next_revision {
+                            tracing::warn!(bucket = bucket.name, behind = last + 1 - next_revision, "bucket watch fell behind; watching again");
+                            break;
+                        }
+                        continue;
+                    }
                 };
                 match item {
                     Some(Ok(entry)) => {

@@ -60,15 +60,26 @@ struct Inner {
 
 impl NatsGateway {
     /// Connects, sets up the stream and buckets, and reads the buckets.
+    /// A NATS that is down, or a cluster still electing its leaders, is
+    /// waited for (the caller bounds it by the gateway's shutdown); a
+    /// setting JetStream refuses is an error at once.
     pub(crate) async fn open(config: GatewayConfig, stop: CancellationToken) -> Result<NatsGateway, StoreError> {
-        let store = Store::open(&config).await?;
-        let index = Index::new();
-        let mut loaded = index.follow(store.hosts.clone(), store.runs.clone(), stop.clone());
-        let both = loaded.wait_for(|n| *n >= 2);
-        match tokio::time::timeout(LOAD_TIMEOUT, both).await {
-            Ok(Ok(_)) => {}
-            _ => return Err(StoreError::Setup("the hosts and runs buckets could not be read".into())),
-        }
+        let mut wait = Duration::from_millis(250);
+        let (store, index) = loop {
+            match Self::connect(&config, &stop).await {
+                Ok(both) => break both,
+                // JetStream answered with a refusal (its error code), not
+                // "temporarily unavailable" (10008): the config is wrong.
+                Err(StoreError::Setup(e)) if e.contains("error code") && !e.contains("10008") => {
+                    return Err(StoreError::Setup(e));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?wait, "JetStream not ready; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
         let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
         let replica = format!("{host}-{}", RunId::generate());
         tracing::info!(replica, urls = ?config.nats_url, "connected to NATS JetStream");
@@ -84,6 +95,21 @@ impl NatsGateway {
                 duplicates: AtomicU64::new(0),
             }),
         })
+    }
+
+    async fn connect(config: &GatewayConfig, stop: &CancellationToken) -> Result<(Store, Arc<Index>), StoreError> {
+        let store = Store::open(config).await?;
+        let index = Index::new();
+        let mine = stop.child_token();
+        let mut loaded = index.follow(store.hosts.clone(), store.runs.clone(), mine.clone());
+        let both = loaded.wait_for(|n| *n >= 2);
+        match tokio::time::timeout(LOAD_TIMEOUT, both).await {
+            Ok(Ok(_)) => Ok((store, index)),
+            _ => {
+                mine.cancel();
+                Err(StoreError::Request("reading the hosts and runs buckets timed out".into()))
+            }
+        }
     }
 
     pub(crate) fn config(&self) -> GatewayConfig {

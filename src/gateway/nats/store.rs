@@ -23,6 +23,12 @@ use crate::config::GatewayConfig;
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long one JetStream request (append, direct get) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// An append that fails for want of a stream leader is tried again for this
+/// long before the link gives up: a clustered stream elects a new leader
+/// within a few seconds of losing one. Under the link's 15 s silence limit
+/// with the last request's timeout added, since the link does not read
+/// (nor answer pings) while it appends.
+const APPEND_RETRY_FOR: Duration = Duration::from_secs(8);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -161,14 +167,26 @@ impl Store {
             .message_id(key.msg_id(first, last))
             .expected_last_subject_sequence(expected);
         let subject = key.subject();
-        let ack = match self.js.send_publish(subject.clone(), message).await {
-            Ok(future) => future.await,
-            Err(e) => Err(e),
-        };
-        match ack {
-            Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Err(StoreError::Fenced(subject)),
-            Err(e) => Err(StoreError::Request(e.to_string())),
+        let give_up = tokio::time::Instant::now() + APPEND_RETRY_FOR;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let ack = match self.js.send_publish(subject.clone(), message.clone()).await {
+                Ok(future) => future.await,
+                Err(e) => Err(e),
+            };
+            match ack {
+                Ok(ack) => return Ok(ack.sequence),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => return Err(StoreError::Fenced(subject)),
+                // No leader for the stream yet (an election after a node
+                // died), or no answer: the same chunk again, which the
+                // Msg-Id makes safe if the first one was stored after all.
+                Err(e) if tokio::time::Instant::now() + wait < give_up => {
+                    tracing::debug!(subject, error = %e, "append not acknowledged; again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(StoreError::Request(e.to_string())),
+            }
         }
     }
 
