@@ -28,6 +28,8 @@ use crate::run_info::RunInfo;
 /// A replica that has not renewed its hold on a host for this long is
 /// taken for gone: the host shows as disconnected.
 pub(super) const HOLD_FRESH: Duration = Duration::from_secs(15);
+/// How long starting a watch (its consumer) may take.
+const WATCH_START: Duration = Duration::from_secs(5);
 /// How often a bucket's last revision is compared with the watch's.
 const RESYNC_CHECK: Duration = Duration::from_secs(3);
 /// New runs and hosts buffered for waiting viewers and patterns.
@@ -185,7 +187,11 @@ async fn mirror(
         };
         let watch = tokio::select! {
             _ = stop.cancelled() => return,
-            w = started => w,
+            w = tokio::time::timeout(WATCH_START, started) => w,
+        };
+        let Ok(watch) = watch else {
+            tracing::warn!(bucket = bucket.name, "starting a bucket watch timed out; trying again");
+            continue;
         };
         let mut check = tokio::time::interval(RESYNC_CHECK);
         check.reset();
@@ -198,9 +204,15 @@ async fn mirror(
                         // A watch can sit silent after a reconnect while the
                         // bucket moves on: start it again from where it was.
                         // (An empty bucket, all aged out, has nothing to deliver.)
-                        let last = bucket.status().await.ok()
-                            .filter(|s| s.info.state.messages > 0)
-                            .map_or(0, |s| s.info.state.last_sequence);
+                        let status = tokio::time::timeout(RESYNC_CHECK, bucket.status()).await;
+                        let last = match status {
+                            Ok(Ok(s)) if s.info.state.messages > 0 => s.info.state.last_sequence,
+                            Ok(Ok(_)) => 0,
+                            _ => {
+                                tracing::warn!(bucket = bucket.name, "cannot read the bucket's state; watching again");
+                                break;
+                            }
+                        };
                         if loaded && last >= next_revision {
                             tracing::warn!(bucket = bucket.name, behind = last + 1 - next_revision, "bucket watch fell behind; watching again");
                             break;

@@ -225,7 +225,10 @@ async fn bucket(
         num_replicas: config.nats_replicas,
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        // Reads go to the bucket's leader: a direct get may be answered by
+        // a replica that lags, and a compare-and-set on the revision it gave
+        // fails again and again (seen after a node of a cluster died).
+        allow_direct: false,
         discard: stream::DiscardPolicy::New,
         ..Default::default()
     })
