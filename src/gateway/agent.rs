@@ -39,7 +39,7 @@ const DRAIN_MESSAGES: usize = 1024;
 /// Cancels waiting to be sent down to the host.
 const CANCEL_QUEUE: usize = 64;
 
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
+pub(super) type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SessionError {
@@ -69,19 +69,29 @@ pub(super) fn ws_config() -> tokio_tungstenite::tungstenite::protocol::WebSocket
         .max_frame_size(Some(MAX_LINK_MESSAGE))
 }
 
-/// Serves one agent connection until it ends or `stop`.
-pub(super) async fn serve(upgraded: Upgraded, gateway: Gateway, stop: CancellationToken) {
+/// Upgrades an agent connection and reads its `hello` (host, epoch, runs),
+/// closing it (4400) if that does not come in time or is not valid. Both
+/// engines' links start here.
+pub(super) async fn accept_hello(upgraded: Upgraded) -> Option<(Ws, String, String, Vec<RunCursor>)> {
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
         Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<AgentMsg>(&t).ok(),
         _ => None,
     };
     let Some(AgentMsg::Hello { host, epoch, runs }) = hello else {
-        return close(&mut ws, 4400, "expected hello").await;
+        close(&mut ws, 4400, "expected hello").await;
+        return None;
     };
     if RunId::parse(&host).is_err() || epoch.is_empty() {
-        return close(&mut ws, 4400, "bad host ID or epoch").await;
+        close(&mut ws, 4400, "bad host ID or epoch").await;
+        return None;
     }
+    Some((ws, host, epoch, runs))
+}
+
+/// Serves one agent connection until it ends or `stop`.
+pub(super) async fn serve(upgraded: Upgraded, gateway: Gateway, stop: CancellationToken) {
+    let Some((mut ws, host, epoch, runs)) = accept_hello(upgraded).await else { return };
     let host = match gateway.host_for_session(&host, &epoch) {
         Ok(h) => h,
         Err(error) => {

@@ -9,7 +9,7 @@
 //! run back to fewer events, or to another status from a final one, is
 //! dropped, so a stale replica cannot undo what a newer one recorded.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -341,8 +341,7 @@ pub(super) async fn forget_epoch(bucket: &kv::Store, index: &Index, host: &str, 
         .filter(|e| e.host == host && e.epoch == old_epoch)
         .map(|e| names::run_key(host, e.info.run_id.as_str()))
         .collect();
-    let keys: HashMap<String, ()> = old.into_iter().map(|k| (k, ())).collect();
-    for key in keys.keys() {
+    for key in &old {
         if let Err(error) = bucket.purge(key).await {
             tracing::warn!(host, key, %error, "cannot drop a run of the host's old state dir from the index");
         }

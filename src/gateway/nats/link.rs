@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use futures_util::{FutureExt, StreamExt};
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
 use super::index::{self, Hold, RunEntry};
@@ -27,13 +24,12 @@ use super::run_link::{CHUNK_BYTES, RunLink};
 use super::store::StoreError;
 use super::{NatsGateway, cancel};
 use crate::event::Event;
-use crate::gateway::agent::{close, send, ws_config};
+use crate::gateway::agent::{Ws, accept_hello, close, send};
 use crate::journal::RunMeta;
 use crate::protocol::link::{self, AgentMsg, GatewayMsg, RunCursor, is_event};
 use crate::run_id::RunId;
 use crate::run_info::RunInfo;
 
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages taken without waiting before chunks are appended.
 const DRAIN_MESSAGES: usize = 1024;
 /// The hold on the host is renewed this often (see `index::HOLD_FRESH`).
@@ -43,8 +39,6 @@ const RENEW_EVERY: Duration = Duration::from_secs(5);
 const ROW_EVERY: Duration = Duration::from_secs(1);
 /// Resume points looked up at once for a `hello`.
 const HELLO_LOOKUPS: usize = 32;
-
-type Ws = WebSocketStream<TokioIo<Upgraded>>;
 
 #[derive(Debug, thiserror::Error)]
 enum LinkError {
@@ -58,17 +52,7 @@ enum LinkError {
 
 /// Serves one agent connection until it ends or `stop`.
 pub(super) async fn serve(upgraded: Upgraded, gw: NatsGateway, stop: CancellationToken) {
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config())).await;
-    let hello = match tokio::time::timeout(HELLO_TIMEOUT, ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<AgentMsg>(&t).ok(),
-        _ => None,
-    };
-    let Some(AgentMsg::Hello { host, epoch, runs }) = hello else {
-        return close(&mut ws, 4400, "expected hello").await;
-    };
-    if RunId::parse(&host).is_err() || epoch.is_empty() {
-        return close(&mut ws, 4400, "bad host ID or epoch").await;
-    }
+    let Some((mut ws, host, epoch, runs)) = accept_hello(upgraded).await else { return };
     let store = gw.store().clone();
     let (hold, old_epoch) = match index::claim_host(&store.hosts, &host, &epoch, gw.replica()).await {
         Ok(h) => h,
