@@ -78,7 +78,7 @@ test('a run launched after the page opened appears within a second, with its sta
   assert.equal(launched.status, 0, launched.stderr);
   await page.waitForSelector('tr.run[data-run="late-run"] .badge.running', { timeout: 1000 });
   assert.match(await page.textContent('tr.run[data-run="late-run"] .command'), /read x/);
-  g.open();
+  await g.open();
   await page.waitForSelector('tr.run[data-run="late-run"] .badge.failed', { timeout: WAIT_MS });
   assert.equal((await page.textContent('tr.run[data-run="late-run"] .exit')).trim(), '3');
   await page.fill('.f-search', 'no-such-run');
@@ -117,7 +117,7 @@ test('a run page: live lines, red is red, a \\r progress line is one line, steps
   await page.waitForSelector('.progress:not([hidden])', { timeout: WAIT_MS });
   assert.match(await page.textContent('.progress .stage'), /50% · build · halfway/);
   assert.ok(!(await logLines(page)).includes('after the gate'));
-  g.open();
+  await g.open();
   await page.waitForFunction(() => [...document.querySelectorAll('.log .row.line .text')].some((e) => e.textContent === 'after the gate'), null, { timeout: WAIT_MS });
   await page.waitForSelector('.run-head .badge.succeeded', { timeout: WAIT_MS });
   assert.equal(await done, 0);
@@ -175,7 +175,7 @@ test('the log follows the tail until the user scrolls up, and Follow brings it b
   await page.mouse.wheel(0, -2000);
   await page.waitForSelector('button.follow:not([hidden])', { timeout: WAIT_MS });
   const top = await page.$eval('.log', (e) => e.scrollTop);
-  g.open();
+  await g.open();
   await page.waitForSelector('.run-head .badge.succeeded', { timeout: WAIT_MS });
   assert.equal(await done, 0);
   await page.waitForFunction(() => document.querySelector('.log-spacer').style.height === `${600 * 18}px`, null, { timeout: WAIT_MS });

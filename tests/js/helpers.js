@@ -86,11 +86,18 @@ function next(emitter, event, what = event) {
   return within(what, new Promise((resolve) => emitter.once(event, (...args) => resolve(args[0]))));
 }
 
-// A named FIFO for a job to wait on, and the way to let it go on.
+// A named FIFO for a job to wait on, and the way to let it go on. The write
+// is a child's, awaited with a bound: a blocking write in this process to a
+// FIFO no job opens would freeze the file's event loop, timers included.
 function gate(dir, name = 'gate') {
   const file = path.join(dir, name);
   spawnSync('mkfifo', [file]);
-  return { file, open: () => fs.writeFileSync(file, 'go\n') };
+  const open = () => {
+    const writer = spawn('sh', ['-c', 'printf "go\\n" > "$1"', 'sh', file], { stdio: 'ignore' });
+    const wrote = new Promise((resolve, reject) => writer.on('exit', (code) => (code === 0 ? resolve() : reject(new Error(`writing ${file}: exit ${code}`)))));
+    return within(`a job to read ${file}`, wrote).finally(() => writer.kill('SIGKILL'));
+  };
+  return { file, open };
 }
 
 // A `/runs` client with seed 000's options, collecting every `run-event`

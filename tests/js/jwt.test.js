@@ -62,7 +62,7 @@ test('a token that expires while connected ends both namespaces with token-expir
   assert.ok(runs.events.some((e) => e.data === 'started\n'), 'it streamed first');
   assert.equal((await workflowError).type, 'token-expired');
   assert.equal(await workflowGone, 'io server disconnect');
-  g.open();
+  await g.open();
   await job;
   assert.ok(!d.log.includes(token), 'no token in the log');
 });

@@ -28,7 +28,7 @@ async function beforeDuringAfter(id, transports) {
     await next(engine, 'upgrade', 'the upgrade to websocket');
   }
   assert.equal(engine.transport.name, transports.at(-1));
-  g.open();
+  await g.open();
   assert.equal(await job, 3);
   assert.equal(await early.done(), 'io server disconnect');
   assert.equal(await during.done(), 'io server disconnect');

@@ -46,7 +46,7 @@ test('polling over https upgrades to wss and streams every event once', async ()
   const engine = c.socket.io.engine;
   if (engine.transport.name !== 'websocket') await next(engine, 'upgrade', 'the upgrade to websocket');
   assert.equal(engine.transport.name, 'websocket');
-  g.open();
+  await g.open();
   assert.equal(await job, 0);
   assert.equal(await c.done(), 'io server disconnect');
   const journal = d.journal('tls-1');

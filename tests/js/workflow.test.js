@@ -101,7 +101,7 @@ test('logs: history as bounded initial_data pieces, then log.created updates; lo
   const confirmed = await when(socket, 'subscription_confirmed', (c) => c.resourceId === 'wf-live');
   assert.equal(confirmed.subscriptionKey, 'logs:wf-live:error');
   const update = when(socket, 'update', (u) => u.type === 'log.created' && u.payload.runId === 'wf-live');
-  g.open();
+  await g.open();
   const u = await update;
   assert.deepEqual([u.payload.message, u.payload.level, u.payload.stream], ['err\n', 'error', 'stderr']);
   assert.equal(await job, 0);
@@ -178,7 +178,7 @@ test('a bad payload is answered by error; the other subscriptions go on', async 
   socket.emit('unsubscribe', 42);
   assert.equal((await next(socket, 'error')).type, 'bad-request');
   const line = when(socket, 'update', (u) => u.payload.message === 'still here\n');
-  g.open();
+  await g.open();
   await line;
   assert.equal(await job, 0);
   socket.disconnect();
