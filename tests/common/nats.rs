@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use super::{WAIT, signal};
+use super::{WAIT, freeze, signal};
 
 /// What a test prints when it cannot run for want of the server.
 pub const SKIP: &str = "SKIP: nats-server is not installed (tests/setup.sh installs it)";
@@ -277,7 +277,7 @@ impl Nats {
 
     /// SIGSTOP: connections stay open, nothing answers.
     pub fn freeze(&self) {
-        signal(self.node.pid(), Signal::SIGSTOP);
+        freeze(self.node.pid());
     }
 
     /// SIGCONT.
@@ -411,7 +411,7 @@ impl NatsCluster {
     }
 
     pub fn freeze(&self, i: usize) {
-        signal(self.nodes[i].pid(), Signal::SIGSTOP);
+        freeze(self.nodes[i].pid());
     }
 
     pub fn thaw(&self, i: usize) {

@@ -11,6 +11,27 @@ pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
+/// SIGSTOP, returning once every thread of `pid` is stopped: the signal
+/// is only queued by kill(2), and a thread still running could answer one
+/// more request after "frozen".
+pub fn freeze(pid: i32) {
+    signal(pid, nix::sys::signal::Signal::SIGSTOP);
+    let deadline = Instant::now() + WAIT;
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return true };
+        tasks.flatten().all(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            // A task that is gone is not running either.
+            stat.rsplit_once(')')
+                .is_none_or(|(_, rest)| matches!(rest.split_whitespace().next(), Some("T" | "t" | "Z" | "X") | None))
+        })
+    };
+    while !stopped() {
+        assert!(Instant::now() < deadline, "process {pid} did not stop within {WAIT:?} of SIGSTOP");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// True while a live (not zombie) process is in the group. Zombies are
 /// ignored: orphans are reparented to PID 1, which may not reap them here.
 pub fn group_alive(pgid: u32) -> bool {

@@ -16,8 +16,8 @@ use runtap::event::RunStatus;
 use serde_json::{Value, json};
 
 use super::{
-    Daemon, Gateway, Received, WAIT, host_journal_path, http_json, journal, seqs, signal, upstreams_args, wait_until,
-    with_host, ws_connect, ws_read,
+    Daemon, Gateway, Received, WAIT, freeze, host_journal_path, http_json, journal, seqs, signal, upstreams_args,
+    wait_until, with_host, ws_connect, ws_read,
 };
 
 /// The viewer token every replica accepts (`[stream] tokens`).
@@ -138,7 +138,7 @@ impl Replicas {
     }
 
     pub fn freeze(&mut self, i: usize) {
-        signal(self.gws[i].pid() as i32, Signal::SIGSTOP);
+        freeze(self.gws[i].pid() as i32);
         self.frozen[i] = true;
     }
 

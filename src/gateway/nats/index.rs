@@ -2,10 +2,10 @@
 //! host's link (`runtap-hosts`) and every run's row (`runtap-runs`, behind
 //! `GET /runs` and `GET /hosts`).
 //!
-//! Each replica mirrors both buckets in memory by watching them, so the
-//! server's lookups stay synchronous and cheap; every write goes to the
+//! Each replica mirrors both buckets in memory (`mirror`), so the server's
+//! lookups stay synchronous and cheap; every write goes to the
 //! bucket with compare-and-set, and reaches every mirror (this one too)
-//! through its watch. A row only moves forward: a write that would take a
+//! from there. A row only moves forward: a write that would take a
 //! run back to fewer events, or to another status from a final one, is
 //! dropped, so a stale replica cannot undo what a newer one recorded.
 
@@ -14,11 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{self, Operation};
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::mirror::mirror;
 use super::names::{self, RunKey};
 use super::store::StoreError;
 use crate::event::now_timestamp;
@@ -28,10 +28,6 @@ use crate::run_info::RunInfo;
 /// A replica that has not renewed its hold on a host for this long is
 /// taken for gone: the host shows as disconnected.
 pub(super) const HOLD_FRESH: Duration = Duration::from_secs(15);
-/// How long starting a watch (its consumer) may take.
-const WATCH_START: Duration = Duration::from_secs(5);
-/// How often a bucket's last revision is compared with the watch's.
-const RESYNC_CHECK: Duration = Duration::from_secs(3);
 /// New runs and hosts buffered for waiting viewers and patterns.
 const ARRIVALS_BACKLOG: usize = 1024;
 
@@ -159,89 +155,6 @@ impl Index {
         let me = self.clone();
         tokio::spawn(async move { mirror(hosts, stop, ready, move |e| me.apply_host(e)).await });
         rx
-    }
-}
-
-/// Watches one bucket from its start, and again from where it stopped
-/// whenever the watch ends (NATS restarted, the connection moved).
-async fn mirror(
-    bucket: kv::Store,
-    stop: CancellationToken,
-    ready: Arc<watch::Sender<usize>>,
-    apply: impl Fn(&kv::Entry),
-) {
-    let mut next_revision = 0u64;
-    let mut loaded = false;
-    loop {
-        let started = async {
-            if next_revision == 0 {
-                let empty = bucket.status().await.map(|s| s.values() == 0).unwrap_or(false);
-                if empty && !loaded {
-                    loaded = true;
-                    ready.send_modify(|n| *n += 1);
-                }
-                bucket.watch_with_history(">").await
-            } else {
-                bucket.watch_all_from_revision(next_revision).await
-            }
-        };
-        let watch = tokio::select! {
-            _ = stop.cancelled() => return,
-            w = tokio::time::timeout(WATCH_START, started) => w,
-        };
-        let Ok(watch) = watch else {
-            tracing::warn!(bucket = bucket.name, "starting a bucket watch timed out; trying again");
-            continue;
-        };
-        let mut check = tokio::time::interval(RESYNC_CHECK);
-        check.reset();
-        match watch {
-            Ok(mut entries) => loop {
-                let item = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    item = entries.next() => item,
-                    _ = check.tick() => {
-                        // A watch can sit silent after a reconnect while the
-                        // bucket moves on: start it again from where it was.
-                        // (An empty bucket, all aged out, has nothing to deliver.)
-                        let status = tokio::time::timeout(RESYNC_CHECK, bucket.status()).await;
-                        let last = match status {
-                            Ok(Ok(s)) if s.info.state.messages > 0 => s.info.state.last_sequence,
-                            Ok(Ok(_)) => 0,
-                            _ => {
-                                tracing::warn!(bucket = bucket.name, "cannot read the bucket's state; watching again");
-                                break;
-                            }
-                        };
-                        if loaded && last >= next_revision {
-                            tracing::warn!(bucket = bucket.name, behind = last + 1 - next_revision, "bucket watch fell behind; watching again");
-                            break;
-                        }
-                        continue;
-                    }
-                };
-                match item {
-                    Some(Ok(entry)) => {
-                        next_revision = entry.revision + 1;
-                        apply(&entry);
-                        if !loaded && entry.delta == 0 {
-                            loaded = true;
-                            ready.send_modify(|n| *n += 1);
-                        }
-                    }
-                    Some(Err(error)) => {
-                        tracing::warn!(%error, "bucket watch failed; watching again");
-                        break;
-                    }
-                    None => break,
-                }
-            },
-            Err(error) => tracing::warn!(%error, "cannot watch a bucket; retrying"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
     }
 }
 

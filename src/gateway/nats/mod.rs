@@ -6,7 +6,7 @@
 //! - `link`: a host's `/agent` link at this replica (appends).
 //! - `history`, `live`: what a viewer here reads (direct gets, then one
 //!   subscription per watched run into the host's hub).
-//! - `index`: the hosts and runs buckets, mirrored here.
+//! - `index`: the hosts and runs buckets, mirrored here (`mirror`).
 //! - `cancel`: cancels routed to the replica holding the host.
 //! - `backend`: all of it as the server's `Backend`.
 //!
@@ -19,6 +19,7 @@ mod history;
 mod index;
 mod link;
 mod live;
+mod mirror;
 mod names;
 mod run_link;
 mod store;
