@@ -283,8 +283,10 @@ impl<O: Observer> Attach<O> {
         self.publish(read)
     }
 
-    /// Publishes frames in one batch, then tells the table of the status
-    /// changes among them; true if one was final.
+    /// Tells the table of the status changes among the frames, then
+    /// publishes them in one batch; true if one was final. In that order:
+    /// a subscriber that saw a run end must find it ended in `status` and
+    /// `GET /runs` too.
     fn publish(&mut self, read: super::tail::Read) -> bool {
         let changes: Vec<StatusChange> = read
             .statuses
@@ -295,13 +297,13 @@ impl<O: Observer> Attach<O> {
         if let Some(frame) = read.frames.last() {
             self.read_seq = frame.seq;
         }
-        self.publisher.publish(Batch { frames: read.frames, last });
         for change in &changes {
             if change.status == Some(RunStatus::Running) {
                 self.pgid = change.pid.or(self.pgid);
             }
             self.observer.on_status(&self.run_id, change);
         }
+        self.publisher.publish(Batch { frames: read.frames, last });
         last
     }
 
@@ -311,11 +313,11 @@ impl<O: Observer> Attach<O> {
         let info = crate::run_info::RunInfo::recovered(run);
         let Some(event) = info.final_event() else { return };
         let Some(change) = event.status_change() else { return };
+        self.observer.on_status(&self.run_id, &change);
         if let Ok(json) = serde_json::to_string(&event) {
             let frame = crate::event::Frame { seq: event.seq, json: json.into() };
             self.publisher.publish(Batch { frames: vec![frame], last: true });
         }
-        self.observer.on_status(&self.run_id, &change);
     }
 
     /// Waits (bounded) for the journal's writer lock to be free: a shim
@@ -385,8 +387,8 @@ impl<O: Observer> Attach<O> {
         });
         match closed {
             Ok(Some(batch)) => {
-                self.publisher.publish(batch);
                 self.observer.on_status(&self.run_id, &change);
+                self.publisher.publish(batch);
             }
             Ok(None) => {}
             Err(error) => tracing::error!(run_id = %self.run_id, %error, "cannot close the run's journal"),
