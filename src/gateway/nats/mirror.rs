@@ -42,6 +42,10 @@ pub(super) async fn mirror(
     loop {
         if loaded {
             next_revision = catch_up(&bucket, next_revision, &apply, &stop).await;
+        } else if next_revision > 0 && last_revision(&bucket).await.is_some_and(|last| last < next_revision) {
+            // A first read-through cut short after its last entry.
+            loaded = true;
+            ready.send_modify(|n| *n += 1);
         }
         let started = async {
             if next_revision == 0 {
@@ -68,6 +72,8 @@ pub(super) async fn mirror(
                 // The bucket's last revision at the previous check: the watch
                 // should have delivered it by this one.
                 let mut due = 0u64;
+                // While loading: checks in a row with nothing delivered.
+                let mut silent = 0u32;
                 loop {
                     let item = tokio::select! {
                         _ = stop.cancelled() => return,
@@ -75,6 +81,13 @@ pub(super) async fn mirror(
                         _ = check.tick() => {
                             if loaded && due >= next_revision {
                                 tracing::warn!(bucket = bucket.name, behind = due + 1 - next_revision, "bucket watch fell behind; reading the bucket");
+                                break;
+                            }
+                            // A first read-through that stalled is taken up
+                            // again from what it delivered.
+                            silent += 1;
+                            if !loaded && silent > 2 {
+                                tracing::warn!(bucket = bucket.name, "bucket watch stalled before the bucket was read through; watching again");
                                 break;
                             }
                             match last_revision(&bucket).await {
@@ -91,6 +104,7 @@ pub(super) async fn mirror(
                         // Already read by sequence in a catch-up.
                         Some(Ok(entry)) if entry.revision < next_revision => {}
                         Some(Ok(entry)) => {
+                            silent = 0;
                             next_revision = entry.revision + 1;
                             apply(&entry);
                             if !loaded && entry.delta == 0 {
