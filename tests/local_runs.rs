@@ -340,8 +340,10 @@ async fn queued_run_cancel_and_launch_over_socket() {
     let ev = d.wait_final("sock1").await;
     assert_eq!(ev.status(), Some(RunStatus::Succeeded));
     assert_eq!(ev.exit_code, Some(0));
+    // Seen ended by a subscriber, so ended in `status`, its final event counted.
     let Response::Run { run } = d.request(Request::Status { run_id: "sock1".into() }).await else { panic!() };
     assert_eq!(run.status, RunStatus::Succeeded);
+    assert_eq!(run.last_seq, ev.seq);
     let resp = d.request(Request::Cancel { run_id: "sock1".into(), reason: None }).await;
     assert!(matches!(resp, Response::Error { ref code, .. } if code == "finished"), "{resp:?}");
 }

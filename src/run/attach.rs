@@ -30,11 +30,13 @@ use crate::hub::Publisher;
 use crate::journal::{Journal, WriterLock};
 use crate::run_id::RunId;
 
-/// Who learns what happens to a run (the run table), after the event is
-/// published, never before.
+/// Who learns what happens to a run (the run table): just before the hub
+/// publishes the event, so that a subscriber that saw a run end finds it
+/// ended in `status` and `GET /runs` too; `seq` is the event's, so the row
+/// counts it though the hub does not hold it yet.
 pub(crate) trait Observer: Send + Sync + 'static {
-    /// A status event was published.
-    fn on_status(&self, run: &RunId, change: &StatusChange);
+    /// A status event `seq` is about to be published.
+    fn on_status(&self, run: &RunId, seq: u64, change: &StatusChange);
     /// Lines the job's events channel dropped (see `steps`).
     fn on_bad_event_lines(&self, _n: u64) {}
 }
@@ -284,24 +286,22 @@ impl<O: Observer> Attach<O> {
     }
 
     /// Tells the table of the status changes among the frames, then
-    /// publishes them in one batch; true if one was final. In that order:
-    /// a subscriber that saw a run end must find it ended in `status` and
-    /// `GET /runs` too.
+    /// publishes them in one batch (see `Observer`); true if one was final.
     fn publish(&mut self, read: super::tail::Read) -> bool {
-        let changes: Vec<StatusChange> = read
+        let changes: Vec<(u64, StatusChange)> = read
             .statuses
             .iter()
-            .filter_map(|f| serde_json::from_slice::<Event>(f.bytes()).ok()?.status_change())
+            .filter_map(|f| Some((f.seq, serde_json::from_slice::<Event>(f.bytes()).ok()?.status_change()?)))
             .collect();
-        let last = changes.iter().any(|c| c.status.is_some_and(RunStatus::is_final));
+        let last = changes.iter().any(|(_, c)| c.status.is_some_and(RunStatus::is_final));
         if let Some(frame) = read.frames.last() {
             self.read_seq = frame.seq;
         }
-        for change in &changes {
+        for (seq, change) in &changes {
             if change.status == Some(RunStatus::Running) {
                 self.pgid = change.pid.or(self.pgid);
             }
-            self.observer.on_status(&self.run_id, change);
+            self.observer.on_status(&self.run_id, *seq, change);
         }
         self.publisher.publish(Batch { frames: read.frames, last });
         last
@@ -313,7 +313,7 @@ impl<O: Observer> Attach<O> {
         let info = crate::run_info::RunInfo::recovered(run);
         let Some(event) = info.final_event() else { return };
         let Some(change) = event.status_change() else { return };
-        self.observer.on_status(&self.run_id, &change);
+        self.observer.on_status(&self.run_id, event.seq, &change);
         if let Ok(json) = serde_json::to_string(&event) {
             let frame = crate::event::Frame { seq: event.seq, json: json.into() };
             self.publisher.publish(Batch { frames: vec![frame], last: true });
@@ -387,7 +387,8 @@ impl<O: Observer> Attach<O> {
         });
         match closed {
             Ok(Some(batch)) => {
-                self.observer.on_status(&self.run_id, &change);
+                let seq = batch.frames.last().map_or(0, |f| f.seq);
+                self.observer.on_status(&self.run_id, seq, &change);
                 self.publisher.publish(batch);
             }
             Ok(None) => {}

@@ -385,11 +385,12 @@ impl RunTable {
         self.inner.journal.health.count(|id| runs.contains_key(id))
     }
 
-    /// The row as it stands now: the hub knows the last seq, the journal
-    /// whether it holds every event.
+    /// The row as it stands now: the hub knows the last seq (the row may
+    /// know a status event's the hub is about to get), the journal whether
+    /// it holds every event.
     fn with_seq(&self, mut info: RunInfo) -> RunInfo {
         if let Some(snap) = self.inner.hub.snapshot(&info.run_id) {
-            info.last_seq = snap.last_seq;
+            info.last_seq = info.last_seq.max(snap.last_seq);
         }
         info.journal = self.inner.journal.health.of(&info.run_id);
         info
@@ -477,10 +478,11 @@ impl Observer for RunTable {
         self.inner.bad_event_lines.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn on_status(&self, id: &RunId, change: &StatusChange) {
+    fn on_status(&self, id: &RunId, seq: u64, change: &StatusChange) {
         let mut runs = self.runs();
         let Some(e) = runs.get_mut(id) else { return };
         e.info.apply(change, &now_timestamp());
+        e.info.last_seq = e.info.last_seq.max(seq);
         if change.status.is_some_and(RunStatus::is_final) {
             // From here on the run counts as finished: cancel answers 409,
             // and it no longer counts against the concurrency cap.
