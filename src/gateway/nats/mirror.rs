@@ -44,15 +44,12 @@ pub(super) async fn mirror(
             next_revision = catch_up(&bucket, next_revision, &apply, &stop).await;
         } else if next_revision > 0 && last_revision(&bucket).await.is_some_and(|last| last < next_revision) {
             // A first read-through cut short after its last entry.
-            loaded = true;
-            ready.send_modify(|n| *n += 1);
+            read_through(&mut loaded, &ready);
         }
         let started = async {
             if next_revision == 0 {
-                let empty = last_revision(&bucket).await == Some(0);
-                if empty && !loaded {
-                    loaded = true;
-                    ready.send_modify(|n| *n += 1);
+                if last_revision(&bucket).await == Some(0) {
+                    read_through(&mut loaded, &ready);
                 }
                 bucket.watch_with_history(">").await
             } else {
@@ -107,9 +104,8 @@ pub(super) async fn mirror(
                             silent = 0;
                             next_revision = entry.revision + 1;
                             apply(&entry);
-                            if !loaded && entry.delta == 0 {
-                                loaded = true;
-                                ready.send_modify(|n| *n += 1);
+                            if entry.delta == 0 {
+                                read_through(&mut loaded, &ready);
                             }
                         }
                         Some(Err(error)) => {
@@ -125,6 +121,14 @@ pub(super) async fn mirror(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
+    }
+}
+
+/// The bucket was read through once: `ready` hears it, once.
+fn read_through(loaded: &mut bool, ready: &watch::Sender<usize>) {
+    if !*loaded {
+        *loaded = true;
+        ready.send_modify(|n| *n += 1);
     }
 }
 
